@@ -1,0 +1,34 @@
+# Two commands for a newcomer: `make demo` (set up + main job) and `make test` (set up + all tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint serve clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m modelops.main_job
+
+# Everything, slow suites included (what CI runs).
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "slow or not slow" -p no:cacheprovider
+
+# The quick inner loop: skips the suites marked slow.
+test-fast: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf runs models .pytest_cache

@@ -1,0 +1,458 @@
+"""The model artifact: one file in a standard format plus a JSON manifest beside it.
+
+Formats (``Manifest.format``):
+
+- ``state_dict``: ``torch.save({"arch", "num_classes", "state_dict"})``. Loads with ``weights_only=True``
+  and rebuilds the torchvision architecture, resized to the saved shapes (so structurally pruned
+  models load too). The only format that gives back a trainable eager module.
+- ``torchscript``: ``torch.jit`` archive.
+- ``exported_program``: ``torch.export`` archive (``.pt2``), e.g. a PT2E int8 model.
+- ``onnx``: ONNX model, run with ONNX Runtime.
+- ``pickle``: a whole pickled ``nn.Module``. Loading a pickle runs arbitrary code, so it is refused
+  unless the caller passes ``trust_pickle=True`` (``--trust-pickle`` on the command line).
+
+The manifest is ``<file>.json`` (``resnet18.pt`` -> ``resnet18.pt.json``). :func:`load_artifact`
+returns a :class:`Predictor` whose call is the same for every format: a float batch in, logits out.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from modelops.errors import ArtifactError, UsageError
+from modelops.models import create_model, resize_to_state_dict
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("state_dict", "torchscript", "exported_program", "onnx", "pickle")
+MODEL_SUFFIXES = (".pt", ".pth", ".pt2", ".onnx")
+SUFFIX_FORMAT = {".pt": "state_dict", ".pth": "state_dict", ".pt2": "exported_program", ".onnx": "onnx"}
+MANIFEST_SUFFIX = ".json"
+SCHEMA_VERSION = 1
+ONNX_INPUT_NAME = "input"
+ONNX_OUTPUT_NAME = "logits"
+
+
+class Manifest(BaseModel):
+    """What a model is, how it was made and what it measured. Written beside every artifact."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    format: str = "state_dict"
+    file: str = ""
+    arch: str | None = None
+    num_classes: int
+    input_shape: list[int] = Field(description="one sample's shape, [C, H, W]")
+    input_dtype: str = "float32"
+    preprocessing: dict[str, Any] = Field(default_factory=dict)
+    labels: list[str] = Field(default_factory=list)
+    dataset: str | None = None
+    parent: dict[str, Any] | None = Field(default=None, description="path and sha256 of the artifact this was made from")
+    transform: dict[str, Any] = Field(default_factory=lambda: {"kind": "baseline"})
+    lineage: list[dict[str, Any]] = Field(default_factory=list, description="transforms applied since the baseline")
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    runtime: dict[str, Any] = Field(default_factory=dict, description="hints for the loader: compile, memory_format")
+    sha256: str = ""
+    size_mb: float = 0.0
+    created_at: str = ""
+    versions: dict[str, str] = Field(default_factory=dict)
+
+    def derive(self, *, parent_path: str | Path, transform: dict[str, Any], **changes: Any) -> Manifest:
+        """A manifest for a model made from this one: lineage extended, parent recorded, metrics reset."""
+        child = self.model_copy(deep=True)
+        child.parent = {"path": str(parent_path), "sha256": self.sha256, "format": self.format}
+        child.transform = dict(transform)
+        child.lineage = [*self.lineage, dict(transform)]
+        child.metrics = {}
+        child.runtime = {}
+        for key, value in changes.items():
+            setattr(child, key, value)
+        return child
+
+
+def manifest_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + MANIFEST_SUFFIX)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_size_mb(path: str | Path) -> float:
+    return Path(path).stat().st_size / 1e6
+
+
+def _versions() -> dict[str, str]:
+    versions = {"torch": torch.__version__}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def write_manifest(path: str | Path, manifest: Manifest, *, fmt: str | None = None) -> Manifest:
+    """Fill in the file facts (format, size, hash, time) and write ``<path>.json``.
+
+    Use it directly for a model file written by another tool (e.g. ONNX Runtime's quantizer).
+    """
+    path = Path(path)
+    manifest = manifest.model_copy(deep=True)
+    if fmt is not None:
+        manifest.format = fmt
+    if manifest.format not in FORMATS:
+        raise UsageError(f"Unknown artifact format {manifest.format!r}. Choose one of: {', '.join(FORMATS)}")
+    manifest.file = path.name
+    manifest.sha256 = file_sha256(path)
+    manifest.size_mb = round(file_size_mb(path), 4)
+    manifest.metrics.setdefault("size_mb", manifest.size_mb)
+    manifest.created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    manifest.versions = _versions()
+    tmp = manifest_path(path).with_suffix(".tmp")
+    tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
+    tmp.replace(manifest_path(path))
+    return manifest
+
+
+def read_manifest(path: str | Path) -> Manifest | None:
+    """The manifest beside ``path``, or None when there is none."""
+    mpath = manifest_path(path)
+    if not mpath.exists():
+        return None
+    try:
+        return Manifest.model_validate_json(mpath.read_text())
+    except ValueError as exc:
+        raise ArtifactError(f"Manifest {mpath} is not valid: {exc.__class__.__name__}: {str(exc)[:300]}") from exc
+
+
+def _check_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix not in MODEL_SUFFIXES:
+        raise ArtifactError(
+            f"{path}: unsupported extension {path.suffix!r}. Model artifacts end in {', '.join(MODEL_SUFFIXES)}"
+        )
+    if not path.is_file():
+        raise ArtifactError(f"Model file {path} does not exist. Create one with PR3_model_optimization/prepare_model.py")
+    return path
+
+
+def detect_format(path: str | Path) -> str:
+    """Tell a model file's format from its content (the manifest, when present, says it too)."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        try:
+            names = zipfile.ZipFile(path).namelist()
+        except zipfile.BadZipFile as exc:
+            raise ArtifactError(f"{path} is a corrupt archive: {exc}") from exc
+        if any(n.endswith("/archive_format") or "/models/" in n and n.endswith(".json") for n in names):
+            return "exported_program"
+        if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "state_dict"  # or a pickled module: told apart when loading
+        raise ArtifactError(f"{path} is a zip archive but not a PyTorch model")
+    try:
+        import onnx
+
+        onnx.load(str(path), load_external_data=False)
+        return "onnx"
+    except Exception as exc:  # protobuf raises DecodeError, onnx raises its own; all mean the same here
+        raise ArtifactError(
+            f"{path} is not a readable model file (not a PyTorch archive nor ONNX): it may be corrupt or truncated"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_artifact(
+    model: nn.Module,
+    path: str | Path,
+    manifest: Manifest,
+    *,
+    fmt: str | None = None,
+    example_input: torch.Tensor | None = None,
+) -> Manifest:
+    """Save ``model`` as an artifact and write its manifest.
+
+    Args:
+        model: the model, in eval mode for traced formats.
+        path: destination; its suffix picks the format unless ``fmt`` is given.
+        manifest: the descriptive fields (arch, classes, input shape, lineage, metrics, ...).
+        fmt: one of :data:`FORMATS` (default: from the suffix; ``.pt`` means ``state_dict``).
+        example_input: a batch for tracing/export (default: zeros of batch 2 in ``manifest.input_shape``;
+            2 because ``torch.export`` specialises a dynamic batch dimension seen as 1).
+    """
+    path = Path(path)
+    if path.suffix not in MODEL_SUFFIXES:
+        raise UsageError(f"Cannot save to {path}: use one of the extensions {', '.join(MODEL_SUFFIXES)}")
+    fmt = fmt or SUFFIX_FORMAT[path.suffix]
+    if fmt not in FORMATS:
+        raise UsageError(f"Unknown artifact format {fmt!r}. Choose one of: {', '.join(FORMATS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if example_input is None:
+        example_input = torch.zeros(2, *manifest.input_shape)
+    model = model.eval()
+    tmp = path.with_name(path.name + ".partial")
+    if fmt == "state_dict":
+        if manifest.arch is None:
+            raise UsageError("A state_dict artifact needs the torchvision architecture name (manifest.arch)")
+        torch.save({"arch": manifest.arch, "num_classes": manifest.num_classes, "state_dict": model.state_dict()}, tmp)
+    elif fmt == "pickle":
+        torch.save(model, tmp)
+    elif fmt == "torchscript":
+        with torch.no_grad():
+            torch.jit.save(torch.jit.trace(model, example_input), str(tmp))
+    elif fmt == "exported_program":
+        exported = torch.export.export(
+            model, (example_input,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), strict=True
+        )
+        torch.export.save(exported, str(tmp))
+    else:
+        export_onnx(model, tmp, example_input)
+    tmp.replace(path)
+    return write_manifest(path, manifest, fmt=fmt)
+
+
+def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor) -> None:
+    """ONNX export with a dynamic batch dimension (TorchScript-based exporter: fast and stable for CNNs)."""
+    with torch.no_grad():
+        torch.onnx.export(
+            model.eval(), (example_input,), str(path), dynamo=False, opset_version=17,
+            input_names=[ONNX_INPUT_NAME], output_names=[ONNX_OUTPUT_NAME],
+            dynamic_axes={ONNX_INPUT_NAME: {0: "batch"}, ONNX_OUTPUT_NAME: {0: "batch"}},
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class Predictor:
+    """A loaded artifact: ``predictor(batch) -> logits`` whatever the format.
+
+    Attributes:
+        manifest: the artifact's manifest (a minimal one is inferred when the file has none).
+        path: the model file.
+        backend: ``torch`` (eager), ``torchscript``, ``exported_program`` or ``onnxruntime``.
+        module: the ``nn.Module`` behind it, or None for ONNX Runtime.
+    """
+
+    def __init__(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], *, manifest: Manifest, path: Path, backend: str,
+        module: nn.Module | None = None, device: str = "cpu", memory_format: torch.memory_format | None = None,
+    ) -> None:
+        self._fn = fn
+        self.manifest = manifest
+        self.path = path
+        self.backend = backend
+        self.module = module
+        self.device = torch.device(device)
+        self.memory_format = memory_format
+
+    @property
+    def input_shape(self) -> list[int]:
+        return list(self.manifest.input_shape)
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
+
+    def check_input(self, batch: torch.Tensor) -> None:
+        expected = tuple(self.manifest.input_shape)
+        if batch.dim() != len(expected) + 1 or tuple(batch.shape[1:]) != expected:
+            raise UsageError(
+                f"Model {self.path.name} expects input of shape (N, {', '.join(map(str, expected))}), "
+                f"got {tuple(batch.shape)}"
+            )
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            if self.backend != "onnxruntime":
+                batch = batch.to(self.device)
+                if self.memory_format is not None:
+                    batch = batch.contiguous(memory_format=self.memory_format)
+            return self._fn(batch)
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.path}, format={self.manifest.format}, backend={self.backend})"
+
+
+def _infer_manifest(path: Path, fmt: str, model: nn.Module | None = None, arch: str | None = None) -> Manifest:
+    """A minimal manifest for a model file that has none (shape guessed from the model when possible)."""
+    num_classes, input_shape = 0, [3, 224, 224]
+    if model is not None:
+        try:
+            from modelops.models import classifier_layer
+
+            num_classes = classifier_layer(model)[1].out_features
+        except UsageError:
+            pass
+    logger.warning("%s has no manifest (%s); assuming input %s", path, manifest_path(path).name, input_shape)
+    return Manifest(format=fmt, file=path.name, arch=arch, num_classes=num_classes, input_shape=input_shape)
+
+
+def _load_torch_file(path: Path, trust_pickle: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise ArtifactError(
+                f"{path} is a pickled Python object: loading it runs arbitrary code. If you made it or trust its "
+                "source, pass --trust-pickle (trust_pickle=True); better, re-save it as a state_dict artifact."
+            ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+        raise ArtifactError(f"{path} is corrupt or truncated: {str(exc).splitlines()[0][:200]}") from exc
+    logger.warning("Loading %s as a trusted pickle (arbitrary code may run)", path)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_module(path: str | Path, *, trust_pickle: bool = False, arch: str | None = None) -> tuple[nn.Module, Manifest]:
+    """Load an artifact as a trainable eager ``nn.Module`` (for pruning, distillation, quantization).
+
+    Only ``state_dict`` and ``pickle`` artifacts hold an eager module; the traced formats are
+    inference-only and give a clear error that says which artifact to use instead.
+    """
+    path = _check_path(path)
+    manifest = read_manifest(path)
+    fmt = manifest.format if manifest else detect_format(path)
+    if fmt not in ("state_dict", "pickle"):
+        raise ArtifactError(
+            f"{path} is a {fmt} artifact, which is inference-only. This step needs an eager model: pass the "
+            "state_dict artifact it was made from"
+            + (f" ({manifest.parent['path']})" if manifest and manifest.parent else "")
+        )
+    obj = _load_torch_file(path, trust_pickle)
+    if isinstance(obj, nn.Module):
+        model = obj
+        manifest = manifest or _infer_manifest(path, "pickle", model)
+    elif isinstance(obj, dict):
+        state_dict = obj.get("state_dict", obj)
+        arch = obj.get("arch") or (manifest.arch if manifest else None) or arch
+        if not arch:
+            raise ArtifactError(
+                f"{path} is a bare state_dict with no architecture name: write a manifest or pass the arch"
+            )
+        num_classes = int(obj.get("num_classes") or (manifest.num_classes if manifest else 0))
+        if not num_classes:
+            num_classes = int(next(v.shape[0] for k, v in reversed(list(state_dict.items())) if k.endswith("weight")))
+        model = resize_to_state_dict(create_model(arch, num_classes), state_dict)
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as exc:
+            raise ArtifactError(f"{path}: weights do not fit architecture {arch!r}: {str(exc)[:300]}") from exc
+        manifest = manifest or _infer_manifest(path, "state_dict", model, arch)
+    else:
+        raise ArtifactError(f"{path} holds a {type(obj).__name__}, not a model or state_dict")
+    return model.eval(), manifest
+
+
+def _onnx_session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def compile_for_inference(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.compile with inductor and weight freezing (what makes PT2E int8 kernels fast)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(module, dynamic=False)
+
+
+def load_artifact(
+    path: str | Path,
+    *,
+    device: str = "cpu",
+    trust_pickle: bool = False,
+    compile: bool | None = None,
+    threads: int | None = None,
+) -> Predictor:
+    """Load any artifact as a :class:`Predictor`.
+
+    Args:
+        path: the model file (its manifest ``<path>.json`` is read when present).
+        device: ``cpu`` or ``cuda`` (ONNX Runtime artifacts run on CPU here).
+        trust_pickle: allow whole pickled modules (runs arbitrary code; off by default).
+        compile: run torch models through ``torch.compile`` (default: the manifest's ``runtime.compile``).
+        threads: ONNX Runtime intra-op threads (torch uses ``torch.set_num_threads``).
+    """
+    path = _check_path(path)
+    manifest = read_manifest(path)
+    fmt = manifest.format if manifest else detect_format(path)
+    runtime = manifest.runtime if manifest else {}
+    want_compile = runtime.get("compile", False) if compile is None else compile
+    memory_format = torch.channels_last if runtime.get("memory_format") == "channels_last" else None
+
+    if fmt == "onnx":
+        session = _onnx_session(path, threads)
+        manifest = manifest or _infer_manifest(path, fmt)
+        input_name = session.get_inputs()[0].name
+
+        def run_onnx(batch: torch.Tensor) -> torch.Tensor:
+            array = batch.detach().cpu().float().contiguous().numpy()
+            return torch.from_numpy(session.run(None, {input_name: array})[0])
+
+        return Predictor(run_onnx, manifest=manifest, path=path, backend="onnxruntime", device="cpu")
+
+    if fmt == "torchscript":
+        try:
+            module = torch.jit.load(str(path), map_location=device)
+        except RuntimeError as exc:
+            raise ArtifactError(f"{path} is not a loadable TorchScript archive: {str(exc)[:200]}") from exc
+        backend = "torchscript"
+    elif fmt == "exported_program":
+        _register_quantized_ops()
+        try:
+            module = torch.export.load(str(path)).module()
+        except Exception as exc:  # deserialisation raises many types; all mean a bad archive
+            raise ArtifactError(f"{path} is not a loadable torch.export archive: {str(exc)[:200]}") from exc
+        module = module.to(device)
+        backend = "exported_program"
+    else:
+        module, manifest = load_module(path, trust_pickle=trust_pickle)
+        module = module.to(device)
+        if memory_format is not None:
+            module = module.to(memory_format=memory_format)
+        backend = "torch"
+    manifest = manifest or _infer_manifest(path, fmt, module if isinstance(module, nn.Module) else None)
+    fn = compile_for_inference(module) if want_compile else module
+    return Predictor(
+        fn, manifest=manifest, path=path, backend=backend, module=module, device=device, memory_format=memory_format
+    )
+
+
+def _register_quantized_ops() -> None:
+    """PT2E int8 graphs call ``quantized_decomposed`` ops that torchao registers on import."""
+    try:
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+    except ImportError:
+        logger.debug("torchao not installed; int8 exported programs will not load")

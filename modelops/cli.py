@@ -1,0 +1,98 @@
+"""What every command-line script shares: common flags, logging, threads, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from modelops.data import DATASET_CHOICES
+from modelops.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """Flags spelled the same in every script; use as ``parents=[common_parser()]``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="digits",
+                      help=f"{' | '.join(DATASET_CHOICES)} (default: digits, bundled with scikit-learn, offline)")
+    data.add_argument("--image-size", type=int, default=None,
+                      help="model input side in pixels (default: the model's manifest, else the dataset's own)")
+    data.add_argument("--data-dir", default="data", help="cache for downloadable datasets (default: data)")
+    data.add_argument("-b", "--batch-size", type=int, default=64, help="batch size (default: 64)")
+    data.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    run = parser.add_argument_group("runtime")
+    run.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="intra-op threads (default: all usable cores)")
+    run.add_argument("--seed", type=int, default=0, help="random seed for splits and training (default: 0)")
+    run.add_argument("--trust-pickle", action="store_true",
+                     help="allow loading whole pickled nn.Modules (runs arbitrary code; default: off)")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks on errors")
+    return parser
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Logging, threads, seeds and the device check, once at the entry point."""
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    for noisy in ("torch._dynamo", "torch._inductor", "torch.onnx", "onnxscript", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    threads = getattr(args, "threads", None) or usable_cores()
+    if threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+    seed = getattr(args, "seed", 0)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    device = getattr(args, "device", "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UsageError(f"Unknown device {device!r}. Choose one of: cpu, cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+
+
+def check_positive(name: str, value: float | int | None, *, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def run_cli(main: Callable[[argparse.Namespace], Any], parser: argparse.ArgumentParser,
+            argv: list[str] | None = None) -> int:
+    """Parse, set up and run ``main``; map failures to one readable line and an exit code.
+
+    Exit codes: 0 success, 2 bad usage or input (argparse does the same), 1 failure, 130 interrupted.
+    """
+    args = parser.parse_args(argv)
+    try:
+        setup(args)
+        main(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: partial results, if any, were kept", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if getattr(args, "verbose", False):
+            logger.exception("failed")
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: {type(exc).__name__}: {first_line} (run with -v for the traceback)", file=sys.stderr)
+        return 1
+    return 0

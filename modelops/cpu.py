@@ -1,0 +1,42 @@
+"""What the CPU can do for int8 and bf16, read from /proc/cpuinfo (Linux) or platform."""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> dict:
+    """CPU model, logical cores and the ISA flags that matter for int8/bf16 kernels."""
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    return {
+        "cpu_model": model,
+        "logical_cores": os.cpu_count() or 1,
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        **{f"has_{flag}": flag in flags for flag in ISA_FLAGS},
+    }
+
+
+def int8_outlook() -> tuple[bool, str]:
+    """Whether int8 is likely to beat fp32 here, and a sentence that says why."""
+    info = cpu_info()
+    if info["has_amx_int8"]:
+        return True, "AMX int8 tiles present: int8 matrix work runs on AMX (largest int8 speed-up)."
+    if info["has_avx512_vnni"] or info["has_avx_vnni"]:
+        return True, "VNNI present: int8 dot products run in one instruction (int8 is usually 2-4x faster than fp32)."
+    if info["has_avx2"]:
+        return True, "AVX2 but no VNNI: int8 kernels work but gain less (often 1.2-2x over fp32)."
+    return False, "No AVX2/VNNI/AMX found: int8 kernels are unlikely to beat fp32 on this CPU."

@@ -1,0 +1,54 @@
+"""Write flat result rows as CSV, JSON or Markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULT_FORMATS = ("csv", "json", "markdown")
+
+
+def _rows(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(results)] if isinstance(results, Mapping) else [dict(r) for r in results]
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def markdown_table(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], floatfmt: str = ".4g") -> str:
+    from tabulate import tabulate
+
+    rows = _rows(results)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return tabulate([[row.get(c, "") for c in columns] for row in rows], headers=columns, tablefmt="github",
+                    floatfmt=floatfmt)
+
+
+def write_results(path: str | Path, results: Mapping[str, Any] | Sequence[Mapping[str, Any]], fmt: str | None = None) -> Path:
+    """Write ``results`` (one flat dict or a list of them) to ``path``; format from ``fmt`` or the suffix."""
+    path = Path(path)
+    fmt = fmt or {".csv": "csv", ".json": "json", ".md": "markdown"}.get(path.suffix, "json")
+    if fmt not in RESULT_FORMATS:
+        raise ValueError(f"Unknown results format {fmt!r}. Choose one of: {', '.join(RESULT_FORMATS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = _rows(results)
+    if fmt == "json":
+        payload = rows[0] if isinstance(results, Mapping) else rows
+        path.write_text(json.dumps(_json_safe(payload), indent=2, default=str) + "\n")
+    elif fmt == "csv":
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(path, index=False)
+    else:
+        path.write_text(markdown_table(rows) + "\n")
+    return path
