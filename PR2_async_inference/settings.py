@@ -1,0 +1,89 @@
+"""One place for every setting of the async inference service (API, worker, compose, k8s, tests).
+
+Read from the environment with the prefix ``INFERENCE_`` (``INFERENCE_KAFKA_BOOTSTRAP_SERVERS=kafka:9092``).
+The API and the worker read only :func:`get_settings`, never ``os.environ`` directly.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Docker image built by ``PR2_async_inference/Dockerfile``; used by docker-compose.yaml and PR1's manifests.
+IMAGE_NAME = "inference-service:0.1.0"
+#: The model name clients use when they do not pick one.
+DEFAULT_MODEL_NAME = "image_classification"
+#: Registry shipped beside this file.
+DEFAULT_REGISTRY = Path(__file__).resolve().parent / "model_registry.yaml"
+
+
+class Settings(BaseSettings):
+    """Service settings; every field can be set as ``INFERENCE_<FIELD_NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERENCE_", extra="ignore")
+
+    # Kafka
+    kafka_bootstrap_servers: str = "localhost:9092"
+    requests_topic: str = "inference-requests"
+    requests_partitions: int = Field(6, ge=1)
+    results_topic: str = "inference-results"
+    results_partitions: int = Field(3, ge=1)
+    dlq_topic: str = "inference-dlq"
+    dlq_partitions: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    worker_group: str = "inference-workers"
+    # Tansu answers a group join after session_timeout/2, so a short session
+    # keeps joins ~3 s; Apache Kafka accepts these values too.
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    max_poll_records: int = Field(64, ge=1)
+    poll_timeout_ms: int = Field(200, ge=1, le=1000)
+    # How far back (seconds) a (re)started API replica reads the results topic to rebuild its cache.
+    results_lookback_s: float = 3600.0
+
+    # Ports
+    api_host: str = "0.0.0.0"
+    api_port: int = 8000
+    worker_metrics_port: int = 9100
+
+    # Models and batching
+    model_registry: Path = DEFAULT_REGISTRY
+    default_model: str = DEFAULT_MODEL_NAME
+    max_batch_size: int = Field(16, ge=1)
+    max_batch_delay_ms: float = Field(10.0, ge=0)
+    torch_threads: int | None = None
+    max_attempts: int = Field(3, ge=1)
+    default_ttl_s: float = Field(300.0, gt=0)
+    max_ttl_s: float = Field(3600.0, gt=0)
+    max_top_k: int = 20
+
+    # Backpressure: POST answers 429 when the backlog passes either bound (0 disables that bound).
+    backpressure_max_lag: int = Field(10_000, ge=0)
+    backpressure_max_age_s: float = Field(60.0, ge=0)
+    backpressure_retry_after_s: int = Field(5, ge=1)
+    # How often the API refreshes its view of the backlog.
+    backlog_refresh_s: float = Field(1.0, gt=0)
+
+    # Access control and callbacks
+    api_key: str | None = None
+    callback_allowlist: list[str] = Field(default_factory=list, description="host names or host:port allowed")
+    callback_hmac_secret: str = "change-me"
+    callback_max_attempts: int = Field(4, ge=1)
+    callback_backoff_s: float = Field(0.5, gt=0)
+    callback_timeout_s: float = Field(5.0, gt=0)
+
+    # Limits
+    result_cache_size: int = Field(100_000, ge=1)
+    idempotency_cache_size: int = Field(100_000, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+
+    log_level: str = "INFO"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (tests clear the cache with ``get_settings.cache_clear()``)."""
+    return Settings()
