@@ -22,19 +22,26 @@ REQUESTS_EXPIRED = Counter(
     "inference_requests_expired", "Requests skipped because their deadline passed", ["model"]
 )
 BATCH_SIZE = Histogram(
-    "inference_batch_size", "Requests per model forward pass", ["model"],
+    "inference_batch_size",
+    "Requests per model forward pass",
+    ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 LATENCY = Histogram(
-    "inference_latency_seconds", "Model forward time per batch", ["model"],
+    "inference_latency_seconds",
+    "Model forward time per batch",
+    ["model"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 QUEUE_TIME = Histogram(
-    "inference_queue_time_seconds", "Time from enqueue to the start of the batch", ["model"],
+    "inference_queue_time_seconds",
+    "Time from enqueue to the start of the batch",
+    ["model"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 CONSUMER_LAG = Gauge(
-    "inference_consumer_lag", "Fetch high-water mark minus position, per assigned partition",
+    "inference_consumer_lag",
+    "Fetch high-water mark minus position, per assigned partition",
     ["topic", "partition"],
 )
 OLDEST_REQUEST_AGE = Gauge(
