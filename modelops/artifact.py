@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import logging
 import pickle
 import zipfile
@@ -60,7 +59,9 @@ class Manifest(BaseModel):
     preprocessing: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] = Field(default_factory=list)
     dataset: str | None = None
-    parent: dict[str, Any] | None = Field(default=None, description="path and sha256 of the artifact this was made from")
+    parent: dict[str, Any] | None = Field(
+        default=None, description="path and sha256 of the artifact this was made from"
+    )
     transform: dict[str, Any] = Field(default_factory=lambda: {"kind": "baseline"})
     lineage: list[dict[str, Any]] = Field(default_factory=list, description="transforms applied since the baseline")
     metrics: dict[str, Any] = Field(default_factory=dict)
@@ -152,7 +153,9 @@ def _check_path(path: str | Path) -> Path:
             f"{path}: unsupported extension {path.suffix!r}. Model artifacts end in {', '.join(MODEL_SUFFIXES)}"
         )
     if not path.is_file():
-        raise ArtifactError(f"Model file {path} does not exist. Create one with PR3_model_optimization/prepare_model.py")
+        raise ArtifactError(
+            f"Model file {path} does not exist. Create one with PR3_model_optimization/prepare_model.py"
+        )
     return path
 
 
@@ -164,7 +167,7 @@ def detect_format(path: str | Path) -> str:
             names = zipfile.ZipFile(path).namelist()
         except zipfile.BadZipFile as exc:
             raise ArtifactError(f"{path} is a corrupt archive: {exc}") from exc
-        if any(n.endswith("/archive_format") or "/models/" in n and n.endswith(".json") for n in names):
+        if any(n.endswith("/archive_format") or ("/models/" in n and n.endswith(".json")) for n in names):
             return "exported_program"
         if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
             return "torchscript"

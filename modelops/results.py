@@ -34,7 +34,9 @@ def markdown_table(results: Mapping[str, Any] | Sequence[Mapping[str, Any]], flo
                     floatfmt=floatfmt)
 
 
-def write_results(path: str | Path, results: Mapping[str, Any] | Sequence[Mapping[str, Any]], fmt: str | None = None) -> Path:
+def write_results(
+    path: str | Path, results: Mapping[str, Any] | Sequence[Mapping[str, Any]], fmt: str | None = None
+) -> Path:
     """Write ``results`` (one flat dict or a list of them) to ``path``; format from ``fmt`` or the suffix."""
     path = Path(path)
     fmt = fmt or {".csv": "csv", ".json": "json", ".md": "markdown"}.get(path.suffix, "json")

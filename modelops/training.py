@@ -41,7 +41,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int = 10, lr: 
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     group.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: 5e-4)")
     group.add_argument("--lr-scheduler", default="cosine", choices=SCHEDULERS, help="LR schedule (default: cosine)")
-    group.add_argument("--lr-step-size", type=int, default=5, help="epochs per step for --lr-scheduler step (default: 5)")
+    group.add_argument("--lr-step-size", type=int, default=5,
+                       help="epochs per step for --lr-scheduler step (default: 5)")
     group.add_argument("--lr-gamma", type=float, default=0.1, help="decay for --lr-scheduler step (default: 0.1)")
     group.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default: 0.0)")
     group.add_argument("--patience", type=int, default=None,
@@ -104,7 +105,7 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         n = len(targets)
-        total_loss += float(loss) * n
+        total_loss += float(loss.detach()) * n
         correct += int((logits.argmax(dim=1) == targets).sum())
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * correct / seen:.1f}")
