@@ -369,13 +369,15 @@ def load_module(path: str | Path, *, trust_pickle: bool = False, arch: str | Non
     return model.eval(), manifest
 
 
-def _onnx_session(path: Path, threads: int | None):
+def _onnx_session(path: Path, threads: int | None, session_config: dict[str, str] | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    for key, value in (session_config or {}).items():
+        options.add_session_config_entry(key, value)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -398,6 +400,7 @@ def load_artifact(
     trust_pickle: bool = False,
     compile: bool | None = None,
     threads: int | None = None,
+    ort_session_config: dict[str, str] | None = None,
 ) -> Predictor:
     """Load any artifact as a :class:`Predictor`.
 
@@ -407,6 +410,8 @@ def load_artifact(
         trust_pickle: allow whole pickled modules (runs arbitrary code; off by default).
         compile: run torch models through ``torch.compile`` (default: the manifest's ``runtime.compile``).
         threads: ONNX Runtime intra-op threads (torch uses ``torch.set_num_threads``).
+        ort_session_config: extra ONNX Runtime session config entries, e.g.
+            ``{"session.intra_op.allow_spinning": "0"}`` so idle threads do not spin (fair interleaved timing).
     """
     path = _check_path(path)
     manifest = read_manifest(path)
@@ -416,7 +421,7 @@ def load_artifact(
     memory_format = torch.channels_last if runtime.get("memory_format") == "channels_last" else None
 
     if fmt == "onnx":
-        session = _onnx_session(path, threads)
+        session = _onnx_session(path, threads, ort_session_config)
         manifest = manifest or _infer_manifest(path, fmt)
         input_name = session.get_inputs()[0].name
 
