@@ -25,6 +25,7 @@ order; a later object with the same kind/namespace/name replaces the earlier one
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
@@ -70,6 +71,7 @@ APPLY_SETS: dict[str, tuple[str, ...]] = {
                         "prometheus-adapter-config.yaml", "custom-metrics-hpa.yaml"),
     "KEDA": ("model-pvc.yaml", "k8s-deployment.yaml", "hpa.yaml", "servicemonitor.yaml",
              "keda-scaledobject.yaml"),
+    "dev Kafka": ("kafka-dev.yaml",),
 }
 KUSTOMIZE_SET = "kubectl kustomize"
 
@@ -141,13 +143,16 @@ def manifest_files(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("*.yaml") if p.name not in ("kustomization.yaml", YAMLLINT_CONFIG))
 
 
+#: libyaml's loader when PyYAML was built with it (several times faster), else the pure-Python one.
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_docs(path: Path) -> list[Doc]:
-    with path.open() as fh:
-        return [Doc(path.name, d) for d in yaml.safe_load_all(fh) if d]
+    return load_text_docs(path.read_text(), path.name)
 
 
 def load_text_docs(text: str, source: str) -> list[Doc]:
-    return [Doc(source, d) for d in yaml.safe_load_all(text) if d]
+    return [Doc(source, d) for d in yaml.load_all(text, Loader=SafeLoader) if d]
 
 
 def apply_in_order(docs: Iterable[Doc]) -> list[Doc]:
@@ -179,19 +184,23 @@ def check_schema(doc: Doc, versions: Sequence[str]) -> list[str]:
     if crd is not None:
         return [f"{doc.label()}: {'.'.join(map(str, e.path)) or '<root>'}: {e.message} (schemas/)"
                 for e in crd.iter_errors(body)]
-    problems = []
-    for version in versions:
-        try:
-            kubernetes_validate.validate(body, version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            path = ".".join(str(p) for p in exc.path) or "<root>"
-            problems.append(f"{doc.label()}: does not validate against Kubernetes {exc.version} (strict): "
-                            f"{path}: {exc.message}")
-        except SchemaNotFoundError as exc:
-            problems.append(f"{doc.label()}: unknown kind: {exc.message}")
-        except (InvalidSchemaError, VersionNotSupportedError) as exc:
-            problems.append(f"{doc.label()}: cannot validate: {getattr(exc, 'message', exc)}")
-    return problems
+    text = json.dumps(body, sort_keys=True)
+    return [f"{doc.label()}: {error}" for version in versions if (error := _k8s_schema_error(text, version))]
+
+
+@functools.lru_cache(maxsize=4096)
+def _k8s_schema_error(doc_json: str, version: str) -> str | None:
+    """kubernetes-validate in strict mode; cached by content because it re-reads its schemas on every call."""
+    try:
+        kubernetes_validate.validate(json.loads(doc_json), version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        path = ".".join(str(p) for p in exc.path) or "<root>"
+        return f"does not validate against Kubernetes {exc.version} (strict): {path}: {exc.message}"
+    except SchemaNotFoundError as exc:
+        return f"unknown kind: {exc.message}"
+    except (InvalidSchemaError, VersionNotSupportedError) as exc:
+        return f"cannot validate: {getattr(exc, 'message', exc)}"
+    return None
 
 
 def check_yamllint(paths: Sequence[Path], config: Path) -> list[str]:
@@ -306,7 +315,7 @@ def adapter_rules(docs: Sequence[Doc]) -> list[tuple[str, dict[str, Any]]]:
     for doc in docs:
         if doc.kind != "ConfigMap" or "config.yaml" not in (doc.body.get("data") or {}):
             continue
-        config = yaml.safe_load(doc.body["data"]["config.yaml"]) or {}
+        config = yaml.load(doc.body["data"]["config.yaml"], Loader=SafeLoader) or {}
         for section in ("rules", "externalRules", "resourceRules"):
             for rule in config.get(section) or []:
                 rules.append((section, rule))
@@ -328,7 +337,7 @@ def adapter_metric_names(rule: dict[str, Any], exported: set[str]) -> set[str]:
             continue
         out = as_.replace("$0", m.group(0)).replace("${0}", m.group(0))
         for i, g in enumerate(m.groups(), start=1):
-            out = out.replace("${%d}" % i, g or "").replace("$%d" % i, g or "")
+            out = out.replace(f"${{{i}}}", g or "").replace(f"${i}", g or "")
         served.add(out)
     return served
 
@@ -392,11 +401,12 @@ def check_metrics(docs: Sequence[Doc], exported: set[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------- workloads
 
 
-def pod_specs(docs: Sequence[Doc]) -> list[tuple[Doc, dict[str, Any], dict[str, str]]]:
-    """(doc, pod spec, pod labels) for Deployments and bare Pods."""
+def pod_specs(docs: Sequence[Doc], kinds: tuple[str, ...] = ("Deployment",)) -> list[tuple[Doc, dict[str, Any],
+                                                                                        dict[str, str]]]:
+    """(doc, pod spec, pod labels) for workloads of ``kinds`` and bare Pods."""
     out = []
     for doc in docs:
-        if doc.kind == "Deployment":
+        if doc.kind in kinds:
             template = (doc.body.get("spec") or {}).get("template") or {}
             out.append((doc, template.get("spec") or {}, (template.get("metadata") or {}).get("labels") or {}))
         elif doc.kind == "Pod":
@@ -494,9 +504,12 @@ def check_workloads(docs: Sequence[Doc]) -> list[str]:
                     if probe_name not in c:
                         problems.append(f"{cwhere}: no {probe_name}")
 
+    # Security and resource rules above are for the service's own pods; the dev Kafka StatefulSet
+    # (third-party image) is only checked for wiring: its Service must reach its ports.
+    workloads = pod_specs([d for d in docs if d.kind != "Pod"], kinds=("Deployment", "StatefulSet"))
     for svc in (d for d in docs if d.kind == "Service"):
         selector = (svc.body.get("spec") or {}).get("selector") or {}
-        targets = [(doc, pod) for doc, pod, labels in pod_specs(deployments) if _selects(selector, labels)]
+        targets = [(doc, pod) for doc, pod, labels in workloads if _selects(selector, labels)]
         if not targets:
             problems.append(f"{svc.label()}: selector {selector} matches no Deployment's pod labels")
             continue

@@ -263,6 +263,9 @@ MUTATIONS: dict[str, tuple[str, Callable[[list[dict[str, Any]]], None], str]] = 
     "ServiceMonitor on a port that does not exist": (
         "servicemonitor.yaml", lambda d: d[0]["spec"]["endpoints"][0].update(port="web"),
         "endpoint port 'web' is no port"),
+    "dev Kafka Service misses the broker port": (
+        "kafka-dev.yaml", lambda d: find(d, "Service", "kafka")["spec"]["ports"][0].update(targetPort=9094),
+        "targetPort 9094 is not a container port of StatefulSet/kafka"),
     "unknown kind": (
         "model-pvc.yaml", lambda d: d.append({"apiVersion": "v1", "kind": "ModelStore",
                                               "metadata": {"name": "x"}}), "unknown kind"),
