@@ -200,9 +200,18 @@ def quantized_reason(path: str | Path, manifest: Manifest | None = None) -> str 
 
 
 def onnx_module_name(node_name: str) -> str:
-    """``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1`` (the TorchScript exporter's node naming)."""
-    parts = [p for p in node_name.split("/") if p]
-    return parts[-2] if len(parts) >= 2 else node_name
+    """``/layer2/layer2.0/downsample/downsample.0/Conv`` -> ``layer2.0.downsample.0`` (TorchScript exporter)."""
+    # Each scope segment is an attribute name, except that a container's children appear as
+    # "<container attr>.<index>" (``/layer2/layer2.0/downsample/downsample.0/Conv``).
+    segments = [p for p in node_name.split("/") if p][:-1]
+    name, previous = "", ""
+    for segment in segments:
+        if previous and segment.startswith(previous + "."):
+            name += segment[len(previous):]
+        else:
+            name = f"{name}.{segment}" if name else segment
+        previous = segment
+    return name or node_name
 
 
 def onnx_quantized_layers(path: str | Path) -> list[str]:
