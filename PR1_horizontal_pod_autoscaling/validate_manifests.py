@@ -734,6 +734,10 @@ def check_code_consistency(docs: Sequence[Doc], settings: Any, settings_module: 
         if m and int(m.group(1)) != want:
             problems.append(f"{doc.label()}: command listens on {m.group(1)}, container port is {want}")
         if doc.kind == "Deployment" and is_worker(doc):
+            rolling = ((doc.body.get("spec") or {}).get("strategy") or {}).get("rollingUpdate") or {}
+            if str(rolling.get("maxSurge", "25%")) not in ("0", "0%"):
+                problems.append(f"{doc.label()}: rollingUpdate.maxSurge {rolling.get('maxSurge', '25%')!r} must be 0: "
+                                "at max replicas a surge pod is a consumer without a partition and never ready")
             grace = pod.get("terminationGracePeriodSeconds", 30)
             floor = max(30.0, settings.session_timeout_ms / 1000)
             if grace < floor:

@@ -257,6 +257,9 @@ MUTATIONS: dict[str, tuple[str, Callable[[list[dict[str, Any]]], None], str]] = 
     "model store mounted read-write": (
         "k8s-deployment.yaml", lambda d: _container(d, "inference-worker")["volumeMounts"][1].pop("readOnly"),
         "read-write; mount it readOnly"),
+    "worker rollout surges past the partitions": (
+        "k8s-deployment.yaml", lambda d: _deploy(d, "inference-worker")["spec"]["strategy"]["rollingUpdate"].update(
+            maxSurge=1), "rollingUpdate.maxSurge 1 must be 0"),
     "grace period shorter than a drain": (
         "k8s-deployment.yaml", lambda d: _deploy(d, "inference-worker")["spec"]["template"]["spec"].update(
             terminationGracePeriodSeconds=5), "terminationGracePeriodSeconds 5 <"),
