@@ -520,6 +520,11 @@ def check_workloads(docs: Sequence[Doc]) -> list[str]:
                     problems.append(f"{svc.label()}: targetPort {target!r} is not a container port of "
                                     f"{doc.kind}/{doc.name}")
 
+    for pdb in (d for d in docs if d.kind == "PodDisruptionBudget"):
+        selector = (pdb.body.get("spec") or {}).get("selector") or {}
+        if not any(_selects(selector, labels) for _, _, labels in workloads):
+            problems.append(f"{pdb.label()}: selector {selector} matches no Deployment's pod labels")
+
     services = [d for d in docs if d.kind == "Service"]
     for sm in (d for d in docs if d.kind == "ServiceMonitor"):
         spec = sm.body.get("spec") or {}

@@ -227,6 +227,10 @@ MUTATIONS: dict[str, tuple[str, Callable[[list[dict[str, Any]]], None], str]] = 
     "Service selects no pods": (
         "k8s-deployment.yaml", lambda d: find(d, "Service", "inference-worker")["spec"].update(
             selector={"app.kubernetes.io/name": "inference-workers"}), "matches no Deployment's pod labels"),
+    "PodDisruptionBudget selects no pods": (
+        "k8s-deployment.yaml", lambda d: find(d, "PodDisruptionBudget", "inference-worker")["spec"]["selector"][
+            "matchLabels"].update({"app.kubernetes.io/name": "worker"}),
+        "PodDisruptionBudget/inference-worker: selector"),
     "probe on a missing port": (
         "k8s-deployment.yaml", lambda d: _container(d, "inference-api")["readinessProbe"]["httpGet"].update(
             port=8080), "readinessProbe port 8080 is not a container port"),
