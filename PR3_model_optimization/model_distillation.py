@@ -299,6 +299,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "train_s": round(train_s, 1),
         **({"baseline_accuracy": summary["baseline_accuracy"]} if baseline is not None else {}),
     }
+    if student_manifest is not None:  # a pruned student keeps its measured memory-format hint
+        manifest.runtime = dict(student_manifest.runtime)
     manifest = save_artifact(student, save_path, manifest)
     if baseline is not None:
         baseline_path = output_dir / "baseline_student.pt"
