@@ -548,6 +548,9 @@ async def oip_infer(
     """KServe Open Inference Protocol v2 request body, answered asynchronously: 202 + request id onto the same
     queue as ``POST /inference``. ``inputs[0].data`` is the flat (row-major) tensor of ``shape``
     ([C, H, W] or [1, C, H, W])."""
+    if model_name not in state.registry.models:
+        raise reject("unknown", "unknown_model", 404, f"Unknown model {model_name!r}. Choose one of: "
+                     f"{', '.join(sorted(state.registry.models))}")
     tensor = body.inputs[0]
     count = 1
     for dim in tensor.shape:
