@@ -179,3 +179,23 @@ def test_api_key_guards_everything_but_health(broker, pr2_registry):
         assert post(client, {"data": tensor()}).status_code == 401
         assert post(client, {"data": tensor()}, **{"X-API-Key": "wrong"}).status_code == 401
         assert post(client, {"data": tensor()}, **{"X-API-Key": "s3cret"}).status_code == 202
+
+
+def test_openapi_schema_fuzzing_finds_no_server_error(api):
+    """Property-based run of every operation in the OpenAPI schema (bounded examples): never a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 6
+    for operation in operations:
+
+        @settings(max_examples=15, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def run(case):
+            case.call_and_validate(checks=[not_a_server_error])
+
+        run()
