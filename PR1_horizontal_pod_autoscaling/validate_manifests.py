@@ -808,6 +808,23 @@ def compose_image(compose_file: Path) -> tuple[str | None, list[str]]:
     return distinct.pop(), []
 
 
+def check_kafka_image(docs: Sequence[Doc], compose_file: Path) -> list[str]:
+    """The dev broker runs the same apache/kafka image as PR2's compose file."""
+    if not compose_file.exists():
+        return []
+    data = yaml.safe_load(compose_file.read_text()) or {}
+    wanted = {str(svc.get("image")) for svc in (data.get("services") or {}).values()
+              if isinstance(svc, dict) and str(svc.get("image", "")).startswith("apache/kafka")}
+    problems = []
+    for doc in docs:
+        pod = ((doc.body.get("spec") or {}).get("template") or {}).get("spec") or {}
+        for c in pod.get("containers") or []:
+            image = str(c.get("image", ""))
+            if image.startswith("apache/kafka") and wanted and image not in wanted:
+                problems.append(f"{doc.label()}: image {image!r} != docker-compose.yaml's {', '.join(sorted(wanted))}")
+    return problems
+
+
 # --------------------------------------------------------------------------------------------- driver
 
 
@@ -860,6 +877,8 @@ def run_checks(root: Path | str = HERE, *, kube_versions: Sequence[str] = DEFAUL
         report.notes.append("metric names: rendered from PR2_async_inference.metrics (no --metrics-url)")
     image, problems = (None, []) if compose_file is None else compose_image(Path(compose_file))
     report.add(problems, "compose")
+    if compose_file is not None:
+        report.add(check_kafka_image([d for docs in by_file.values() for d in docs], Path(compose_file)), "compose")
     if compose_file is not None and image is None and not problems:
         report.notes.append(f"image: {compose_file} not found, compared with settings.IMAGE_NAME only")
 

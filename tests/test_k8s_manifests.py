@@ -138,6 +138,18 @@ def test_kafka_names_and_image_match_pr2() -> None:
     assert images == {image}
 
 
+def test_images_must_match_the_compose_file(tmp_path: Path, code_metric_names: set[str]) -> None:
+    """The check parses a compose file; a different tag for the service or for Kafka is a problem."""
+    compose = tmp_path / "docker-compose.yaml"
+    compose.write_text(yaml.safe_dump({"services": {
+        "kafka": {"image": "apache/kafka:0.0.1"},
+        "api": {"build": {"context": ".."}, "image": "inference-service:9.9.9"},
+        "worker": {"image": "inference-service:9.9.9"}}}))
+    problems = problems_after(PR1, code_metric_names, compose_file=compose)
+    assert any("!= docker-compose.yaml's 'inference-service:9.9.9'" in p for p in problems), problems
+    assert any("!= docker-compose.yaml's apache/kafka:0.0.1" in p for p in problems), problems
+
+
 # ------------------------------------------------------------------------------------- broken manifests
 
 
