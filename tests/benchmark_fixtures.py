@@ -6,8 +6,10 @@ be tested before (and independently of) PR3's model_quantization.py; it lives in
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from modelops.artifact import export_onnx, load_module, save_artifact, write_manifest
@@ -52,3 +54,21 @@ def int8_onnx(state_dict_path: Path, out_path: Path, calibration: torch.Tensor) 
     for tmp in (fp32, prepped):
         tmp.unlink(missing_ok=True)
     return out_path
+
+
+@pytest.fixture(scope="session")
+def bench_variants(digits_resnet18: Path, digits_data, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """digits_resnet18 in every artifact format plus an int8 ONNX copy (made once per session)."""
+    # Imported by two test modules (each gets its own fixture definition): the marker file makes the
+    # second one reuse the first one's files.
+    out = tmp_path_factory.getbasetemp() / "pr4_variants"
+    done = out / "variants.json"
+    if done.exists():
+        return {k: Path(v) for k, v in json.loads(done.read_text()).items()}
+    paths = export_variants(digits_resnet18, out)
+    from modelops.data import calibration_batches
+
+    calibration = torch.cat(calibration_batches(digits_data.train, 32, 4, seed=0))
+    paths["int8"] = int8_onnx(digits_resnet18, out / "resnet18_int8.onnx", calibration)
+    done.write_text(json.dumps({k: str(v) for k, v in paths.items()}))
+    return paths
