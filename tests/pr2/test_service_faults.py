@@ -1,0 +1,132 @@
+"""Faults with real processes: kill -9 of a worker mid-burst, and a broker restart on durable storage.
+Every request must reach exactly one final state, visible through the API; none is lost."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections import defaultdict
+
+import httpx
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from PR2_async_inference.kafka_queue_service import FINAL_STATES, StatusMessage
+from PR2_async_inference.local_stack import (
+    s3_env,
+    service_env,
+    start_api,
+    start_broker,
+    start_seaweedfs,
+    start_worker,
+    stop_process,
+)
+from tests.pr2.conftest import make_topics, suite_settings, topic_overrides, wait_final
+
+pytestmark = pytest.mark.slow
+
+
+def final_states_on_topic(settings, ids: set[str], timeout_s: float = 30.0) -> dict[str, set[str]]:
+    """Every final state published for each id, read straight from the results topic."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
+                             auto_offset_reset="earliest")
+    partitions = [TopicPartition(settings.results_topic, p)
+                  for p in sorted(consumer.partitions_for_topic(settings.results_topic) or ())]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    finals: dict[str, set[str]] = defaultdict(set)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=500)
+            for records in batch.values():
+                for r in records:
+                    status = StatusMessage.from_bytes(r.value)
+                    if status.request_id in ids and status.status in FINAL_STATES:
+                        finals[status.request_id].add(status.status)
+            if not batch and set(finals) >= ids:
+                break
+    finally:
+        consumer.close()
+    return finals
+
+
+def post_burst(client: httpx.Client, n: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    ids = []
+    for _ in range(n):
+        response = client.post("/inference", json={"data": rng.standard_normal((3, 32, 32)).round(3).tolist()})
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["request_id"])
+    return ids
+
+
+def test_kill9_worker_mid_burst_loses_nothing(broker, pr2_registry, pr2_logs):
+    prefix = f"kill-{uuid.uuid4().hex[:6]}"
+    settings = suite_settings(broker.info["bootstrap"], prefix, pr2_registry)
+    make_topics(settings)
+    env = service_env(broker.info["bootstrap"], pr2_registry, **topic_overrides(prefix), torch_threads=1)
+    api = start_api(pr2_logs, env, name=f"{prefix}-api")
+    victim = start_worker(pr2_logs, env, name=f"{prefix}-victim")
+    survivor = None
+    client = httpx.Client(base_url=api.info["url"], timeout=30)
+    try:
+        n = 80
+        ids = post_burst(client, n)
+        # Wait until the worker is part-way through the burst, then kill it without warning.
+        deadline = time.monotonic() + 120
+        finished = 0
+        while time.monotonic() < deadline:
+            finished = sum(client.get(f"/inference/{i}").json()["status"] in FINAL_STATES for i in ids[::4])
+            if finished >= 1:
+                break
+            time.sleep(0.05)
+        stop_process(victim, signal.SIGKILL)
+        states = [client.get(f"/inference/{i}").json()["status"] for i in ids]
+        unfinished_at_kill = sum(s not in FINAL_STATES for s in states)
+        assert unfinished_at_kill > 0, "the worker finished the whole burst before the kill; raise n"
+        survivor = start_worker(pr2_logs, env, name=f"{prefix}-survivor")
+        done = wait_final(client, ids, timeout_s=180)
+        assert {d["status"] for d in done.values()} == {"succeeded"}
+        # Exactly one final state per request on the topic itself (a redelivered batch may repeat the same one).
+        finals = final_states_on_topic(settings, set(ids))
+        assert set(finals) == set(ids)
+        assert all(states == {"succeeded"} for states in finals.values())
+    finally:
+        client.close()
+        stop_process(survivor)
+        stop_process(victim)
+        stop_process(api)
+
+
+def test_queued_requests_survive_a_broker_restart_on_durable_storage(pr2_registry, pr2_logs, tmp_path):
+    store = start_seaweedfs(pr2_logs, tmp_path / "s3")
+    broker_env = s3_env(store.port)
+    durable = start_broker(pr2_logs, storage="s3://tansu/", env=broker_env, name="durable-broker")
+    bootstrap = durable.info["bootstrap"]
+    settings = suite_settings(bootstrap, "durable", pr2_registry)
+    api = worker = None
+    try:
+        make_topics(settings)
+        env = service_env(bootstrap, pr2_registry, **topic_overrides("durable"), torch_threads=1)
+        api = start_api(pr2_logs, env, name="durable-api")
+        client = httpx.Client(base_url=api.info["url"], timeout=30)
+        ids = post_burst(client, 10)  # queued; no worker runs yet
+        assert all(client.get(f"/inference/{i}").json()["status"] == "queued" for i in ids)
+        stop_process(durable, signal.SIGKILL)
+        durable = start_broker(pr2_logs, port=durable.port, storage="s3://tansu/", env=broker_env,
+                               name="durable-broker-restarted")
+        worker = start_worker(pr2_logs, env, name="durable-worker")
+        done = wait_final(client, ids, timeout_s=180)
+        assert {d["status"] for d in done.values()} == {"succeeded"}
+        # The API reconnected too: new requests are accepted and served.
+        after = post_burst(client, 2)
+        assert {d["status"] for d in wait_final(client, after).values()} == {"succeeded"}
+        client.close()
+    finally:
+        stop_process(worker)
+        stop_process(api)
+        stop_process(durable)
+        stop_process(store)
