@@ -279,14 +279,14 @@ def quantize_onnx(
         quantize_static,
     )
 
+    if config.method == "static" and not calibration:
+        raise UsageError("Calibration needs at least one batch of real data; got none")
     excluded = _onnx_nodes_for_modules(prepared_onnx, config.keep_float)
     if config.method == "dynamic":
         quantize_dynamic(str(prepared_onnx), str(out_path), per_channel=config.per_channel,
                          weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "LSTM"],
                          nodes_to_exclude=excluded)
     else:
-        if not calibration:
-            raise UsageError("Calibration needs at least one batch of real data; got none")
         calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                      "percentile": CalibrationMethod.Percentile}[config.calibration_method]
         activation = QuantType.QUInt8 if config.activation_type == "quint8" else QuantType.QInt8
@@ -376,11 +376,13 @@ def quantize_pt2e(
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
+    if config.method == "static" and not calibration:
+        raise UsageError("Calibration needs at least one batch of real data; got none")
+    if config.method == "qat" and train_step is None:
+        raise UsageError("QAT needs a training step (training data)")
     model = copy.deepcopy(model)
     quantizer = _x86_quantizer(config)
-    if config.method == "qat":
-        if train_step is None:
-            raise UsageError("QAT needs a training step (training data)")
+    if config.method == "qat" and train_step is not None:
         graph = _export(model.train(), example).module()
         prepared = prepare_qat_pt2e(graph, quantizer)
         move_exported_model_to_train(prepared)
@@ -390,8 +392,6 @@ def quantize_pt2e(
         graph = _export(model.eval(), example).module()
         prepared = prepare_pt2e(graph, quantizer)
         if config.method == "static":
-            if not calibration:
-                raise UsageError("Calibration needs at least one batch of real data; got none")
             with torch.no_grad():
                 for batch in calibration:
                     prepared(batch)

@@ -1,0 +1,205 @@
+"""PR3 quantization: real int8 artifacts that reload through load_artifact and agree with fp32."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from modelops.artifact import detect_format, load_artifact, load_module, read_manifest
+from modelops.cli import run_cli
+from modelops.data import make_loader
+from modelops.errors import UsageError
+from modelops.evaluate import predict_logits, top1_agreement
+from modelops.quant import (
+    QuantConfig,
+    dynamic_coverage,
+    layer_macs,
+    onnx_module_name,
+    quantize_onnx,
+    quantize_pt2e,
+    quantized_reason,
+)
+from PR3_model_optimization import model_quantization as mq
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = REPO_ROOT / "PR3_model_optimization" / "model_quantization.py"
+# Small everything: 2 cores are shared by the whole suite.
+FAST = ["--threads", "1", "--calibration-batches", "4", "--latency-rounds", "3", "--latency-batch-size", "8"]
+
+
+def quantize(model: Path, save: Path, *extra: str) -> dict:
+    args = mq.get_args_parser().parse_args(["--model", str(model), "--save-path", str(save), *FAST, *extra])
+    return mq.main(args)
+
+
+def agreement_with_fp32(int8_path: Path, fp32_path: Path, data, **load_kwargs) -> float:
+    """Top-1 agreement of the reloaded int8 artifact with the fp32 model on the digits val split."""
+    fp32, _ = load_module(fp32_path)
+    loader = make_loader(data.val, 256)
+    reference, _ = predict_logits(fp32, loader)
+    logits, _ = predict_logits(load_artifact(int8_path, threads=1, **load_kwargs), loader)
+    return top1_agreement(logits, reference)
+
+
+@pytest.fixture(scope="module")
+def ort_static(digits_resnet18: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    # The user's name ends in .pt although the content is ONNX: the manifest says which.
+    save = tmp_path_factory.mktemp("quant") / "quantized_model.pt"
+    return save, quantize(digits_resnet18, save, "--quantization-method", "static")
+
+
+def test_static_onnxruntime_round_trip(ort_static, digits_resnet18: Path, digits_data) -> None:
+    save, summary = ort_static
+    manifest = read_manifest(save)
+    assert manifest.format == "onnx" and detect_format(save) == "onnx"
+    assert manifest.transform["kind"] == "quantization" and manifest.transform["backend"] == "onnxruntime"
+    assert manifest.parent["path"] == str(digits_resnet18)
+    assert manifest.lineage[-1]["method"] == "static"
+    # Real int8: every quantized conv reads its weight through a DequantizeLinear of an int8 initializer.
+    graph = onnx.load(str(save)).graph
+    int8_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    assert len(int8_weights) >= 19
+    assert summary["quantized_layers"] == len(manifest.metrics["quantized_layers"]) == 20  # all but conv1
+    assert "conv1" not in manifest.metrics["quantized_layers"]
+    assert 0.8 < manifest.metrics["quantized_mac_fraction"] < 1.0
+    assert summary["size_ratio"] <= 0.30 and manifest.size_mb < read_manifest(digits_resnet18).size_mb * 0.3
+    for key in ("accuracy", "fp32_accuracy", "top1_agreement", "latency_ms_p50_fp32", "latency_ms_p50_int8",
+                "speedup", "int8_speedup", "cpu_int8_outlook"):
+        assert key in manifest.metrics and key in summary
+    predictor = load_artifact(save, threads=1)
+    assert predictor.backend == "onnxruntime"
+    assert predictor(torch.zeros(3, *manifest.input_shape)).shape == (3, 10)
+    assert agreement_with_fp32(save, digits_resnet18, digits_data) >= 98.0
+    assert summary["accuracy_drop"] <= 1.0
+
+
+def test_already_quantized_is_refused_by_the_script(ort_static) -> None:
+    save, _ = ort_static
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--model", str(save), "--save-path", str(save.with_name("again.onnx"))],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "already quantized" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_quantized_onnx_without_manifest_is_detected(ort_static, tmp_path: Path) -> None:
+    bare = tmp_path / "bare.onnx"
+    shutil.copyfile(ort_static[0], bare)
+    assert "QuantizeLinear" in quantized_reason(bare)
+    with pytest.raises(UsageError, match="already quantized"):
+        mq.check_not_quantized(bare)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--backend", "tensorrt"], "Unknown backend 'tensorrt'. Choose one of: onnxruntime, pt2e"),
+        (["--calibration-batches", "0"], "needs calibration data"),
+        (["--quantization-method", "dynamic"], "of the MACs"),
+        (["--quantization-method", "qat", "--backend", "onnxruntime"], "--backend pt2e"),
+        (["--keep-float", "nonexistent"], "no layer named nonexistent"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(flags, message, digits_resnet18: Path, tmp_path: Path, capsys) -> None:
+    argv = ["--model", str(digits_resnet18), "--save-path", str(tmp_path / "q.onnx"), "--threads", "1", *flags]
+    assert run_cli(mq.main, mq.get_args_parser(), argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and message in err[-1]
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_no_calibration_batches_is_refused_by_both_engines(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="at least one batch"):
+        quantize_onnx(tmp_path / "unused.onnx", tmp_path / "out.onnx", QuantConfig(), [])
+    with pytest.raises(UsageError, match="at least one batch"):
+        quantize_pt2e(nn.Linear(4, 2), torch.zeros(2, 4), QuantConfig(backend="pt2e"), [])
+
+
+def test_dynamic_covers_linear_only_and_is_written_when_asked(digits_resnet18: Path, tmp_path: Path) -> None:
+    model, manifest = load_module(digits_resnet18)
+    fraction, names = dynamic_coverage(model, manifest.input_shape)
+    assert names == ["fc"] and fraction < 0.001
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    assert dynamic_coverage(mlp, [3, 2, 2])[0] == pytest.approx(1.0)
+    lstm_macs = layer_macs(nn.LSTM(4, 8, batch_first=True), [5, 4])
+    assert lstm_macs[""] == 5 * 4 * 8 * (4 + 8)
+
+    summary = quantize(digits_resnet18, tmp_path / "dyn.pt", "--quantization-method", "dynamic",
+                       "--allow-partial-dynamic")
+    manifest = read_manifest(tmp_path / "dyn.pt")
+    assert manifest.transform["method"] == "dynamic" and manifest.metrics["quantized_layers"] == ["fc"]
+    assert summary["quantized_mac_fraction"] < 0.001
+    assert load_artifact(tmp_path / "dyn.pt", threads=1)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_onnx_node_names_map_to_modules() -> None:
+    assert onnx_module_name("/layer2/layer2.0/downsample/downsample.0/Conv") == "layer2.0.downsample.0"
+    assert onnx_module_name("/features/features.0/features.0.0/Conv") == "features.0.0"
+    assert onnx_module_name("/fc/Gemm") == "fc"
+
+
+def test_pick_best_prefers_the_fastest_passing_trial() -> None:
+    rows = [
+        {"trial": 0, "val_accuracy": 98.0, "speedup": 3.0, "meets_budget": True},
+        {"trial": 1, "val_accuracy": 97.9, "speedup": 3.6, "meets_budget": True},
+        {"trial": 2, "val_accuracy": 90.0, "speedup": 4.5, "meets_budget": False},
+        {"trial": 3, "config": "broken", "error": "boom"},
+    ]
+    assert mq.pick_best(rows)["trial"] == 1
+    failing = [{**r, "meets_budget": False} for r in rows[:3]]
+    assert mq.pick_best(failing)["trial"] == 0  # nothing passed: the most accurate is kept
+    assert mq.pick_best([rows[3]]) is None
+
+
+def test_search_stops_at_its_budget_and_keeps_the_fastest_passing(digits_resnet18: Path, tmp_path: Path) -> None:
+    save = tmp_path / "searched.onnx"
+    summary = quantize(digits_resnet18, save, "--max-accuracy-drop", "2.0", "--max-trials", "2",
+                       "--backend", "onnxruntime")
+    assert summary["trials"] == 2
+    import pandas as pd
+
+    trials = pd.read_csv(summary["trials_csv"])
+    assert list(trials["trial"]) == [0, 1]
+    assert list(trials["meets_budget"]) == list(trials["accuracy_drop"] <= 2.0)
+    passing = trials[trials["meets_budget"]]
+    expected = passing.loc[passing["speedup"].idxmax(), "config"] if len(passing) else \
+        trials.loc[trials["val_accuracy"].idxmax(), "config"]
+    assert summary["config"] == expected
+    manifest = read_manifest(save)
+    assert manifest.metrics["max_accuracy_drop"] == 2.0 and manifest.metrics["speedup"] == summary["speedup"]
+    assert load_artifact(save, threads=1)(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.slow
+def test_pt2e_static_round_trip_compiled(digits_resnet18: Path, digits_data, tmp_path: Path) -> None:
+    save = tmp_path / "pt2e.pt"
+    summary = quantize(digits_resnet18, save, "--backend", "pt2e")
+    manifest = read_manifest(save)
+    assert manifest.format == "exported_program" and manifest.runtime == {"compile": True}
+    assert summary["size_ratio"] <= 0.30 and summary["quantized_layers"] == 20
+    assert agreement_with_fp32(save, digits_resnet18, digits_data, compile=False) >= 98.0
+    # The int8 ops live in the saved graph itself, not in code: the archive reloads standalone.
+    program = torch.export.load(str(save))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any(t.startswith("quantized_decomposed.") for t in targets)
+    assert not any(v.dtype == torch.float32 and v.dim() == 4 and v.numel() > 10_000
+                   for v in program.state_dict.values())  # no fp32 conv weights left beside the int8 ones
+
+
+@pytest.mark.slow
+def test_qat_fine_tunes_and_converts(digits_resnet18: Path, digits_data, tmp_path: Path) -> None:
+    save = tmp_path / "qat.pt2"
+    summary = quantize(digits_resnet18, save, "--quantization-method", "qat", "--qat-epochs", "0.3")
+    manifest = read_manifest(save)
+    assert summary["backend"] == "pt2e" and manifest.transform["method"] == "qat"
+    assert summary["size_ratio"] <= 0.30
+    assert agreement_with_fp32(save, digits_resnet18, digits_data, compile=False) >= 95.0
