@@ -137,7 +137,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                       help="softmax temperature for distillation (default: 4.0)")
     tune.add_argument("--eval-limit", type=int, default=None,
                       help="score accuracy on only the first N test samples (quick runs) (default: all)")
-    add_training_args(parser, epochs=5, lr=0.01)
+    add_training_args(parser, epochs=3, lr=0.01)
     return parser
 
 

@@ -38,14 +38,18 @@ def _train_args(**changes) -> argparse.Namespace:
 # --------------------------------------------------------------------------- structured
 
 
-@pytest.mark.parametrize("importance", ["l1", "bn"])
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn", "taylor"])
 def test_structured_pruning_removes_channels(importance: str) -> None:
     torch.manual_seed(0)
     model = create_model("resnet18", 10).eval()
     before_params, before_convs = count_parameters(model), _convs(model)
     example = torch.randn(2, *INPUT)
+    # Taylor importance scores channels by |w * dL/dw|: it needs a few batches of (images, labels).
+    grads = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(16, *INPUT), torch.randint(0, 10, (16,))), batch_size=8)
     pruner = mp.build_structured_pruner(model, INPUT, amount=0.3, importance=importance, round_to=8)
-    mp.structured_step(pruner, model, importance)
+    mp.structured_step(pruner, model, importance, grads)
+    assert all(p.grad is None for p in model.parameters())
 
     assert count_parameters(model) < 0.6 * before_params
     after_convs = _convs(model)
@@ -115,7 +119,7 @@ def test_pruned_artifacts_reload_in_fresh_process_without_torch_pruning(tmp_path
 
 @pytest.mark.parametrize("method", ["global", "layerwise"])
 def test_unstructured_reaches_sparsity_and_leaves_plain_weights(method: str) -> None:
-    model = create_model("resnet18", 10)
+    model = create_model("mobilenet_v3_small", 10)
     mp.unstructured_prune(model, 0.5, method)
     assert any(name.endswith("weight_mask") for name in model.state_dict())
     mp.make_permanent(model)
@@ -134,7 +138,7 @@ def test_unstructured_reaches_sparsity_and_leaves_plain_weights(method: str) -> 
 
 
 def test_iterative_unstructured_composes_to_the_target() -> None:
-    model = create_model("resnet18", 10)
+    model = create_model("mobilenet_v3_small", 10)
     amount, steps = 0.6, 3
     for step in range(1, steps + 1):
         done, goal = amount * (step - 1) / steps, amount * step / steps
