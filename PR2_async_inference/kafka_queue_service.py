@@ -20,6 +20,7 @@ and joins use a short session timeout (Tansu answers a join after session_timeou
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import threading
@@ -247,9 +248,7 @@ def make_producer(settings: Settings, client_id: str = "inference") -> KafkaProd
         return KafkaProducer(enable_idempotence=False, **common)
 
 
-def send_request(
-    producer: KafkaProducer, settings: Settings, message: RequestMessage, *, topic: str | None = None
-):
+def send_request(producer: KafkaProducer, settings: Settings, message: RequestMessage, *, topic: str | None = None):
     """Produce a request (key = request id). Returns kafka-python's future."""
     return producer.send(
         topic or settings.requests_topic,
@@ -318,9 +317,7 @@ class LoggingRebalanceListener(ConsumerRebalanceListener):
             self._on_assign(list(assigned))
 
 
-def make_worker_consumer(
-    settings: Settings, listener: ConsumerRebalanceListener, client_id: str
-) -> KafkaConsumer:
+def make_worker_consumer(settings: Settings, listener: ConsumerRebalanceListener, client_id: str) -> KafkaConsumer:
     """A group member of ``worker_group`` on the requests topic: manual commits, bounded polls."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_list(settings),
@@ -451,3 +448,42 @@ class ResultsReader:
                 logger.warning("results reader error (%s); reconnecting", exc)
             finally:
                 consumer.close()
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def get_args_parser(add_help: bool = True):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Kafka admin for the inference service (settings from INFERENCE_*).", add_help=add_help
+    )
+    parser.add_argument(
+        "command",
+        choices=["create-topics", "check"],
+        help="create-topics: create the requests/results/DLQ topics; check: list them",
+    )
+    parser.add_argument("--timeout-s", type=float, default=120.0, help="how long to wait for the broker (default: 120)")
+    return parser
+
+
+def main(args) -> dict[str, Any]:
+    from PR2_async_inference.settings import get_settings
+
+    settings = get_settings()
+    counts = (
+        ensure_topics(settings, args.timeout_s)
+        if args.command == "create-topics"
+        else wait_for_topics(settings, args.timeout_s)
+    )
+    print(json.dumps({"bootstrap": settings.kafka_bootstrap_servers, "partitions": counts}))
+    return counts
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from modelops.cli import run_cli
+
+    sys.exit(run_cli(main, get_args_parser()))

@@ -1,0 +1,192 @@
+"""Pieces of the service that need no broker: the result cache's state rules, message encoding, input
+decoding, callback signing and allowlist, batching precedence, and the compose/Prometheus files."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+
+from modelops.artifact import Manifest
+from modelops.errors import UsageError
+from PR2_async_inference import metrics
+from PR2_async_inference.async_fastapi_server import ResultStore
+from PR2_async_inference.kafka_queue_service import RequestMessage, StatusMessage
+from PR2_async_inference.model_worker import ModelWorker, host_allowed, sign
+from PR2_async_inference.registry import decode_input, load_registry, top_k
+from PR2_async_inference.settings import IMAGE_NAME, Settings
+
+PR2 = Path(__file__).resolve().parents[2] / "PR2_async_inference"
+
+
+def status(request_id: str, state: str, created: float = 1.0, **kw) -> StatusMessage:
+    return StatusMessage(request_id=request_id, model_name="m", status=state, created_at=created, **kw)
+
+
+def test_result_store_first_final_state_wins_and_never_goes_back():
+    store = ResultStore(size=10, idempotency_size=10)
+    store.apply(status("a", "queued", idempotency_key="k1"))
+    store.apply(status("a", "running"))
+    store.apply(status("a", "queued"))  # late echo of the API's own message
+    assert store.get("a").status == "running"
+    store.apply(status("a", "succeeded"))
+    store.apply(status("a", "expired"))  # a redelivered copy judged later must not flip the result
+    store.apply(status("a", "running"))
+    assert store.get("a").status == "succeeded"
+    assert store.by_idempotency_key("k1") == "a"
+
+
+def test_result_store_backlog_and_lru_bound():
+    store = ResultStore(size=3, idempotency_size=3)
+    now = time.time()
+    for i in range(3):
+        store.apply(status(f"r{i}", "queued", created=now - 10 + i))
+    pending, oldest = store.backlog(now)
+    assert pending == 3 and oldest == pytest.approx(10, abs=0.01)
+    store.apply(status("r0", "failed", created=now - 10))
+    assert store.backlog(now)[0] == 2
+    for i in range(3, 6):
+        store.apply(status(f"r{i}", "succeeded"))
+    assert store.get("r1") is None and len(store.statuses) == 3
+    assert store.backlog(now) == (0, 0.0)  # evicted entries leave the backlog too
+
+
+def test_request_message_round_trips_through_record_fields():
+    tensor = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
+    message = RequestMessage("id-1", "m", tensor, deadline=123.5, enqueued_at=100.25, attempt=2, top_k=3,
+                             callback_url="https://h/x")
+    record = SimpleNamespace(topic="t", partition=1, offset=7, key=b"id-1", value=message.value(),
+                             headers=message.headers())
+    back = RequestMessage.from_record(record)
+    assert np.array_equal(back.tensor, tensor)
+    assert (back.deadline, back.enqueued_at, back.attempt, back.top_k, back.callback_url) == \
+        (123.5, 100.25, 2, 3, "https://h/x")
+    record.value = b"\x00" * 8
+    with pytest.raises(ValueError, match="header shape"):
+        RequestMessage.from_record(record)
+
+
+def manifest() -> Manifest:
+    return Manifest(num_classes=3, input_shape=[3, 8, 8], labels=["a", "b", "c"],
+                    preprocessing={"size": 8, "mean": [0.5] * 3, "std": [0.5] * 3})
+
+
+def test_decode_input_shapes_and_errors():
+    m = manifest()
+    assert decode_input(np.zeros((1, 3, 8, 8)).tolist(), m).shape == (3, 8, 8)
+    with pytest.raises(UsageError, match=r"model expects \[3, 8, 8\]"):
+        decode_input(np.zeros((3, 4, 4)).tolist(), m)
+    with pytest.raises(UsageError, match="NaN"):
+        decode_input(np.full((3, 8, 8), np.nan).tolist(), m)
+    with pytest.raises(UsageError, match="must be a base64 image string or a nested list"):
+        decode_input(3, m)
+
+
+def test_decode_image_applies_manifest_preprocessing():
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 10), (255, 0, 127)).save(buf, "PNG")
+    tensor = decode_input(base64.b64encode(buf.getvalue()).decode(), manifest())
+    assert tensor.shape == (3, 8, 8)
+    # (x/255 - 0.5) / 0.5 per channel
+    assert tensor[0].mean() == pytest.approx(1.0) and tensor[1].mean() == pytest.approx(-1.0)
+    assert tensor[2].mean() == pytest.approx(127 / 255 * 2 - 1, abs=1e-4)
+
+
+def test_top_k_is_softmax_sorted():
+    out = top_k(np.array([1.0, 3.0, 2.0]), ["a", "b", "c"], 2)
+    assert [p["label"] for p in out] == ["b", "c"]
+    assert out[0]["score"] > out[1]["score"] and sum(p["score"] for p in top_k(np.zeros(3), [], 3)) == \
+        pytest.approx(1.0)
+
+
+def test_callback_allowlist_and_signature():
+    allow = ["hooks.example.test", "localhost:9999"]
+    assert host_allowed("https://hooks.example.test/x", allow)
+    assert host_allowed("http://localhost:9999/cb", allow)
+    assert not host_allowed("http://localhost:8000/cb", allow)
+    assert not host_allowed("http://169.254.169.254/", allow)
+    assert not host_allowed("file:///etc/passwd", allow)
+    assert not host_allowed("https://hooks.example.test/x", [])
+    body, secret = b'{"a":1}', "s"
+    expected = hmac.new(b"s", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert sign(body, secret, "1700000000") == expected
+
+
+def test_batching_explicit_setting_beats_registry(tmp_path):
+    reg = tmp_path / "r.yaml"
+    reg.write_text("models:\n  m:\n    artifact: missing.pt\n    max_batch_size: 4\n    max_batch_delay_ms: 7\n")
+    registry = load_registry(reg)
+    assert ModelWorker(Settings(model_registry=reg), registry).batching("m") == (4, 0.007)
+    explicit = Settings(model_registry=reg, max_batch_size=1)
+    assert ModelWorker(explicit, registry).batching("m") == (1, 0.007)
+    with pytest.raises(UsageError, match="Choose one of: m"):
+        registry.get("image_classification")
+
+
+def test_shipped_registry_has_the_default_model():
+    registry = load_registry(PR2 / "model_registry.yaml")
+    assert registry.default_model == Settings().default_model == "image_classification"
+    assert registry.models["image_classification"].artifact.name == "quantized_model.pt"
+
+
+def test_metric_names_are_the_shared_ones():
+    from prometheus_client import generate_latest
+
+    metrics.REQUESTS_RECEIVED.labels("unit").inc(0)
+    metrics.CONSUMER_LAG.labels("t", "0").set(0)
+    text = generate_latest().decode()
+    for name in ("inference_requests_received_total", "inference_consumer_lag",
+                 "inference_oldest_request_age_seconds"):
+        assert name in text
+    assert set(metrics.METRIC_NAMES.values()) >= {
+        "inference_requests_processed_total", "inference_requests_failed_total",
+        "inference_requests_expired_total", "inference_batch_size", "inference_latency_seconds",
+        "inference_queue_time_seconds"}
+
+
+def compose() -> dict:
+    return yaml.safe_load((PR2 / "docker-compose.yaml").read_text())
+
+
+def test_compose_file_agrees_with_settings():
+    doc, s = compose(), Settings()
+    services = doc["services"]
+    assert {"kafka", "topics", "api", "worker", "prometheus"} <= set(services)
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert "kafka-data:/var/lib/kafka/data" in services["kafka"]["volumes"] and "healthcheck" in services["kafka"]
+    for name in ("topics", "api", "worker"):
+        assert services[name]["image"] == IMAGE_NAME
+    assert services["api"]["ports"] == [f"{s.api_port}:{s.api_port}"]
+    assert str(s.worker_metrics_port) in services["worker"]["command"]
+    assert "ports" not in services["worker"]  # fixed host ports would stop --scale worker=N
+    assert services["api"]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    prometheus = yaml.safe_load((PR2 / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["inference-api"]["static_configs"][0]["targets"] == [f"api:{s.api_port}"]
+    assert jobs["inference-worker"]["dns_sd_configs"][0]["port"] == s.worker_metrics_port
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed "
+                    "(apt-get install docker-compose validates offline)")
+def test_docker_compose_config_validates():
+    result = subprocess.run(["docker-compose", "config", "-q"], cwd=PR2, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_dockerfile_runs_as_non_root_with_cpu_torch():
+    text = (PR2 / "Dockerfile").read_text()
+    assert "torch==2.13.0" in text and "download.pytorch.org/whl/cpu" in text
+    assert "\nUSER inference" in text and "pip install --no-deps -e ." in text
