@@ -306,21 +306,16 @@ def structured_step(pruner, model: nn.Module, importance: str, grad_loader=None)
 
 def distillation_step(teacher: Callable[[torch.Tensor], torch.Tensor], *, alpha: float, temperature: float,
                       label_smoothing: float = 0.0) -> StepFn:
-    """``(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T)`` (Hinton et al.)."""
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    """``(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T)`` (Hinton et al.).
 
-    def step(model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, targets = batch[0], batch[1]
-        logits = model(images)
-        # The predictor runs in inference mode; clone gives a normal tensor autograd may keep.
-        teacher_logits = teacher(images).float().clone()
-        kd = F.kl_div(F.log_softmax(logits.float() / temperature, dim=1),
-                      F.log_softmax(teacher_logits / temperature, dim=1),
-                      reduction="batchmean", log_target=True)
-        loss = (1 - alpha) * criterion(logits, targets) + alpha * temperature**2 * kd
-        return loss, logits, targets
+    Built from the distillation module shared with ``model_distillation.py``; ``teacher`` is any
+    artifact predictor (or module), run without gradients.
+    """
+    from PR3_model_optimization.distillation import DistillationLoss, TeacherRunner
+    from PR3_model_optimization.distillation import distillation_step as kd_step
 
-    return step
+    loss = DistillationLoss(temperature=temperature, alpha=alpha, label_smoothing=label_smoothing)
+    return kd_step(loss, teacher=TeacherRunner(teacher))
 
 
 def fine_tune(
