@@ -1,0 +1,163 @@
+"""End-to-end benchmark of the async service beside the same model run in-process, in one bounded run.
+
+    python PR2_async_inference/benchmarks/bench_e2e.py --model models/quantized_model.pt \\
+        --requests 160 --concurrency 16 --low-load-requests 30 --output runs/pr2_bench/e2e.md
+
+For each configuration (batching on/off, 1 and 2 workers) it starts a local stack (Tansu broker, API, workers
+on 127.0.0.1), sends a bounded closed-loop burst of PNG images (``--concurrency`` clients, at most
+``--requests`` requests and ``--time-limit-s`` seconds), then a low-load run (one client), and stops the stack.
+Before each configuration it times the model in-process (batch ``--batch-size`` throughput and batch-1 latency)
+so both figures come from the same minutes of a shared machine. Reported per row: e2e throughput and
+p50/p95/p99, its ratio to the in-process batched throughput, and the p50 the service adds over in-process
+batch-1 latency at low load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import logging
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np
+import torch
+
+from modelops.artifact import load_artifact, read_manifest
+from modelops.errors import UsageError
+from modelops.results import markdown_table, write_results
+from modelops.timing import latency_stats, measure_latency
+from PR2_async_inference.load_test import run_load
+from PR2_async_inference.local_stack import start_stack, stop_stack
+
+logger = logging.getLogger(__name__)
+
+CONFIGS = {
+    "batching-1w": {"workers": 1, "batching": True},
+    "no-batching-1w": {"workers": 1, "batching": False},
+    "batching-2w": {"workers": 2, "batching": True},
+    "no-batching-2w": {"workers": 2, "batching": False},
+}
+
+
+def in_process(model: Path, batch_size: int, threads: int, iters: int) -> dict[str, float]:
+    """The model alone: batched throughput (samples/s) and batch-1 p50 latency."""
+    predictor = load_artifact(model, threads=threads)
+    shape = predictor.input_shape
+    batched = latency_stats(measure_latency(predictor, torch.randn(batch_size, *shape), warmup=3, iters=iters))
+    single = latency_stats(measure_latency(predictor, torch.randn(1, *shape), warmup=3, iters=iters))
+    return {"inproc_samples_per_s": batch_size / (batched["latency_ms_p50"] / 1000),
+            "inproc_b1_latency_ms_p50": single["latency_ms_p50"]}
+
+
+def png_payloads(shape: list[int], count: int = 8, seed: int = 0) -> list[dict[str, Any]]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    payloads = []
+    for _ in range(count):
+        pixels = (rng.random((shape[1], shape[2], 3)) * 255).astype("uint8")
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, "PNG")
+        payloads.append({"data": base64.b64encode(buf.getvalue()).decode()})
+    return payloads
+
+
+def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    config = CONFIGS[name]
+    registry = log_dir / f"registry-{name}.yaml"
+    registry.write_text(f"default_model: image_classification\nmodels:\n  image_classification:\n"
+                        f"    artifact: {model.resolve()}\n")
+    shape = read_manifest(model).input_shape
+    payloads = png_payloads(shape)
+    stack = start_stack(registry, workers=config["workers"], log_dir=log_dir / name,
+                        max_batch_size=args.batch_size if config["batching"] else 1,
+                        max_batch_delay_ms=args.batch_delay_ms if config["batching"] else 0,
+                        torch_threads=args.threads, publish_running=False)
+    try:
+        common = {"time_limit_s": args.time_limit_s, "payloads": payloads}
+        run_load(stack.api_url, stack.bootstrap, requests=min(8, args.requests), concurrency=4, **common)  # warm-up
+        loaded = run_load(stack.api_url, stack.bootstrap, requests=args.requests, concurrency=args.concurrency,
+                          **common)
+        low = run_load(stack.api_url, stack.bootstrap, requests=args.low_load_requests, concurrency=1, **common)
+    finally:
+        stop_stack(stack)
+    return {"config": name, "workers": config["workers"],
+            "max_batch_size": args.batch_size if config["batching"] else 1,
+            "e2e_throughput_rps": loaded["throughput_rps"], "e2e_latency_ms_p50": loaded["latency_ms_p50"],
+            "e2e_latency_ms_p95": loaded["latency_ms_p95"], "e2e_latency_ms_p99": loaded["latency_ms_p99"],
+            "e2e_batch_size_mean": loaded["batch_size_mean"], "succeeded": loaded["succeeded"],
+            "errors": loaded["errors"], "low_load_latency_ms_p50": low["latency_ms_p50"]}
+
+
+def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
+    model = Path(args.model)
+    if read_manifest(model) is None:
+        raise UsageError(f"{model} has no manifest ({model}.json); pass a modelops artifact")
+    torch.set_num_threads(args.threads)
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="pr2-bench-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    rows, inproc = [], []
+    for name in args.configs:
+        inproc.append(in_process(model, args.batch_size, args.threads, args.iters))  # interleaved with e2e runs
+        logger.info("in-process: %s", inproc[-1])
+        row = run_config(name, model, args, log_dir)
+        logger.info("%s: %s", name, row)
+        rows.append(row)
+    inproc.append(in_process(model, args.batch_size, args.threads, args.iters))
+    samples_per_s = statistics.median(r["inproc_samples_per_s"] for r in inproc)
+    b1_p50 = statistics.median(r["inproc_b1_latency_ms_p50"] for r in inproc)
+    for row in rows:
+        row["inproc_samples_per_s"] = round(samples_per_s, 1)
+        row["e2e_vs_inproc_throughput"] = round(row["e2e_throughput_rps"] / samples_per_s, 3)
+        row["inproc_b1_latency_ms_p50"] = round(b1_p50, 2)
+        low = row["low_load_latency_ms_p50"]
+        row["added_latency_ms_p50"] = round(low - b1_p50, 2) if low is not None else None
+    return rows
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="E2E throughput/latency of the async service vs in-process.",
+                                     add_help=add_help)
+    parser.add_argument("--model", required=True, help="artifact to serve (e.g. models/quantized_model.pt)")
+    parser.add_argument("--configs", nargs="+", default=["batching-1w", "no-batching-1w", "batching-2w"],
+                        choices=sorted(CONFIGS), help="configurations to run (default: batching-1w "
+                        "no-batching-1w batching-2w)")
+    parser.add_argument("--requests", type=int, default=160, help="requests per loaded run (default: 160)")
+    parser.add_argument("--concurrency", type=int, default=16, help="clients in the loaded run (default: 16)")
+    parser.add_argument("--low-load-requests", type=int, default=30,
+                        help="requests of the one-client run (default: 30)")
+    parser.add_argument("--time-limit-s", type=float, default=60.0, help="time limit per run (default: 60)")
+    parser.add_argument("-b", "--batch-size", type=int, default=16, help="max batch size (default: 16)")
+    parser.add_argument("--batch-delay-ms", type=float, default=5.0, help="max batching delay (default: 5)")
+    parser.add_argument("--threads", type=int, default=2, help="threads per model (default: 2)")
+    parser.add_argument("--iters", type=int, default=20, help="in-process timed iterations (default: 20)")
+    parser.add_argument("--log-dir", default=None, help="process logs (default: a temp dir)")
+    parser.add_argument("--output", default=None, help="write the table (.md/.csv/.json) here (default: none)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    for name in ("requests", "concurrency", "low_load_requests", "batch_size", "threads", "iters"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    rows = run_benchmark(args)
+    if args.output:
+        write_results(args.output, rows)
+    print(markdown_table(rows))
+    print(json.dumps(rows))
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    from modelops.cli import run_cli
+
+    sys.exit(run_cli(main, get_args_parser()))

@@ -1,0 +1,202 @@
+"""A bounded load generator for the async inference API (127.0.0.1 only).
+
+    python PR2_async_inference/load_test.py --url http://127.0.0.1:8000 --bootstrap 127.0.0.1:9092 \\
+        --requests 200 --concurrency 16 --time-limit-s 60
+
+``concurrency`` closed-loop clients each POST a request and wait for its final state, until ``requests`` are
+done or ``time_limit_s`` passes. End-to-end latency is POST start -> the final state appearing on the results
+topic (read directly, so no polling interval is added to the figures). Importable: :func:`run_load` returns
+throughput and latency percentiles as a flat dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+import numpy as np
+from kafka import KafkaConsumer, TopicPartition
+
+from modelops.errors import UsageError
+from modelops.timing import latency_stats
+from PR2_async_inference.kafka_queue_service import FINAL_STATES, StatusMessage
+
+logger = logging.getLogger(__name__)
+
+
+class ResultWatcher:
+    """Reads the results topic in a thread and records when each request reached its final state."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.finished: dict[str, tuple[float, str, int | None]] = {}
+        self.waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                       auto_offset_reset="earliest", fetch_max_wait_ms=5)
+        parts = self._consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            raise UsageError(f"results topic {topic!r} not found on {bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_beginning(*tps)  # Tansu's "latest" is unreliable; old results are ignored
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for records in self._consumer.poll(timeout_ms=20).values():
+                now = time.perf_counter()
+                for record in records:
+                    status = StatusMessage.from_bytes(record.value)
+                    if status.status not in FINAL_STATES:
+                        continue
+                    with self.lock:
+                        if status.request_id in self.finished:
+                            continue
+                        self.finished[status.request_id] = (now, status.status, status.batch_size)
+                        waiter = self.waiters.pop(status.request_id, None)
+                    if waiter:
+                        loop, future = waiter
+                        loop.call_soon_threadsafe(lambda f=future: f.done() or f.set_result(None))
+
+    async def wait(self, request_id: str, timeout_s: float) -> tuple[float, str, int | None]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self.lock:
+            if request_id not in self.finished:
+                self.waiters[request_id] = (loop, future)
+            else:
+                future.set_result(None)
+        await asyncio.wait_for(future, timeout_s)
+        return self.finished[request_id]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+def check_local(url: str) -> None:
+    host = urlsplit(url).hostname
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise UsageError(f"load tests only target 127.0.0.1; got host {host!r}")
+
+
+async def _run(url: str, watcher: ResultWatcher, requests: int, concurrency: int, time_limit_s: float,
+               payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    batch_sizes: list[int] = []
+    errors: dict[str, int] = {}
+    issued = 0
+    stop_at = time.perf_counter() + time_limit_s
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal issued
+        while issued < requests and time.perf_counter() < stop_at:
+            body = payloads[issued % len(payloads)]
+            issued += 1
+            start = time.perf_counter()
+            response = await client.post("/inference", json=body)
+            if response.status_code != 202:
+                key = f"http_{response.status_code}"
+                errors[key] = errors.get(key, 0) + 1
+                if response.status_code == 429:
+                    await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+                continue
+            try:
+                done_at, status, batch = await watcher.wait(response.json()["request_id"],
+                                                            max(0.1, stop_at - time.perf_counter() + 30))
+            except asyncio.TimeoutError:
+                errors["timeout"] = errors.get("timeout", 0) + 1
+                continue
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == "succeeded":
+                latencies.append((done_at - start) * 1000)
+                batch_sizes.append(batch or 1)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        began = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - began
+    stats = latency_stats(latencies) if latencies else {}
+    return {
+        "requests_sent": issued, "succeeded": statuses.get("succeeded", 0),
+        "failed": statuses.get("failed", 0), "expired": statuses.get("expired", 0),
+        "errors": sum(errors.values()), "error_kinds": json.dumps(errors) if errors else "",
+        "concurrency": concurrency, "wall_s": round(wall, 3),
+        "throughput_rps": round(statuses.get("succeeded", 0) / wall, 2) if wall else 0.0,
+        "latency_ms_p50": stats.get("latency_ms_p50"), "latency_ms_p95": stats.get("latency_ms_p95"),
+        "latency_ms_p99": stats.get("latency_ms_p99"), "latency_ms_mean": stats.get("latency_ms_mean"),
+        "batch_size_mean": round(float(np.mean(batch_sizes)), 2) if batch_sizes else None,
+    }
+
+
+def make_payloads(input_shape: list[int], count: int = 16, seed: int = 0) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    return [{"data": rng.standard_normal(input_shape).round(4).tolist()} for _ in range(count)]
+
+
+def run_load(url: str, bootstrap: str, *, requests: int = 200, concurrency: int = 16, time_limit_s: float = 60.0,
+             input_shape: list[int] | None = None, results_topic: str = "inference-results",
+             payloads: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Send at most ``requests`` requests with ``concurrency`` closed-loop clients for at most ``time_limit_s``.
+
+    Returns a flat dict: throughput_rps, latency_ms_p50/p95/p99, succeeded/failed/expired counts, errors.
+    """
+    check_local(url)
+    if requests < 1 or concurrency < 1 or time_limit_s <= 0:
+        raise UsageError(f"requests ({requests}), concurrency ({concurrency}) and time limit must be positive")
+    if payloads is None:
+        if input_shape is None:
+            models = httpx.get(f"{url}/models", timeout=10).json()
+            input_shape = next(m["input_shape"] for m in models if m["default"])
+        payloads = make_payloads(input_shape)
+    watcher = ResultWatcher(bootstrap, results_topic)
+    try:
+        return asyncio.run(_run(url, watcher, requests, concurrency, time_limit_s, payloads))
+    finally:
+        watcher.close()
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Bounded load test of the async inference API (127.0.0.1).",
+                                     add_help=add_help)
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="API URL (default: http://127.0.0.1:8000)")
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap (default: 127.0.0.1:9092)")
+    parser.add_argument("--results-topic", default="inference-results",
+                        help="results topic (default: inference-results)")
+    parser.add_argument("--requests", type=int, default=200, help="requests to send at most (default: 200)")
+    parser.add_argument("--concurrency", type=int, default=16, help="closed-loop clients (default: 16)")
+    parser.add_argument("--time-limit-s", type=float, default=60.0, help="stop after this long (default: 60)")
+    parser.add_argument("--output", default=None, help="write the result as JSON here (default: print only)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    result = run_load(args.url, args.bootstrap, requests=args.requests, concurrency=args.concurrency,
+                      time_limit_s=args.time_limit_s, results_topic=args.results_topic)
+    print(json.dumps(result))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    from modelops.cli import run_cli
+
+    sys.exit(run_cli(main, get_args_parser()))
