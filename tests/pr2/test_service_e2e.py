@@ -164,3 +164,14 @@ def test_sigterm_finishes_and_leaves_the_group(stack, pr2_logs):
     assert "SIGTERM" in extra.log.read_text()
     done = wait_final(client, ids)
     assert {d["status"] for d in done.values()} == {"succeeded"}
+
+
+def test_load_generator_is_bounded_and_reports_percentiles(stack):
+    from PR2_async_inference.load_test import run_load
+
+    result = run_load(stack["api"].info["url"], stack["settings"].kafka_bootstrap_servers, requests=12,
+                      concurrency=3, time_limit_s=60, input_shape=[3, 32, 32],
+                      results_topic=stack["settings"].results_topic)
+    assert result["requests_sent"] == 12 and result["succeeded"] == 12 and result["errors"] == 0
+    assert 0 < result["latency_ms_p50"] <= result["latency_ms_p95"] <= result["latency_ms_p99"]
+    assert result["throughput_rps"] > 0

@@ -190,3 +190,10 @@ def test_dockerfile_runs_as_non_root_with_cpu_torch():
     text = (PR2 / "Dockerfile").read_text()
     assert "torch==2.13.0" in text and "download.pytorch.org/whl/cpu" in text
     assert "\nUSER inference" in text and "pip install --no-deps -e ." in text
+
+
+def test_load_generator_refuses_non_local_targets():
+    from PR2_async_inference.load_test import run_load
+
+    with pytest.raises(UsageError, match=r"only target 127\.0\.0\.1"):
+        run_load("http://example.com:8000", "127.0.0.1:9092", requests=1)
