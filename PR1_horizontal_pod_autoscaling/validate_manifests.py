@@ -401,7 +401,7 @@ def check_metrics(docs: Sequence[Doc], exported: set[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------- workloads
 
 
-def pod_specs(docs: Sequence[Doc], kinds: tuple[str, ...] = ("Deployment",)) -> list[tuple[Doc, dict[str, Any],
+def pod_specs(docs: Sequence[Doc], kinds: tuple[str, ...] = ("Deployment", "Job")) -> list[tuple[Doc, dict[str, Any],
                                                                                         dict[str, str]]]:
     """(doc, pod spec, pod labels) for workloads of ``kinds`` and bare Pods."""
     out = []

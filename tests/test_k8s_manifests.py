@@ -267,6 +267,9 @@ MUTATIONS: dict[str, tuple[str, Callable[[list[dict[str, Any]]], None], str]] = 
     "runs as root allowed": (
         "k8s-deployment.yaml", lambda d: _deploy(d, "inference-api")["spec"]["template"]["spec"][
             "securityContext"].pop("runAsNonRoot"), "runAsNonRoot is not true"),
+    "topics Job with a writable root filesystem": (
+        "k8s-deployment.yaml", lambda d: find(d, "Job", "inference-topics")["spec"]["template"]["spec"]["containers"][
+            0]["securityContext"].update(readOnlyRootFilesystem=False), "Job/inference-topics container"),
     "no CPU request": (
         "k8s-deployment.yaml", lambda d: _container(d, "inference-worker")["resources"]["requests"].pop("cpu"),
         "no resources.requests.cpu"),
