@@ -148,8 +148,9 @@ def distill(args: argparse.Namespace, save_path: Path, *, student: str | None = 
              "--temperature", str(args.temperature), "--alpha", str(args.alpha),
              "--output-dir", str(Path(args.output_dir) / "runs" / save_path.stem), "--speed-rounds", "0",
              *_common_flags(args)]
-    # A pruned student is fine-tuned at --lr; a fresh architecture trains from scratch at the script's own rate.
-    flags += ["--student", student, "--lr", str(args.lr)] if student else ["--student-arch", args.student_arch]
+    # A pruned student is fine-tuned with SGD at --lr; a fresh one trains from scratch with the script's AdamW.
+    flags += (["--student", student, "--opt", "sgd", "--lr", str(args.lr)] if student
+              else ["--student-arch", args.student_arch])
     if args.limit:
         flags += ["--limit", str(args.limit)]
     return model_distillation.main(model_distillation.get_args_parser().parse_args(flags))
