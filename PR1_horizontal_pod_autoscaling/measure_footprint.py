@@ -1,0 +1,103 @@
+"""Measure the API's and the worker's memory (RSS) at rest and after a bounded burst, to size requests.
+
+    python PR1_horizontal_pod_autoscaling/measure_footprint.py --requests 48 --image-size 224
+
+Starts PR2's local stack (Tansu broker, API, one worker; all on 127.0.0.1, stopped by pid) with a
+random-weight model of ``--arch``, reads /proc/<pid>/status before and after ``--requests`` POSTs, and
+prints the figures as JSON. The memory requests in k8s-deployment.yaml and the memory target in hpa.yaml
+are based on these figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml
+
+from modelops.errors import UsageError
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def write_registry(folder: Path, arch: str, image_size: int) -> Path:
+    from modelops.artifact import Manifest, save_artifact
+    from modelops.models import create_model
+
+    model_path = folder / f"{arch}.pt"
+    save_artifact(create_model(arch, 10), model_path,
+                  Manifest(arch=arch, num_classes=10, input_shape=[3, image_size, image_size], dataset="fake",
+                           labels=[str(i) for i in range(10)]))
+    registry = folder / "registry.yaml"
+    registry.write_text(yaml.safe_dump({"default_model": "image_classification", "models": {
+        "image_classification": {"artifact": str(model_path), "max_batch_size": 16}}}))
+    return registry
+
+
+def measure(arch: str, image_size: int, requests: int, threads: int, settle_s: float) -> dict[str, Any]:
+    from PR2_async_inference import local_stack
+
+    tmp = Path(tempfile.mkdtemp(prefix="pr1-footprint-"))
+    stack = local_stack.start_stack(write_registry(tmp, arch, image_size), workers=1, log_dir=tmp / "logs",
+                                    torch_threads=threads)
+    try:
+        api, worker = stack.api.pid, stack.workers[0].pid
+        result: dict[str, Any] = {"arch": arch, "image_size": image_size, "requests": requests,
+                                  "api_rss_mib_idle": round(rss_mib(api)),
+                                  "worker_rss_mib_idle": round(rss_mib(worker))}
+        tensor = [[[0.0] * image_size] * image_size] * 3
+        body = json.dumps({"model_name": "image_classification", "data": tensor}).encode()
+        for _ in range(requests):
+            req = urllib.request.Request(f"{stack.api_url}/inference", data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                resp.read()
+        time.sleep(settle_s)  # let the worker drain the burst
+        result["api_rss_mib_after"] = round(rss_mib(api))
+        result["worker_rss_mib_after"] = round(rss_mib(worker))
+        return result
+    finally:
+        local_stack.stop_stack(stack)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="RSS of the API and the worker, idle and after a burst.",
+                                     add_help=add_help)
+    parser.add_argument("--arch", default="resnet18", help="torchvision architecture (default: resnet18)")
+    parser.add_argument("--image-size", type=int, default=224, help="input height/width (default: 224)")
+    parser.add_argument("--requests", type=int, default=48, help="requests in the burst, 1-1000 (default: 48)")
+    parser.add_argument("--threads", type=int, default=2, help="worker torch threads (default: 2)")
+    parser.add_argument("--settle-s", type=float, default=15.0,
+                        help="wait after the burst before reading RSS (default: 15)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    if not 1 <= args.requests <= 1000:
+        raise UsageError(f"--requests must be between 1 and 1000, got {args.requests}")
+    if args.image_size < 16:
+        raise UsageError(f"--image-size must be at least 16, got {args.image_size}")
+    result = measure(args.arch, args.image_size, args.requests, args.threads, args.settle_s)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    from modelops.cli import run_cli
+
+    sys.exit(run_cli(main, get_args_parser()))
