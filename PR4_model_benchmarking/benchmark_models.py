@@ -83,7 +83,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     scen.add_argument("--server-queries", type=int, default=None,
                       help="server scenario: queries per trial at most (default: 200; --quick: 60)")
     scen.add_argument("--server-max-seconds", type=float, default=None,
-                      help="server scenario: seconds per trial at most (default: 5; --quick: 2)")
+                      help="server scenario: a trial's queries are spread over about this many seconds and "
+                           "may take this long again to drain (default: 5; --quick: 2)")
     scen.add_argument("--server-search-steps", type=int, default=None,
                       help="server scenario: bisection steps of the max-QPS search (default: 3; --quick: 1)")
     quality = parser.add_argument_group("accuracy")
@@ -353,7 +354,9 @@ class Benchmark:
             session = self.sessions[name]
             try:
                 self.server[name] = search_server_qps(
-                    lambda arrivals, s=session: s.serve(arrivals.tolist(), args.server_max_seconds),
+                    # the queue may drain for --server-max-seconds after the last arrival, no longer
+                    lambda arrivals, s=session: s.serve(arrivals.tolist(),
+                                                        float(arrivals[-1]) + args.server_max_seconds),
                     target_qps=target, capacity_qps=capacity, bound_ms=bound, steps=args.server_search_steps,
                     max_queries=args.server_queries, max_seconds=args.server_max_seconds, seed=args.seed)
             except WorkerError as exc:

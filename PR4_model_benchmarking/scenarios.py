@@ -92,7 +92,8 @@ def search_server_qps(
         capacity_qps: the rate one server could sustain at best (1000 / mean batch-1 ms); the search's ceiling.
         bound_ms: the p99 latency bound.
         steps: bisection steps after the target trial (bounded work).
-        max_queries: queries per trial at most; max_seconds: seconds per trial at most.
+        max_queries: queries per trial at most; max_seconds: a trial sends at most ``qps * max_seconds``
+            queries (so its arrivals span about ``max_seconds``); ``serve`` bounds the wall time.
     """
     trials: list[dict[str, Any]] = []
 
