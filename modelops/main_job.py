@@ -1,0 +1,297 @@
+"""The main job: baseline -> prune, distill, quantize, combined pipeline -> benchmark + flamegraphs ->
+serve through the async stack -> one report.
+
+    make demo                                  # = python -m modelops.main_job
+    python -m modelops.main_job --tiny         # minutes-long smoke run (what the tests run)
+
+Every stage writes its summary to ``<output-dir>/stages/<stage>.json``. A second run reuses any stage
+whose summary and outputs exist (``--force`` redoes them), so an interrupted run picks up where it stopped.
+This module only orchestrates: each stage calls the ``main(args)`` of the script the READMEs document,
+with the same flags a user would type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelops.cli import common_parser, run_cli
+from modelops.cpu import cpu_info
+from modelops.results import markdown_table, write_results
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("baseline", "optimize", "benchmark", "flamegraph", "serve")
+# The pipeline's artifacts that are benchmarked and can be served, in report order.
+VARIANTS = ("original", "pruned", "distilled", "quantized", "combined")
+
+
+@dataclass(frozen=True)
+class JobSize:
+    """How big each stage runs: the default demo, or the tiny size the tests use."""
+
+    image_size: int
+    teacher_epochs: int
+    small_epochs: int
+    optimize_epochs: int
+    calibration_batches: int
+    bench_iters: int
+    flame_duration_s: float
+    requests: int
+
+
+DEMO = JobSize(image_size=32, teacher_epochs=8, small_epochs=12, optimize_epochs=6,
+               calibration_batches=10, bench_iters=40, flame_duration_s=5, requests=200)
+TINY = JobSize(image_size=16, teacher_epochs=1, small_epochs=1, optimize_epochs=1,
+               calibration_batches=2, bench_iters=5, flame_duration_s=2, requests=20)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[common_parser()],
+                                     add_help=add_help, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher-arch", default="resnet50", help="the original model (default: resnet50)")
+    parser.add_argument("--student-arch", default="resnet18", help="the distillation student (default: resnet18)")
+    parser.add_argument("--models-dir", default="models", help="where artifacts go (default: models)")
+    parser.add_argument("--output-dir", default="runs/main_job",
+                        help="stage summaries and reports (default: runs/main_job)")
+    parser.add_argument("--tiny", action="store_true", help="smallest sizes everywhere: a smoke run (default: off)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list of stages to run (default: all: "
+                        f"{','.join(STAGES)})")
+    parser.add_argument("--force", action="store_true", help="redo stages that already have results (default: reuse)")
+    return parser
+
+
+def _script(module: str) -> Any:
+    return importlib.import_module(module)
+
+
+def _run_script(module: str, argv: list[str]) -> dict:
+    """Run a documented script's ``main`` with the flags a user would type."""
+    script = _script(module)
+    logger.info("$ python %s.py %s", module.replace(".", "/"), " ".join(argv))
+    return script.main(script.get_args_parser().parse_args(argv)) or {}
+
+
+class Job:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.size = TINY if args.tiny else DEMO
+        self.models = Path(args.models_dir)
+        self.out = Path(args.output_dir)
+        self.stage_dir = self.out / "stages"
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        self.common = ["--dataset", args.dataset, "--seed", str(args.seed)]
+        if args.threads:
+            self.common += ["--threads", str(args.threads)]
+        self.results: dict[str, dict] = {}
+
+    # ------------------------------------------------------------------ paths
+    def model(self, name: str) -> Path:
+        return self.models / f"{name}.pt"
+
+    @property
+    def teacher(self) -> Path:
+        return self.model(self.args.teacher_arch)
+
+    # ------------------------------------------------------------------ stage runner
+    def run_stage(self, name: str, fn: Callable[[], dict], outputs: list[Path]) -> dict:
+        summary_path = self.stage_dir / f"{name}.json"
+        if not self.args.force and summary_path.exists() and all(p.exists() for p in outputs):
+            logger.info("[%s] reusing %s", name, summary_path)
+            self.results[name] = json.loads(summary_path.read_text())
+            return self.results[name]
+        logger.info("[%s] running", name)
+        started = time.perf_counter()
+        result = fn()
+        result = {**result, "stage_s": round(time.perf_counter() - started, 1)}
+        write_results(summary_path, result, "json")
+        self.results[name] = json.loads(summary_path.read_text())
+        return self.results[name]
+
+    # ------------------------------------------------------------------ stages
+    def baseline(self) -> dict:
+        out = {}
+        for arch, epochs in ((self.args.teacher_arch, self.size.teacher_epochs),
+                             (self.args.student_arch, self.size.small_epochs)):
+            out[arch] = _run_script("PR3_model_optimization.prepare_model", [
+                "--arch", arch, "--epochs", str(epochs), "--image-size", str(self.size.image_size),
+                "--save-path", str(self.model(arch)), "--output-dir", str(self.out / f"train_{arch}"), *self.common])
+        return out
+
+    def optimize(self) -> dict:
+        """Prune, distill and quantize the original, each alone and combined (optimize_pipeline.py)."""
+        argv = ["--model", str(self.teacher), "--output-dir", str(self.models / "optimized"),
+                "--epochs", str(self.size.optimize_epochs), "--student-arch", self.args.student_arch,
+                "--calibration-batches", str(self.size.calibration_batches), *self.common]
+        if self.args.tiny:
+            argv += ["--speed-rounds", "5", "--limit", "256"]
+        return _run_script("PR3_model_optimization.optimize_pipeline", argv)
+
+    def variants(self) -> dict[str, Path]:
+        artifacts = self.results.get("optimize", {}).get("artifacts", {})
+        found = {"original": self.teacher, **{name: Path(p) for name, p in artifacts.items()}}
+        return {name: found[name] for name in VARIANTS if name in found and found[name].exists()}
+
+    def benchmark(self) -> dict:
+        from PR4_model_benchmarking.reports import SUMMARY_COLUMNS
+
+        spec = ",".join(f"{name}:{path}" for name, path in self.variants().items())
+        result = _run_script("PR4_model_benchmarking.benchmark_models", [
+            "--models", spec, "--scenarios", "single-stream,offline", "--batch-sizes", "1,16",
+            "--iters", str(self.size.bench_iters), "--report-format", "markdown,html,json,csv",
+            "--output-dir", str(self.out / "benchmark"), *self.common])
+        summary = [{c: row.get(c) for c in SUMMARY_COLUMNS if c in row} for row in result["models"]]
+        return {"reports": result["reports"], "summary": summary}
+
+    def fastest_variant(self) -> str:
+        """The benchmarked variant with the largest speed-up over the original (accuracy within 1.5 points)."""
+        rows = self.results.get("benchmark", {}).get("summary", [])
+        original = next((r for r in rows if r.get("model") == "original"), {})
+        base_acc = original.get("accuracy_pct")
+        timed = [r for r in rows if r.get("speedup_x") and not r.get("error") and r.get("model") != "original"
+                 and (base_acc is None or (r.get("accuracy_pct") or 0) >= base_acc - 1.5)]
+        return max(timed, key=lambda r: r["speedup_x"])["model"] if timed else "original"
+
+    def flamegraph(self) -> dict:
+        variants = self.variants()
+        fastest = self.fastest_variant()
+        return _run_script("PR4_model_benchmarking.model_flamegraph", [
+            "--model", str(variants["original"]), "--compare", str(variants.get(fastest, variants["original"])),
+            "--duration", str(self.size.flame_duration_s), "--output-dir", str(self.out / "flamegraph"),
+            *self.common])
+
+    def serve(self) -> dict:
+        """Serve the original and the fastest variant through broker + API + worker; time a bounded burst each."""
+        from PR2_async_inference.load_test import make_payloads, run_load
+        from PR2_async_inference.local_stack import start_stack, stop_stack
+
+        variants = self.variants()
+        fastest = self.fastest_variant()
+        served = {"original": variants["original"], "optimized": variants.get(fastest, variants["original"])}
+        registry = self.out / "serve_registry.yaml"
+        write_registry(registry, served)
+        stack = start_stack(registry=registry, workers=1, log_dir=self.out / "serve_logs")
+        try:
+            load = {}
+            for name, path in served.items():
+                from modelops.artifact import read_manifest
+
+                payloads = [{**p, "model_name": name} for p in make_payloads(read_manifest(path).input_shape)]
+                # Untimed warm-up: the worker loads each model on first use and the first batches pay for it.
+                run_load(stack.api_url, stack.bootstrap, requests=8, concurrency=8, time_limit_s=120,
+                         payloads=payloads)
+                load[name] = run_load(stack.api_url, stack.bootstrap, requests=self.size.requests, concurrency=8,
+                                      time_limit_s=120, payloads=payloads)
+            return {"served": {k: str(v) for k, v in served.items()}, "optimized_variant": fastest, "load": load}
+        finally:
+            stop_stack(stack)
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> dict:
+        wanted = [s.strip() for s in self.args.stages.split(",") if s.strip()]
+        unknown = sorted(set(wanted) - set(STAGES))
+        if unknown:
+            from modelops.errors import UsageError
+
+            raise UsageError(f"Unknown stage(s) {', '.join(unknown)}. Choose from: {', '.join(STAGES)}")
+        plan: dict[str, tuple[Callable[[], dict], list[Path]]] = {
+            "baseline": (self.baseline, [self.teacher, self.model(self.args.student_arch)]),
+            "optimize": (self.optimize, []),
+            "benchmark": (self.benchmark, []),
+            "flamegraph": (self.flamegraph, []),
+            "serve": (self.serve, []),
+        }
+        from tqdm import tqdm
+
+        for name in tqdm([s for s in STAGES if s in wanted], desc="main job", unit="stage"):
+            fn, outputs = plan[name]
+            self.run_stage(name, fn, outputs)
+        return write_report(self.out, self.results, self.size)
+
+
+def write_registry(path: Path, models: dict[str, Path]) -> None:
+    import yaml
+
+    entries = {name: {"artifact": str(Path(p).resolve())} for name, p in models.items()}
+    path.write_text(yaml.safe_dump({"default_model": next(iter(models)), "models": entries}, sort_keys=False))
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def report_sections(results: dict[str, dict]) -> dict[str, list[dict]]:
+    """The report's tables, as rows, from the stage summaries (so report and JSON always agree)."""
+    sections: dict[str, list[dict]] = {}
+    if "baseline" in results:
+        sections["Baseline models"] = [
+            {"model": r.get("arch"), "path": r.get("model"), "test_accuracy": r.get("test_accuracy"),
+             "size_mb": r.get("size_mb"), "params_m": r.get("params_m"), "train_s": r.get("train_s")}
+            for key, r in results["baseline"].items() if isinstance(r, dict) and "arch" in r]
+    if "optimize" in results and results["optimize"].get("rows"):
+        sections["Optimization pipeline"] = results["optimize"]["rows"]
+    if "benchmark" in results and results["benchmark"].get("summary"):
+        sections["Benchmark"] = results["benchmark"]["summary"]
+    if "serve" in results:
+        sections["Async serving (end to end)"] = [{"model": name, **stats}
+                                                  for name, stats in results["serve"].get("load", {}).items()]
+    return sections
+
+
+def write_report(out: Path, results: dict[str, dict], size: JobSize) -> dict:
+    env = cpu_info()
+    sections = report_sections(results)
+    md = ["# Main job report", "",
+          f"Measured on {env['cpu_model']} ({env['usable_cores']} usable cores). Every figure below is read from "
+          f"the stage summaries in `{out / 'stages'}`.", ""]
+    html = ["<html><head><meta charset='utf-8'><title>Main job report</title>",
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 6px}</style></head><body><h1>Main job report</h1>",
+            f"<p>Measured on {env['cpu_model']} ({env['usable_cores']} usable cores).</p>"]
+    import pandas as pd
+
+    for title, rows in sections.items():
+        md += [f"## {title}", "", markdown_table(rows), ""]
+        html += [f"<h2>{title}</h2>", pd.DataFrame(rows).to_html(index=False, na_rep="")]
+    links = {}
+    bench = results.get("benchmark", {})
+    for key in ("html", "markdown", "json", "csv"):
+        if bench.get("reports", {}).get(key):
+            links[f"benchmark {key}"] = bench["reports"][key]
+    for profiled in results.get("flamegraph", {}).get("models", []):
+        for kind in ("flamegraph", "trace"):
+            if profiled.get(kind):
+                links[f"{kind} of {Path(profiled['model']).name}"] = profiled[kind]
+    if links:
+        md += ["## Files", ""] + [f"- {k}: `{v}`" for k, v in links.items()] + [""]
+        html += ["<h2>Files</h2><ul>"] + [f"<li>{k}: <a href='{Path(v).resolve().as_uri()}'>{v}</a></li>"
+                                          for k, v in links.items()] + ["</ul>"]
+    bench_json = Path(bench.get("reports", {}).get("json", out / "benchmark" / "missing.json"))
+    if bench_json.exists():
+        from PR4_model_benchmarking.reports import plots
+
+        for name, png in plots(json.loads(bench_json.read_text())).items():
+            html.append(f'<h3>{name}</h3><img alt="{name}" src="data:image/png;base64,{png}" style="max-width:100%">')
+    html.append("</body></html>")
+    (out / "report.md").write_text("\n".join(md))
+    (out / "report.html").write_text("\n".join(html))
+    write_results(out / "report.json", {"environment": env, "sections": sections}, "json")
+    return {"report_md": str(out / "report.md"), "report_html": str(out / "report.html"),
+            "report_json": str(out / "report.json"), "sections": list(sections)}
+
+
+def main(args: argparse.Namespace) -> dict:
+    summary = Job(args).run()
+    print(f"\nReport: {summary['report_md']}\n        {summary['report_html']}")
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser()))
