@@ -114,8 +114,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     report = parser.add_argument_group("report")
     report.add_argument("--latency-batch-size", type=int, default=16,
                         help="batch size of the quick before/after latency check (default: 16)")
-    report.add_argument("--latency-rounds", type=int, default=20,
-                        help="interleaved timing rounds of that check (default: 20)")
+    report.add_argument("--latency-rounds", type=int, default=10,
+                        help="interleaved timing rounds of that check (default: 10)")
     report.add_argument("--results", default=None, help="also write the summary to this .json/.csv/.md "
                         "(default: none)")
     return parser
@@ -362,6 +362,8 @@ def trials_paths(save_path: Path) -> tuple[Path, Path]:
 def main(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     check_args(args)
+    if args.threads:  # run_cli does this for the command line; callers of main() (pipeline, tests) get it too
+        torch.set_num_threads(args.threads)
     method = args.quantization_method
     backend = resolve_backend(args)
     model_path = Path(args.model)

@@ -14,6 +14,7 @@ Two backends, one :class:`QuantConfig`:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -251,6 +252,18 @@ def prepare_onnx(model: nn.Module, example: torch.Tensor, work_dir: str | Path) 
     return prepared
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ORT's quantizer logs one INFO line per tensor on the root logger; keep that out of the user's terminal."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _calibration_reader(batches: Sequence[torch.Tensor]):
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -271,6 +284,16 @@ def quantize_onnx(
     prepared_onnx: str | Path, out_path: str | Path, config: QuantConfig, calibration: Sequence[torch.Tensor]
 ) -> list[str]:
     """Quantize a pre-processed fp32 ONNX model to int8 at ``out_path``; return the quantized layers."""
+    if config.method == "static" and not calibration:
+        raise UsageError("Calibration needs at least one batch of real data; got none")
+    excluded = _onnx_nodes_for_modules(prepared_onnx, config.keep_float)
+    with _quiet_root_logger():
+        _run_ort_quantizer(prepared_onnx, out_path, config, calibration, excluded)
+    return onnx_quantized_layers(out_path)
+
+
+def _run_ort_quantizer(prepared_onnx: str | Path, out_path: str | Path, config: QuantConfig,
+                       calibration: Sequence[torch.Tensor], excluded: list[str]) -> None:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -279,9 +302,6 @@ def quantize_onnx(
         quantize_static,
     )
 
-    if config.method == "static" and not calibration:
-        raise UsageError("Calibration needs at least one batch of real data; got none")
-    excluded = _onnx_nodes_for_modules(prepared_onnx, config.keep_float)
     if config.method == "dynamic":
         quantize_dynamic(str(prepared_onnx), str(out_path), per_channel=config.per_channel,
                          weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "LSTM"],
@@ -298,7 +318,6 @@ def quantize_onnx(
             # Signed activations must be symmetric for the int8 x int8 kernels (ORT's own advice).
             extra_options={"ActivationSymmetric": config.activation_type == "qint8"},
         )
-    return onnx_quantized_layers(out_path)
 
 
 # --------------------------------------------------------------------------- PT2E (torchao)
