@@ -199,8 +199,12 @@ def _worker_main(conn: Any, kwargs: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING)
     session = ModelSession(**kwargs)
+    parent = os.getppid()
     while True:
         try:
+            while not conn.poll(1.0):
+                if os.getppid() != parent:  # the parent died without closing us: leave, do not linger
+                    return
             message = conn.recv()
         except EOFError:
             return
