@@ -408,16 +408,20 @@ async def accept_idempotent(
     if not idempotency_key:
         request_id, deadline = await accept(state, producer, request, idempotency_key=None, **kwargs)
         return request_id, deadline, False
+    # Serialises concurrent repeats of one key on this replica; the results topic spreads the key to the others.
     lock = state.idempotency_locks.setdefault(idempotency_key, asyncio.Lock())
-    async with lock:
-        existing = state.store.by_idempotency_key(idempotency_key)
-        if existing:
-            old = state.store.get(existing)
-            return existing, old.deadline if old else None, True
-        request_id, deadline = await accept(
-            state, producer, request, idempotency_key=idempotency_key, **kwargs
-        )
-    state.idempotency_locks.pop(idempotency_key, None)
+    try:
+        async with lock:
+            existing = state.store.by_idempotency_key(idempotency_key)
+            if existing:
+                old = state.store.get(existing)
+                return existing, old.deadline if old else None, True
+            request_id, deadline = await accept(
+                state, producer, request, idempotency_key=idempotency_key, **kwargs
+            )
+    finally:
+        if not lock.locked():
+            state.idempotency_locks.pop(idempotency_key, None)
     return request_id, deadline, False
 
 
