@@ -98,9 +98,10 @@ def record_flamegraph(model: str | Path, svg_path: Path, *, duration: float, rat
             raise RuntimeError(f"inference child for {model} exited before it was ready: "
                                f"{err[-1] if err else 'no output'}")
         spy = [exe, "record", "--pid", str(child.pid), "--duration", str(max(1, round(duration))),
-               "--rate", str(rate), "--format", "flamegraph", "--output", str(svg_path), "--nonblocking"]
-        if native:
-            spy.append("--native")
+               "--rate", str(rate), "--format", "flamegraph", "--output", str(svg_path)]
+        # --nonblocking (sample without pausing the child) is cheaper, but py-spy cannot unwind native
+        # stacks of a running process: --native pauses it for each sample.
+        spy.append("--native" if native else "--nonblocking")
         started = time.perf_counter()
         done = subprocess.run(spy, capture_output=True, text=True, timeout=duration + 120)
         elapsed = time.perf_counter() - started

@@ -20,7 +20,7 @@ def _run(argv: list[str]) -> dict:
 
 def test_flamegraph_svg_trace_and_top_ops(digits_resnet18, tmp_path):
     result = _run(["--model", str(digits_resnet18), "--duration", "2", "--rate", "50", "--profile-iters", "3",
-                   "--threads", "1", "--output-dir", str(tmp_path)])
+                   "--native", "--threads", "1", "--output-dir", str(tmp_path)])
     model = result["models"][0]
     svg = Path(model["flamegraph"])
     text = svg.read_text()
