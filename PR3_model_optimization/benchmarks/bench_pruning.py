@@ -52,7 +52,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="fraction pruned: channels (structured) and weights (unstructured) (default: 0.3)")
     parser.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes (default: 1,16)")
     parser.add_argument("--rounds", type=int, default=8,
-                        help="interleaved timed rounds per batch size, after 2 warm-up calls (default: 8)")
+                        help="interleaved timed rounds per batch size > 1, after --warmup calls (default: 8)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant first (default: 2)")
     parser.add_argument("--rounds-batch1", type=int, default=30,
                         help="timed rounds at batch 1, which is cheap and noisier (default: 30)")
     parser.add_argument("--digits-model", default="models/resnet18.pt",
@@ -73,8 +74,13 @@ def _channels_last(model: nn.Module):
     return mp.channels_last_fn(model)
 
 
-def speed_part(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Latency, parameters, MACs and file size of original / structured / unstructured."""
+def speed_part(
+    args: argparse.Namespace, workdir: Path, output: Path,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Latency, parameters, MACs and file size of original / structured / unstructured.
+
+    Rows are written to ``output/speed.csv`` after each batch size, so an interrupted run keeps them.
+    """
     input_shape = [3, args.image_size, args.image_size]
     torch.manual_seed(args.seed)
     original = create_model(args.arch, 1000).eval()
@@ -106,7 +112,7 @@ def speed_part(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, 
         rounds = args.rounds_batch1 if batch_size == 1 else args.rounds
         batch = torch.randn(batch_size, *input_shape)
         started = time.perf_counter()
-        samples = interleaved_latency(fns, batch, warmup=2, rounds=rounds)
+        samples = interleaved_latency(fns, batch, warmup=args.warmup, rounds=rounds)
         logger.info("batch %d: %d interleaved rounds in %.0f s", batch_size, rounds, time.perf_counter() - started)
         p50 = {name: latency_stats(values)["latency_ms_p50"] for name, values in samples.items()}
         base = p50["original"]
@@ -125,6 +131,8 @@ def speed_part(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, 
         summary[f"structured_layout_b{batch_size}"] = (
             "channels_last" if p50["structured_cl"] < p50["structured"] else "NCHW")
         summary[f"unstructured_speedup_b{batch_size}"] = round(base / p50["unstructured"], 2)
+        write_results(output / "speed.csv", rows)
+        write_results(output / "summary_partial.json", summary)
     summary["structured_params_ratio"] = round(facts["structured"]["params_m"] / facts["original"]["params_m"], 3)
     summary["structured_macs_ratio"] = round(facts["structured"]["macs_g"] / facts["original"]["macs_g"], 3)
     summary["structured_size_ratio"] = round(facts["structured"]["size_mb"] / facts["original"]["size_mb"], 3)
@@ -168,7 +176,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     info = cpu_info()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        rows, summary = speed_part(args, Path(tmp))
+        rows, summary = speed_part(args, Path(tmp), output)
         write_results(output / "speed.csv", rows)
         (output / "speed.md").write_text(markdown_table(rows) + "\n")
         if not args.skip_accuracy:
