@@ -385,9 +385,15 @@ def main(args: argparse.Namespace) -> dict:
     likely, outlook = int8_outlook()
     (logger.info if likely else logger.warning)("CPU check: %s", outlook)
 
-    # Dynamic int8 never touches convolutions, so the default 'first conv in float' means nothing there.
-    keep_float = () if method == "dynamic" and args.keep_float == ["first"] else \
-        resolve_keep_float(args.keep_float, model, manifest.arch)
+    # Dynamic int8 never touches convolutions, so the default 'first conv in float' means nothing there;
+    # QAT learns its ranges, and torchao's QAT conv-bn rewrite fails on a conv left without a config.
+    if method in ("dynamic", "qat") and args.keep_float == ["first"]:
+        keep_float: tuple[str, ...] = ()
+    else:
+        keep_float = resolve_keep_float(args.keep_float, model, manifest.arch)
+    if method == "qat" and keep_float:
+        raise UsageError("--keep-float is not supported with --quantization-method qat (torchao's QAT rewrite "
+                         "needs every conv quantized); drop it or use static")
 
     if method == "dynamic":
         fraction, names = dynamic_coverage(model, manifest.input_shape)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -185,6 +186,8 @@ def quantized_reason(path: str | Path, manifest: Manifest | None = None) -> str 
         kinds = [manifest.transform.get("kind"), *(step.get("kind") for step in manifest.lineage)]
         if "quantization" in kinds:
             return f"its manifest records a quantization step ({manifest.transform.get('method', '?')})"
+    if zipfile.is_zipfile(path):  # a torch archive: only its manifest can tell (checked above)
+        return None
     try:
         import onnx
 

@@ -107,6 +107,7 @@ def test_quantized_onnx_without_manifest_is_detected(ort_static, tmp_path: Path)
         (["--quantization-method", "dynamic"], "of the MACs"),
         (["--quantization-method", "qat", "--backend", "onnxruntime"], "--backend pt2e"),
         (["--keep-float", "nonexistent"], "no layer named nonexistent"),
+        (["--quantization-method", "qat", "--keep-float", "conv1"], "not supported with"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(flags, message, digits_resnet18: Path, tmp_path: Path, capsys) -> None:
