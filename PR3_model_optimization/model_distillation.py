@@ -255,6 +255,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     teacher = load_artifact(args.teacher, trust_pickle=args.trust_pickle, threads=args.threads)
     data = load_data(args, teacher)
+    # Seeded here too (not only by run_cli) so callers of main() such as the pipeline get the same student.
+    torch.manual_seed(args.seed)
     student, arch, student_manifest = build_student(args, teacher)
     output_dir = Path(args.output_dir or f"runs/distill_{arch}")
     save_path = Path(args.save_path)
