@@ -30,5 +30,9 @@ test-fast: setup
 lint: setup
 	$(PY) -m ruff check .
 
+# The async stack without Docker: broker + API on :8000 + one worker; Ctrl-C stops them all.
+serve: setup
+	$(PY) PR2_async_inference/local_stack.py
+
 clean:
 	rm -rf runs models .pytest_cache

@@ -248,6 +248,8 @@ class ModelWorker:
         return any(n >= self.batching(m)[0] or waited >= self.batching(m)[1] for m, n in counts.items())
 
     def _update_gauges(self) -> None:
+        # Drop partitions lost in a rebalance: a stale lag would keep the autoscaler's per-pod sum too high.
+        metrics.CONSUMER_LAG.clear()
         for tp, lag in consumer_lag(self.consumer).items():
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
         oldest = 0.0

@@ -99,7 +99,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "(default: first)")
     q.add_argument("--allow-partial-dynamic", action="store_true",
                    help="write a dynamic int8 model even when Linear/LSTM layers carry under "
-                        f"{DYNAMIC_MIN_MAC_FRACTION:.0%} of the MACs (default: refuse)")
+                        f"{DYNAMIC_MIN_MAC_FRACTION:.0%}% of the MACs (default: refuse)")
     qat = parser.add_argument_group("quantization-aware training")
     qat.add_argument("--qat-epochs", type=float, default=1.0, help="fine-tuning epochs, may be fractional "
                      "(default: 1)")

@@ -83,3 +83,20 @@ def test_prepare_model_writes_artifact_and_manifest(tmp_path):
     assert summary["model"] == str(out) and manifest["arch"] == "mobilenet_v3_small"
     assert manifest["input_shape"] == [3, 16, 16] and manifest["metrics"]["params"] > 0
     assert (tmp_path / "run" / "checkpoint.pth").exists() and (tmp_path / "run" / "metrics.csv").exists()
+
+
+SCRIPTS = [
+    "PR3_model_optimization.prepare_model", "PR3_model_optimization.model_pruning",
+    "PR3_model_optimization.model_distillation", "PR3_model_optimization.model_quantization",
+    "PR3_model_optimization.optimize_pipeline", "PR4_model_benchmarking.benchmark_models",
+    "PR4_model_benchmarking.model_flamegraph", "PR2_async_inference.local_stack", "PR2_async_inference.load_test",
+    "modelops.describe", "modelops.main_job",
+]
+
+
+@pytest.mark.parametrize("module", SCRIPTS)
+def test_every_script_has_working_help(module):
+    import importlib
+
+    text = importlib.import_module(module).get_args_parser().format_help()
+    assert "usage:" in text and "(default:" in text
