@@ -16,6 +16,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelops.cli import common_parser, run_cli
+from modelops.cli import common_parser, run_cli, setup
 from modelops.cpu import cpu_info
 from modelops.results import markdown_table, write_results
 
@@ -77,7 +78,9 @@ def _run_script(module: str, argv: list[str]) -> dict:
     """Run a documented script's ``main`` with the flags a user would type."""
     script = _script(module)
     logger.info("$ python %s.py %s", module.replace(".", "/"), " ".join(argv))
-    return script.main(script.get_args_parser().parse_args(argv)) or {}
+    args = script.get_args_parser().parse_args(argv)
+    setup(args)  # threads and seeds exactly as the command line would set them
+    return script.main(args) or {}
 
 
 class Job:
@@ -197,6 +200,8 @@ class Job:
         served = {"original": variants["original"], "optimized": variants.get(fastest, variants["original"])}
         registry = self.out / "serve_registry.yaml"
         write_registry(registry, served)
+        # API, worker and load generator share the cores: spinning OpenMP threads would starve each other.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         stack = start_stack(registry=registry, workers=1, log_dir=self.out / "serve_logs")
         try:
             load = {}
