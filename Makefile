@@ -20,7 +20,7 @@ demo: setup
 
 # Everything, slow suites included (what CI runs). The tests run API, worker, broker and benchmark processes
 # side by side on few cores: OpenMP threads that spin while waiting would starve each other (10-25x slower).
-test: export OMP_WAIT_POLICY := PASSIVE
+test demo: export OMP_WAIT_POLICY := PASSIVE
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "slow or not slow" -p no:cacheprovider
