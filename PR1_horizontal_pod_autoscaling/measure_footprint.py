@@ -19,9 +19,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import yaml
 
 from modelops.errors import UsageError

@@ -48,9 +48,6 @@ from kubernetes_validate.utils import (
     VersionNotSupportedError,
 )
 
-if __package__ in (None, ""):  # run as a script: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from modelops.errors import UsageError
 
 logger = logging.getLogger(__name__)

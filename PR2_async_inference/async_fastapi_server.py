@@ -27,9 +27,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-if __package__ in (None, ""):  # run as a script: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response, Security, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse

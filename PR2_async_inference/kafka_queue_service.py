@@ -481,9 +481,7 @@ def main(args) -> dict[str, Any]:
 
 if __name__ == "__main__":
     import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from modelops.cli import run_cli
 
     sys.exit(run_cli(main, get_args_parser()))

@@ -22,9 +22,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import httpx
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition

@@ -399,7 +399,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO_ROOT))
     from modelops.cli import run_cli
 
     sys.exit(run_cli(main, get_args_parser()))

@@ -44,6 +44,15 @@ def digits_resnet18(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny("resnet18", tmp_path_factory.mktemp("models"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: on a shared 2-core machine idle OpenMP threads spin and slow training."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def digits_data():
     return load_dataset("digits", image_size=TINY_IMAGE_SIZE, seed=0)

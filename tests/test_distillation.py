@@ -22,13 +22,7 @@ TINY = ["--student-arch", "resnet18", "--limit", "512", "--batch-size", "32", "-
         "--cache-teacher-logits", "--speed-rounds", "0", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine idle OpenMP threads spin and slow training 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _args(*argv: str):

@@ -17,13 +17,7 @@ TINY = ["--epochs", "1", "--amount", "0.3", "--limit", "128", "--calibration-bat
         "--large-batch", "4", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine idle OpenMP threads spin and slow training 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.slow
