@@ -46,6 +46,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def artifact_summary(path: str | Path, manifest: Manifest) -> dict:
+    """The figures this script prints for a baseline artifact, read from its manifest."""
+    return {"model": str(path), "manifest": f"{path}.json", "arch": manifest.arch,
+            "test_accuracy": manifest.metrics.get("accuracy"), "size_mb": manifest.size_mb,
+            "params_m": round(manifest.metrics.get("params", 0) / 1e6, 3),
+            "macs_m": round(manifest.metrics.get("macs", 0) / 1e6, 2), "train_s": manifest.metrics.get("train_s")}
+
+
 def main(args: argparse.Namespace) -> dict:
     check_arch(args.arch)
     check_training_args(args)
@@ -76,10 +84,7 @@ def main(args: argparse.Namespace) -> dict:
                  "macs": count_macs(model, data.input_shape), "train_s": round(train_s, 1), **history},
     )
     manifest = save_artifact(model, save_path, manifest, fmt=args.format)
-    summary = {"model": str(save_path), "manifest": f"{save_path}.json", "arch": args.arch,
-               "test_accuracy": test["accuracy"], "size_mb": manifest.size_mb,
-               "params_m": round(manifest.metrics["params"] / 1e6, 3),
-               "macs_m": round(manifest.metrics["macs"] / 1e6, 2), "train_s": round(train_s, 1)}
+    summary = artifact_summary(save_path, manifest)
     print(json.dumps(summary, indent=2))
     return summary
 

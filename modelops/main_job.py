@@ -131,10 +131,9 @@ class Job:
             return None
         logger.info("[baseline] reusing %s (trained %d epochs, test accuracy %.2f%%)", self.model(arch), epochs,
                     manifest.metrics.get("accuracy", float("nan")))
-        return {"model": str(self.model(arch)), "manifest": f"{self.model(arch)}.json", "arch": arch,
-                "test_accuracy": manifest.metrics.get("accuracy"), "size_mb": manifest.size_mb,
-                "params_m": round(manifest.metrics.get("params", 0) / 1e6, 3),
-                "macs_m": round(manifest.metrics.get("macs", 0) / 1e6, 2), "train_s": manifest.metrics.get("train_s")}
+        from PR3_model_optimization.prepare_model import artifact_summary
+
+        return artifact_summary(self.model(arch), manifest)
 
     def baseline(self) -> dict:
         out = {}
