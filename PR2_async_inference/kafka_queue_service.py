@@ -52,7 +52,7 @@ class RequestMessage:
 
     request_id: str
     model: str
-    tensor: np.ndarray  # float32, one sample (C, H, W)
+    tensor: np.ndarray  # one sample (C, H, W): float32 model input, or uint8 image pixels (4x fewer bytes)
     deadline: float  # unix seconds; past it the request is reported expired, never run
     enqueued_at: float
     attempt: int = 1
@@ -72,15 +72,19 @@ class RequestMessage:
             "attempt": str(self.attempt),
             "enqueued_at": repr(self.enqueued_at),
             "shape": ",".join(str(d) for d in self.tensor.shape),
-            "dtype": "float32",
+            "dtype": self.dtype,
             "top_k": str(self.top_k),
         }
         if self.callback_url:
             pairs["callback_url"] = self.callback_url
         return [(k, v.encode()) for k, v in pairs.items()]
 
+    @property
+    def dtype(self) -> str:
+        return "uint8" if self.tensor.dtype == np.uint8 else "float32"
+
     def value(self) -> bytes:
-        return np.ascontiguousarray(self.tensor, dtype=np.float32).tobytes()
+        return np.ascontiguousarray(self.tensor, dtype=self.dtype).tobytes()
 
     @classmethod
     def from_record(cls, record: Any) -> RequestMessage:
@@ -88,10 +92,13 @@ class RequestMessage:
         headers = {k: v.decode() for k, v in (record.headers or [])}
         try:
             shape = tuple(int(d) for d in headers["shape"].split(",") if d)
-            tensor = np.frombuffer(record.value, dtype=np.float32)
+            dtype = headers.get("dtype", "float32")
+            if dtype not in ("float32", "uint8"):
+                raise ValueError(f"unsupported dtype header {dtype!r} (float32 or uint8)")
+            tensor = np.frombuffer(record.value, dtype=dtype)
             if tensor.size != int(np.prod(shape)):
                 raise ValueError(
-                    f"payload holds {tensor.size} floats, header shape {shape} needs {int(np.prod(shape))}"
+                    f"payload holds {tensor.size} {dtype} values, header shape {shape} needs {int(np.prod(shape))}"
                 )
             return cls(
                 request_id=headers["request_id"],
@@ -235,7 +242,7 @@ def make_producer(settings: Settings, client_id: str = "inference") -> KafkaProd
         bootstrap_servers=bootstrap_list(settings),
         client_id=client_id,
         acks="all",
-        linger_ms=1,
+        linger_ms=0,  # measured on Tansu: 1 ms of linger added ~1.5 ms to every acknowledged produce
         max_request_size=4 * 1024 * 1024,
         request_timeout_ms=15_000,
         retries=2147483647,
@@ -330,7 +337,7 @@ def make_worker_consumer(settings: Settings, listener: ConsumerRebalanceListener
         max_poll_interval_ms=300_000,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
-        fetch_max_wait_ms=50,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     consumer.subscribe([settings.requests_topic], listener=listener)
@@ -383,7 +390,7 @@ class ResultsReader:
             client_id="inference-api-results",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=50,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
             max_poll_records=2000,
         )
         deadline = time.monotonic() + 60

@@ -54,7 +54,7 @@ from PR2_async_inference.kafka_queue_service import (
     send_status,
     wait_all,
 )
-from PR2_async_inference.registry import Registry, load_registry, top_k
+from PR2_async_inference.registry import Registry, load_registry, model_input, top_k
 from PR2_async_inference.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -187,6 +187,7 @@ class ModelWorker:
         )
         self.consumer = make_worker_consumer(self.settings, listener, client_id=f"worker-{self.worker_id}")
         self._buffer: list[Any] = []
+        self._caught_up = False
 
     def _on_revoke(self, revoked: list[TopicPartition]) -> None:
         # Called inside poll() before the rebalance completes: finish what we hold and commit while our
@@ -240,14 +241,20 @@ class ModelWorker:
         for record in self._buffer:
             model = dict(record.headers or []).get("model", b"").decode(errors="replace")
             counts[model] = counts.get(model, 0) + 1
+        if self.settings.adaptive_batching and self._caught_up:
+            return True  # nothing else is queued for us: waiting would only add latency
         waited = time.monotonic() - (first_at or time.monotonic())
         return any(n >= self.batching(m)[0] or waited >= self.batching(m)[1] for m, n in counts.items())
 
     def _update_gauges(self) -> None:
         # Drop partitions lost in a rebalance: a stale lag would keep the autoscaler's per-pod sum too high.
         metrics.CONSUMER_LAG.clear()
-        for tp, lag in consumer_lag(self.consumer).items():
+        lags = consumer_lag(self.consumer)
+        for tp, lag in lags.items():
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
+        # Caught up = every assigned partition's position is at the high-water mark of its last fetch.
+        assignment = self.consumer.assignment()
+        self._caught_up = bool(assignment) and len(lags) == len(assignment) and not any(lags.values())
         oldest = 0.0
         now = time.time()
         for record in self._buffer:
@@ -387,7 +394,7 @@ class ModelWorker:
 
     @staticmethod
     def _forward(predictor: Predictor, tensors: list[np.ndarray]) -> tuple[np.ndarray, float]:
-        batch = torch.from_numpy(np.stack(tensors))
+        batch = torch.from_numpy(np.stack([model_input(t, predictor.manifest) for t in tensors]))
         predictor.check_input(batch)
         t0 = time.perf_counter()
         logits = predictor(batch)

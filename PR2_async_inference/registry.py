@@ -87,7 +87,10 @@ def model_manifest(spec: ModelSpec) -> tuple[Path, Manifest]:
 
 
 def decode_image(data: str, manifest: Manifest) -> np.ndarray:
-    """Base64 PNG/JPEG -> normalised float32 (C, H, W) with the manifest's preprocessing."""
+    """Base64 PNG/JPEG -> uint8 pixels (C, H, W) resized to the model's input.
+
+    Images travel on the requests topic as these pixels, a quarter of the bytes of the float tensor;
+    the worker applies :func:`normalize_pixels` just before the forward pass."""
     from PIL import Image, UnidentifiedImageError
 
     if "," in data[:100] and data.startswith("data:"):  # data URL
@@ -100,22 +103,33 @@ def decode_image(data: str, manifest: Manifest) -> np.ndarray:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
             channels, height, width = manifest.input_shape
-            pre = manifest.preprocessing or {}
+            size = (manifest.preprocessing or {}).get("size") or height
             img = img.convert("L" if channels == 1 else "RGB")
-            size = pre.get("size") or height
             if img.size != (width, height):
                 img = img.resize(
                     (width, height) if size == height else (size, size), Image.Resampling.BILINEAR
                 )
                 if img.size != (width, height):
                     img = img.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.float32) / 255.0
+            array = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise UsageError(f"'data' is base64 but not a decodable PNG/JPEG image: {exc}") from exc
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return np.ascontiguousarray(array)
+
+
+def normalize_pixels(pixels: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """uint8 pixels (C, H, W) -> float32 scaled to [0, 1] and normalised with the manifest's mean/std."""
+    channels = pixels.shape[0]
+    pre = manifest.preprocessing or {}
     mean = np.asarray(pre.get("mean") or [0.0] * channels, dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(pre.get("std") or [1.0] * channels, dtype=np.float32).reshape(-1, 1, 1)
-    return np.ascontiguousarray((array - mean) / std, dtype=np.float32)
+    return np.ascontiguousarray((pixels.astype(np.float32) / 255.0 - mean) / std, dtype=np.float32)
+
+
+def model_input(tensor: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """What the model consumes: image pixels (uint8) are normalised here; float tensors pass unchanged."""
+    return normalize_pixels(tensor, manifest) if tensor.dtype == np.uint8 else tensor
 
 
 def decode_tensor(data: Any, manifest: Manifest) -> np.ndarray:
@@ -135,6 +149,7 @@ def decode_tensor(data: Any, manifest: Manifest) -> np.ndarray:
 
 
 def decode_input(data: Any, manifest: Manifest) -> np.ndarray:
+    """A request's ``data`` -> what travels on the queue: uint8 pixels for an image, float32 for a tensor."""
     if isinstance(data, str):
         return decode_image(data, manifest)
     if isinstance(data, list):

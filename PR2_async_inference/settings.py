@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = 1000
     max_poll_records: int = Field(64, ge=1)
     poll_timeout_ms: int = Field(200, ge=1, le=1000)
+    # The longest a fetch waits on the broker for new records. Apache Kafka answers a waiting fetch as soon
+    # as data arrives, so its default of 500 ms costs no latency there. Tansu (the local/test broker) answers
+    # only when the wait runs out, which makes it a polling interval: local_stack.py lowers it (see there).
+    fetch_max_wait_ms: int = Field(500, ge=1, le=500)
     # How far back (seconds) a (re)started API replica reads the results topic to rebuild its cache.
     results_lookback_s: float = 3600.0
 
@@ -54,6 +58,10 @@ class Settings(BaseSettings):
     default_model: str = DEFAULT_MODEL_NAME
     max_batch_size: int = Field(16, ge=1)
     max_batch_delay_ms: float = Field(10.0, ge=0)
+    # Run a partial batch at once when the broker holds no more requests for this worker (consumer lag 0):
+    # at low load nothing would join it, so waiting max_batch_delay_ms would only add latency. Under load
+    # the lag is above 0 and batches still fill up to max_batch_size or max_batch_delay_ms.
+    adaptive_batching: bool = True
     torch_threads: int | None = None
     max_attempts: int = Field(3, ge=1)
     default_ttl_s: float = Field(300.0, gt=0)

@@ -21,7 +21,7 @@ from PR2_async_inference import metrics
 from PR2_async_inference.async_fastapi_server import ResultStore
 from PR2_async_inference.kafka_queue_service import RequestMessage, StatusMessage
 from PR2_async_inference.model_worker import ModelWorker, host_allowed, sign
-from PR2_async_inference.registry import decode_input, load_registry, top_k
+from PR2_async_inference.registry import decode_input, load_registry, model_input, top_k
 from PR2_async_inference.settings import IMAGE_NAME, Settings
 
 PR2 = Path(__file__).resolve().parents[2] / "PR2_async_inference"
@@ -74,6 +74,19 @@ def test_request_message_round_trips_through_record_fields():
         RequestMessage.from_record(record)
 
 
+def test_image_pixels_travel_as_uint8():
+    pixels = np.arange(12, dtype=np.uint8).reshape(3, 2, 2)
+    message = RequestMessage("id-2", "m", pixels, deadline=1.0, enqueued_at=0.5)
+    assert len(message.value()) == 12 and dict(message.headers())["dtype"] == b"uint8"
+    record = SimpleNamespace(topic="t", partition=0, offset=0, key=b"id-2", value=message.value(),
+                             headers=message.headers())
+    back = RequestMessage.from_record(record)
+    assert back.tensor.dtype == np.uint8 and np.array_equal(back.tensor, pixels)
+    record.headers = [(k, b"int64" if k == "dtype" else v) for k, v in record.headers]
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        RequestMessage.from_record(record)
+
+
 def manifest() -> Manifest:
     return Manifest(num_classes=3, input_shape=[3, 8, 8], labels=["a", "b", "c"],
                     preprocessing={"size": 8, "mean": [0.5] * 3, "std": [0.5] * 3})
@@ -98,8 +111,10 @@ def test_decode_image_applies_manifest_preprocessing():
 
     buf = io.BytesIO()
     Image.new("RGB", (20, 10), (255, 0, 127)).save(buf, "PNG")
-    tensor = decode_input(base64.b64encode(buf.getvalue()).decode(), manifest())
-    assert tensor.shape == (3, 8, 8)
+    pixels = decode_input(base64.b64encode(buf.getvalue()).decode(), manifest())
+    assert pixels.shape == (3, 8, 8) and pixels.dtype == np.uint8  # what the queue carries
+    tensor = model_input(pixels, manifest())  # what the worker feeds the model
+    assert tensor.dtype == np.float32
     # (x/255 - 0.5) / 0.5 per channel
     assert tensor[0].mean() == pytest.approx(1.0) and tensor[1].mean() == pytest.approx(-1.0)
     assert tensor[2].mean() == pytest.approx(127 / 255 * 2 - 1, abs=1e-4)
@@ -134,6 +149,18 @@ def test_batching_explicit_setting_beats_registry(tmp_path):
     assert ModelWorker(explicit, registry).batching("m") == (1, 0.007)
     with pytest.raises(UsageError, match="Choose one of: m"):
         registry.get("image_classification")
+
+
+def test_adaptive_batching_runs_a_partial_batch_only_when_nothing_else_is_queued(tmp_path):
+    reg = tmp_path / "r.yaml"
+    reg.write_text("models:\n  m:\n    artifact: missing.pt\n    max_batch_size: 8\n    max_batch_delay_ms: 1000\n")
+    record = SimpleNamespace(headers=[("model", b"m")])
+    for adaptive, caught_up, expected in [(True, True, True), (True, False, False), (False, True, False)]:
+        worker = ModelWorker(Settings(model_registry=reg, adaptive_batching=adaptive), load_registry(reg))
+        worker._buffer, worker._caught_up = [record], caught_up
+        assert worker._should_flush(time.monotonic()) is expected
+    worker._buffer = [record] * 8  # a full batch never waits
+    assert worker._should_flush(time.monotonic()) is True
 
 
 def test_shipped_registry_has_the_default_model():
