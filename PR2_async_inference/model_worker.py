@@ -169,7 +169,10 @@ class ModelWorker:
                 logger.warning(self.load_errors[name])
                 continue
             try:
-                predictor = load_artifact(path, threads=self.settings.torch_threads)
+                # ONNX Runtime's idle threads spin by default: that burns CPU the worker's Kafka threads need
+                # and inflates the CPU utilisation PR1's autoscaler reads.
+                predictor = load_artifact(path, threads=self.settings.torch_threads,
+                                          ort_session_config={"session.intra_op.allow_spinning": "0"})
                 example = torch.zeros(1, *predictor.input_shape)
                 predictor(example)  # warm-up: first call allocates
                 self.predictors[name] = predictor

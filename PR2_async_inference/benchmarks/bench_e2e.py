@@ -4,12 +4,13 @@
         --requests 160 --concurrency 16 --low-load-requests 30 --output runs/pr2_bench/e2e.md
 
 For each configuration (batching on/off, 1 and 2 workers) it starts a local stack (Tansu broker, API, workers
-on 127.0.0.1), sends a bounded closed-loop burst of PNG images (``--concurrency`` clients, at most
+on 127.0.0.1), sends a bounded closed-loop burst of JPEG photos (``--concurrency`` clients, at most
 ``--requests`` requests and ``--time-limit-s`` seconds), then a low-load run (one client), and stops the stack.
 Before each configuration it times the model in-process (batch ``--batch-size`` throughput and batch-1 latency)
 so both figures come from the same minutes of a shared machine. Reported per row: e2e throughput and
-p50/p95/p99, its ratio to the in-process batched throughput, and the p50 the service adds over in-process
-batch-1 latency at low load.
+p50/p95/p99, its ratio to the in-process batched throughput, the p50 the service adds over in-process
+batch-1 latency at low load, and the CPU milliseconds each process (broker, API, workers, this load
+generator) spent per request in the loaded run: on one machine they all share its cores.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import base64
 import io
 import json
 import logging
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -33,7 +36,7 @@ from modelops.errors import UsageError
 from modelops.results import markdown_table, write_results
 from modelops.timing import latency_stats, measure_latency
 from PR2_async_inference.load_test import run_load
-from PR2_async_inference.local_stack import start_stack, stop_stack
+from PR2_async_inference.local_stack import TANSU_FETCH_MAX_WAIT_MS, start_stack, stop_stack
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +58,36 @@ def in_process(model: Path, batch_size: int, threads: int, iters: int) -> dict[s
             "inproc_b1_latency_ms_p50": single["latency_ms_p50"]}
 
 
-def png_payloads(shape: list[int], count: int = 8, seed: int = 0) -> list[dict[str, Any]]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process (the load generator), every thread included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def photo_payloads(shape: list[int], count: int = 8, seed: int = 0) -> list[dict[str, Any]]:
+    """Real photos as a client would send them: random crops of scikit-learn's two bundled JPEG photos
+    (china.jpg, flower.jpg), resized to the model's input and JPEG-encoded at quality 90."""
     from PIL import Image
+    from sklearn.datasets import load_sample_images
 
     rng = np.random.default_rng(seed)
+    photos = load_sample_images().images
+    channels, height, width = shape
     payloads = []
-    for _ in range(count):
-        pixels = (rng.random((shape[1], shape[2], 3)) * 255).astype("uint8")
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        side = int(rng.integers(min(photo.shape[:2]) // 2, min(photo.shape[:2]) + 1))
+        top = int(rng.integers(0, photo.shape[0] - side + 1))
+        left = int(rng.integers(0, photo.shape[1] - side + 1))
+        img = Image.fromarray(photo[top : top + side, left : left + side]).resize((width, height))
         buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, "PNG")
+        img.convert("L" if channels == 1 else "RGB").save(buf, "JPEG", quality=90)
         payloads.append({"data": base64.b64encode(buf.getvalue()).decode()})
     return payloads
 
@@ -74,16 +98,24 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
     registry.write_text(f"default_model: image_classification\nmodels:\n  image_classification:\n"
                         f"    artifact: {model.resolve()}\n")
     shape = read_manifest(model).input_shape
-    payloads = png_payloads(shape)
+    payloads = photo_payloads(shape)
     stack = start_stack(registry, workers=config["workers"], log_dir=log_dir / name,
                         max_batch_size=args.batch_size if config["batching"] else 1,
                         max_batch_delay_ms=args.batch_delay_ms if config["batching"] else 0,
-                        torch_threads=args.threads, publish_running=False)
+                        torch_threads=args.threads, publish_running=False,
+                        fetch_max_wait_ms=args.fetch_max_wait_ms)
     try:
         common = {"time_limit_s": args.time_limit_s, "payloads": payloads}
         run_load(stack.api_url, stack.bootstrap, requests=min(8, args.requests), concurrency=4, **common)  # warm-up
+        pids = {"broker": [stack.broker.pid], "api": [stack.api.pid], "workers": [w.pid for w in stack.workers]}
+        before = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
+        before["loadgen"] = own_cpu_seconds()
         loaded = run_load(stack.api_url, stack.bootstrap, requests=args.requests, concurrency=args.concurrency,
                           **common)
+        cpu = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
+        cpu["loadgen"] = own_cpu_seconds()
+        done = max(1, loaded["succeeded"])
+        cpu_ms = {f"cpu_ms_per_req_{name}": round((cpu[name] - before[name]) * 1000 / done, 1) for name in cpu}
         low = run_load(stack.api_url, stack.bootstrap, requests=args.low_load_requests, concurrency=1, **common)
     finally:
         stop_stack(stack)
@@ -92,7 +124,7 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
             "e2e_throughput_rps": loaded["throughput_rps"], "e2e_latency_ms_p50": loaded["latency_ms_p50"],
             "e2e_latency_ms_p95": loaded["latency_ms_p95"], "e2e_latency_ms_p99": loaded["latency_ms_p99"],
             "e2e_batch_size_mean": loaded["batch_size_mean"], "succeeded": loaded["succeeded"],
-            "errors": loaded["errors"], "low_load_latency_ms_p50": low["latency_ms_p50"]}
+            "errors": loaded["errors"], "low_load_latency_ms_p50": low["latency_ms_p50"], **cpu_ms}
 
 
 def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -136,6 +168,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("-b", "--batch-size", type=int, default=16, help="max batch size (default: 16)")
     parser.add_argument("--batch-delay-ms", type=float, default=5.0, help="max batching delay (default: 5)")
     parser.add_argument("--threads", type=int, default=2, help="threads per model (default: 2)")
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=TANSU_FETCH_MAX_WAIT_MS,
+                        help="consumers' fetch wait; on Tansu the polling interval (default: "
+                        f"{TANSU_FETCH_MAX_WAIT_MS})")
     parser.add_argument("--iters", type=int, default=20, help="in-process timed iterations (default: 20)")
     parser.add_argument("--log-dir", default=None, help="process logs (default: a temp dir)")
     parser.add_argument("--output", default=None, help="write the table (.md/.csv/.json) here (default: none)")
