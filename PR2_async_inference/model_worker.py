@@ -240,12 +240,12 @@ class ModelWorker:
     def _should_flush(self, first_at: float | None) -> bool:
         if len(self._buffer) >= self.settings.max_poll_records or self.stop_event.is_set():
             return True
+        if self.settings.adaptive_batching and self._caught_up:
+            return True  # nothing else is queued for us: waiting would only add latency
         counts: dict[str, int] = {}
         for record in self._buffer:
             model = dict(record.headers or []).get("model", b"").decode(errors="replace")
             counts[model] = counts.get(model, 0) + 1
-        if self.settings.adaptive_batching and self._caught_up:
-            return True  # nothing else is queued for us: waiting would only add latency
         waited = time.monotonic() - (first_at or time.monotonic())
         return any(n >= self.batching(m)[0] or waited >= self.batching(m)[1] for m, n in counts.items())
 

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -59,15 +58,9 @@ def in_process(model: Path, batch_size: int, threads: int, iters: int) -> dict[s
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
+    """User + system CPU time a process (all its threads) has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """CPU time of this process (the load generator), every thread included."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def photo_payloads(shape: list[int], count: int = 8, seed: int = 0) -> list[dict[str, Any]]:
@@ -107,13 +100,12 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
     try:
         common = {"time_limit_s": args.time_limit_s, "payloads": payloads}
         run_load(stack.api_url, stack.bootstrap, requests=min(8, args.requests), concurrency=4, **common)  # warm-up
-        pids = {"broker": [stack.broker.pid], "api": [stack.api.pid], "workers": [w.pid for w in stack.workers]}
+        pids = {"broker": [stack.broker.pid], "api": [stack.api.pid], "workers": [w.pid for w in stack.workers],
+                "loadgen": [os.getpid()]}
         before = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
-        before["loadgen"] = own_cpu_seconds()
         loaded = run_load(stack.api_url, stack.bootstrap, requests=args.requests, concurrency=args.concurrency,
                           **common)
         cpu = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
-        cpu["loadgen"] = own_cpu_seconds()
         done = max(1, loaded["succeeded"])
         cpu_ms = {f"cpu_ms_per_req_{name}": round((cpu[name] - before[name]) * 1000 / done, 1) for name in cpu}
         low = run_load(stack.api_url, stack.bootstrap, requests=args.low_load_requests, concurrency=1, **common)
