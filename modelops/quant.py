@@ -424,5 +424,11 @@ def quantize_pt2e(
 
 
 def save_pt2e(graph_module: torch.fx.GraphModule, path: str | Path, example: torch.Tensor) -> None:
-    """Save a converted PT2E graph as a ``torch.export`` archive with a dynamic batch dimension."""
-    torch.export.save(_export(graph_module, example), str(path))
+    """Save a converted PT2E graph as a ``torch.export`` archive with a dynamic batch dimension.
+
+    The archive would also pickle the example batch (and, for a slice, its whole calibration batch's
+    storage: 4.8 MB at 224x224, which pushed a ResNet-18 to 36% of its fp32 size); nothing reads it back.
+    """
+    program = _export(graph_module, example[:2].clone())
+    program.example_inputs = None
+    torch.export.save(program, str(path))

@@ -25,6 +25,7 @@ from modelops.quant import (
     quantize_onnx,
     quantize_pt2e,
     quantized_reason,
+    save_pt2e,
 )
 from PR3_model_optimization import model_quantization as mq
 
@@ -123,6 +124,22 @@ def test_no_calibration_batches_is_refused_by_both_engines(tmp_path: Path) -> No
         quantize_onnx(tmp_path / "unused.onnx", tmp_path / "out.onnx", QuantConfig(), [])
     with pytest.raises(UsageError, match="at least one batch"):
         quantize_pt2e(nn.Linear(4, 2), torch.zeros(2, 4), QuantConfig(backend="pt2e"), [])
+
+
+def test_pt2e_archive_holds_no_example_batch(tmp_path: Path) -> None:
+    # The example handed to save_pt2e is a slice of a calibration batch; pickling it would store the
+    # whole batch's storage in the model file.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 30 * 30, 4)).eval()
+    calibration = [torch.randn(64, 3, 32, 32)]
+    graph = quantize_pt2e(model, calibration[0][:2], QuantConfig(backend="pt2e"), calibration)
+    path = tmp_path / "tiny.pt2"
+    save_pt2e(graph, path, calibration[0][:2])
+    assert path.stat().st_size < calibration[0].numel() * 4 / 4  # the batch alone would be 786 KB
+    program = torch.export.load(str(path))
+    assert program.example_inputs is None
+    batch = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(program.module()(batch), graph(batch))
 
 
 def test_dynamic_covers_linear_only_and_is_written_when_asked(digits_resnet18: Path, tmp_path: Path) -> None:
