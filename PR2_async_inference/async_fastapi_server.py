@@ -3,7 +3,8 @@
     python PR2_async_inference/async_fastapi_server.py --port 8000          # or, in the image:
     uvicorn PR2_async_inference.async_fastapi_server:create_app --factory --host 0.0.0.0 --port 8000
 
-Endpoints: ``POST /inference`` (202 + request id + Location), ``GET /inference/{id}``, ``GET /models``,
+Endpoints: ``POST /inference`` (202 + request id + Location), ``GET /inference/{id}`` (``?wait=S`` holds the
+answer until the request is final, at most S seconds: long polling), ``GET /models``,
 ``POST /v2/models/{name}/infer`` (the KServe Open Inference Protocol v2 body, answered with 202),
 ``GET /healthz``, ``GET /readyz``, ``GET /metrics``. Settings come from :mod:`settings` (``INFERENCE_*``).
 
@@ -28,7 +29,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response, Security, status
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response, Security, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
@@ -54,7 +55,7 @@ from PR2_async_inference.kafka_queue_service import (
 )
 from PR2_async_inference.model_worker import host_allowed
 from PR2_async_inference.registry import Registry, decode_input, load_registry, model_manifest
-from PR2_async_inference.settings import DEFAULT_MODEL_NAME, Settings, get_settings
+from PR2_async_inference.settings import DEFAULT_MODEL_NAME, MAX_STATUS_WAIT_S, Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -162,34 +163,65 @@ class ResultStore:
         self.statuses: OrderedDict[str, StatusMessage] = OrderedDict()
         self.idempotency: OrderedDict[str, str] = OrderedDict()
         self.pending: OrderedDict[str, float] = OrderedDict()  # not final yet -> created_at
+        # Long-polling GETs waiting for a final state. apply() runs on the results-reader thread, so each
+        # waiter is woken through its own event loop.
+        self.waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self.lock = threading.Lock()
 
     def apply(self, new: StatusMessage) -> None:
         with self.lock:
-            old = self.statuses.get(new.request_id)
-            if old is not None and (
-                old.status in FINAL_STATES or STATUS_RANK[new.status] < STATUS_RANK[old.status]
-            ):
-                return
-            if old is not None and new.idempotency_key is None:
-                new.idempotency_key = old.idempotency_key
-            self.statuses[new.request_id] = new
-            self.statuses.move_to_end(new.request_id)
-            while len(self.statuses) > self.size:
-                evicted, _ = self.statuses.popitem(last=False)
-                self.pending.pop(evicted, None)
-            if new.status in FINAL_STATES:
-                self.pending.pop(new.request_id, None)
-            elif new.request_id not in self.pending:
-                self.pending[new.request_id] = new.created_at
-            if new.idempotency_key:
-                self.idempotency[new.idempotency_key] = new.request_id
-                while len(self.idempotency) > self.idempotency_size:
-                    self.idempotency.popitem(last=False)
+            woken = self._store(new)
+        for loop, event in woken:
+            with contextlib.suppress(RuntimeError):  # that request's loop is already closed
+                loop.call_soon_threadsafe(event.set)
+
+    def _store(self, new: StatusMessage) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]:
+        """Apply ``new`` (lock held); return the waiters to wake."""
+        old = self.statuses.get(new.request_id)
+        if old is not None and (
+            old.status in FINAL_STATES or STATUS_RANK[new.status] < STATUS_RANK[old.status]
+        ):
+            return []
+        if old is not None and new.idempotency_key is None:
+            new.idempotency_key = old.idempotency_key
+        self.statuses[new.request_id] = new
+        self.statuses.move_to_end(new.request_id)
+        while len(self.statuses) > self.size:
+            evicted, _ = self.statuses.popitem(last=False)
+            self.pending.pop(evicted, None)
+        if new.status in FINAL_STATES:
+            self.pending.pop(new.request_id, None)
+        elif new.request_id not in self.pending:
+            self.pending[new.request_id] = new.created_at
+        if new.idempotency_key:
+            self.idempotency[new.idempotency_key] = new.request_id
+            while len(self.idempotency) > self.idempotency_size:
+                self.idempotency.popitem(last=False)
+        return self.waiters.pop(new.request_id, []) if new.status in FINAL_STATES else []
 
     def get(self, request_id: str) -> StatusMessage | None:
         with self.lock:
             return self.statuses.get(request_id)
+
+    async def wait_final(self, request_id: str, timeout_s: float) -> StatusMessage | None:
+        """The request's state once it is final, or its state after ``timeout_s`` (None if unknown)."""
+        event = asyncio.Event()
+        with self.lock:
+            found = self.statuses.get(request_id)
+            if found is None or found.status in FINAL_STATES or timeout_s <= 0:
+                return found
+            self.waiters.setdefault(request_id, []).append((asyncio.get_running_loop(), event))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout_s)
+        finally:
+            with self.lock:
+                waiting = [w for w in self.waiters.get(request_id, []) if w[1] is not event]
+                if waiting:
+                    self.waiters[request_id] = waiting
+                else:
+                    self.waiters.pop(request_id, None)
+        return self.get(request_id)
 
     def by_idempotency_key(self, key: str) -> str | None:
         with self.lock:
@@ -492,9 +524,19 @@ async def create_inference(
     response_model=InferenceStatus,
     responses={404: {"description": "unknown (or evicted) request id"}},
 )
-async def get_inference(request_id: uuid.UUID, state: StateDep) -> InferenceStatus:
-    """The request's state: queued, running, succeeded (with top-k), failed (with the error) or expired."""
-    found = state.store.get(str(request_id))
+async def get_inference(
+    request_id: uuid.UUID,
+    state: StateDep,
+    wait: Annotated[float, Query(
+        ge=0, le=MAX_STATUS_WAIT_S,
+        description="long polling: hold the answer until the request is final, at most this many seconds "
+        "(0, the default, answers at once)")] = 0,
+) -> InferenceStatus:
+    """The request's state: queued, running, succeeded (with top-k), failed (with the error) or expired.
+
+    With ``?wait=S`` a client gets the result as soon as it exists, in one request, instead of polling.
+    """
+    found = await state.store.wait_final(str(request_id), wait)
     if found is None:
         raise HTTPException(
             404, detail=f"no request {request_id} (unknown, or older than this replica's cache)"

@@ -1,12 +1,12 @@
 """A bounded load generator for the async inference API (127.0.0.1 only).
 
-    python PR2_async_inference/load_test.py --url http://127.0.0.1:8000 --bootstrap 127.0.0.1:9092 \\
-        --requests 200 --concurrency 16 --time-limit-s 60
+    python PR2_async_inference/load_test.py --url http://127.0.0.1:8000 --requests 200 --concurrency 16 \\
+        --time-limit-s 60
 
 ``concurrency`` closed-loop clients each POST a request and wait for its final state, until ``requests`` are
-done or ``time_limit_s`` passes. End-to-end latency is POST start -> the final state appearing on the results
-topic (read directly, so no polling interval is added to the figures). Importable: :func:`run_load` returns
-throughput and latency percentiles as a flat dict.
+done or ``time_limit_s`` passes. End-to-end latency is POST start -> the API answering the long-polling
+``GET /inference/{id}?wait=S`` with the final state: what a client sees, with no polling interval of the
+client's own added. Importable: :func:`run_load` returns throughput and latency percentiles as a flat dict.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,68 +23,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-from kafka import KafkaConsumer, TopicPartition
 
 from modelops.errors import UsageError
 from modelops.timing import latency_stats
 from PR2_async_inference.kafka_queue_service import FINAL_STATES
+from PR2_async_inference.settings import MAX_STATUS_WAIT_S
 
 logger = logging.getLogger(__name__)
-
-
-class ResultWatcher:
-    """Reads the results topic in a thread and records when each request reached its final state."""
-
-    def __init__(self, bootstrap: str, topic: str, fetch_max_wait_ms: int = 10) -> None:
-        self.finished: dict[str, tuple[float, str, int | None]] = {}
-        self.waiters: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
-        self.lock = threading.Lock()
-        self._stop = threading.Event()
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                       auto_offset_reset="earliest", fetch_max_wait_ms=fetch_max_wait_ms)
-        parts = self._consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            raise UsageError(f"results topic {topic!r} not found on {bootstrap}")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        self._consumer.assign(tps)
-        self._consumer.seek_to_beginning(*tps)  # Tansu's "latest" is unreliable; old results are ignored
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for records in self._consumer.poll(timeout_ms=20).values():
-                now = time.perf_counter()
-                for record in records:
-                    # Plain json, not the pydantic model: the generator shares the CPU it measures.
-                    status = json.loads(record.value)
-                    if status["status"] not in FINAL_STATES:
-                        continue
-                    request_id = status["request_id"]
-                    with self.lock:
-                        if request_id in self.finished:
-                            continue
-                        self.finished[request_id] = (now, status["status"], status.get("batch_size"))
-                        waiter = self.waiters.pop(request_id, None)
-                    if waiter:
-                        loop, future = waiter
-                        loop.call_soon_threadsafe(lambda f=future: f.done() or f.set_result(None))
-
-    async def wait(self, request_id: str, timeout_s: float) -> tuple[float, str, int | None]:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        with self.lock:
-            if request_id not in self.finished:
-                self.waiters[request_id] = (loop, future)
-            else:
-                future.set_result(None)
-        await asyncio.wait_for(future, timeout_s)
-        return self.finished[request_id]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._consumer.close()
 
 
 def check_local(url: str) -> None:
@@ -94,7 +38,22 @@ def check_local(url: str) -> None:
         raise UsageError(f"load tests only target 127.0.0.1; got host {host!r}")
 
 
-async def _run(url: str, watcher: ResultWatcher, requests: int, concurrency: int, time_limit_s: float,
+async def _wait_final(client: httpx.AsyncClient, request_id: str, timeout_s: float) -> dict[str, Any] | None:
+    """Long-poll the request's status until it is final or ``timeout_s`` has passed (then None)."""
+    give_up = time.perf_counter() + timeout_s
+    while (left := give_up - time.perf_counter()) > 0:
+        wait = round(min(left, MAX_STATUS_WAIT_S), 3)
+        response = await client.get(f"/inference/{request_id}", params={"wait": wait}, timeout=wait + 10)
+        if response.status_code != 200:
+            await asyncio.sleep(0.1)  # e.g. a replica that has not seen the request yet: do not spin
+            continue
+        status = json.loads(response.content)  # plain json: the generator shares the CPU it measures
+        if status["status"] in FINAL_STATES:
+            return status
+    return None
+
+
+async def _run(url: str, requests: int, concurrency: int, time_limit_s: float,
                payloads: list[dict[str, Any]]) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[str, int] = {}
@@ -119,16 +78,16 @@ async def _run(url: str, watcher: ResultWatcher, requests: int, concurrency: int
                 if response.status_code == 429:
                     await asyncio.sleep(float(response.headers.get("retry-after", "1")))
                 continue
-            try:
-                done_at, status, batch = await watcher.wait(response.json()["request_id"],
-                                                            max(0.1, stop_at - time.perf_counter() + 30))
-            except asyncio.TimeoutError:
+            final = await _wait_final(client, response.json()["request_id"],
+                                      max(0.1, stop_at - time.perf_counter() + 30))
+            done_at = time.perf_counter()
+            if final is None:
                 errors["timeout"] = errors.get("timeout", 0) + 1
                 continue
-            statuses[status] = statuses.get(status, 0) + 1
-            if status == "succeeded":
+            statuses[final["status"]] = statuses.get(final["status"], 0) + 1
+            if final["status"] == "succeeded":
                 latencies.append((done_at - start) * 1000)
-                batch_sizes.append(batch or 1)
+                batch_sizes.append(final.get("batch_size") or 1)
 
     # One single-connection client per simulated user: httpcore's shared pool rescans every connection for
     # every request, which cost the generator ~10 ms of CPU per request at 16 users (profiled).
@@ -159,9 +118,8 @@ def make_payloads(input_shape: list[int], count: int = 16, seed: int = 0) -> lis
     return [{"data": rng.standard_normal(input_shape).round(4).tolist()} for _ in range(count)]
 
 
-def run_load(url: str, bootstrap: str, *, requests: int = 200, concurrency: int = 16, time_limit_s: float = 60.0,
-             input_shape: list[int] | None = None, results_topic: str = "inference-results",
-             payloads: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def run_load(url: str, *, requests: int = 200, concurrency: int = 16, time_limit_s: float = 60.0,
+             input_shape: list[int] | None = None, payloads: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Send at most ``requests`` requests with ``concurrency`` closed-loop clients for at most ``time_limit_s``.
 
     Returns a flat dict: throughput_rps, latency_ms_p50/p95/p99, succeeded/failed/expired counts, errors.
@@ -174,20 +132,13 @@ def run_load(url: str, bootstrap: str, *, requests: int = 200, concurrency: int 
             models = httpx.get(f"{url}/models", timeout=10).json()
             input_shape = next(m["input_shape"] for m in models if m["default"])
         payloads = make_payloads(input_shape)
-    watcher = ResultWatcher(bootstrap, results_topic)
-    try:
-        return asyncio.run(_run(url, watcher, requests, concurrency, time_limit_s, payloads))
-    finally:
-        watcher.close()
+    return asyncio.run(_run(url, requests, concurrency, time_limit_s, payloads))
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Bounded load test of the async inference API (127.0.0.1).",
                                      add_help=add_help)
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="API URL (default: http://127.0.0.1:8000)")
-    parser.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap (default: 127.0.0.1:9092)")
-    parser.add_argument("--results-topic", default="inference-results",
-                        help="results topic (default: inference-results)")
     parser.add_argument("--requests", type=int, default=200, help="requests to send at most (default: 200)")
     parser.add_argument("--concurrency", type=int, default=16, help="closed-loop clients (default: 16)")
     parser.add_argument("--time-limit-s", type=float, default=60.0, help="stop after this long (default: 60)")
@@ -196,8 +147,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    result = run_load(args.url, args.bootstrap, requests=args.requests, concurrency=args.concurrency,
-                      time_limit_s=args.time_limit_s, results_topic=args.results_topic)
+    result = run_load(args.url, requests=args.requests, concurrency=args.concurrency,
+                      time_limit_s=args.time_limit_s)
     print(json.dumps(result))
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2))

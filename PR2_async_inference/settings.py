@@ -18,6 +18,8 @@ IMAGE_NAME = "inference-service:0.1.0"
 DEFAULT_MODEL_NAME = "image_classification"
 #: Registry shipped beside this file.
 DEFAULT_REGISTRY = Path(__file__).resolve().parent / "model_registry.yaml"
+#: The longest ``GET /inference/{id}?wait=S`` holds a connection (long polling), in seconds.
+MAX_STATUS_WAIT_S = 60.0
 
 
 class Settings(BaseSettings):

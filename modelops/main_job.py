@@ -209,9 +209,9 @@ class Job:
 
                 payloads = [{**p, "model_name": name} for p in make_payloads(read_manifest(path).input_shape)]
                 # Untimed warm-up: the worker loads each model on first use and the first batches pay for it.
-                run_load(stack.api_url, stack.bootstrap, requests=8, concurrency=8, time_limit_s=120,
+                run_load(stack.api_url, requests=8, concurrency=8, time_limit_s=120,
                          payloads=payloads)
-                load[name] = run_load(stack.api_url, stack.bootstrap, requests=self.size.requests, concurrency=8,
+                load[name] = run_load(stack.api_url, requests=self.size.requests, concurrency=8,
                                       time_limit_s=120, payloads=payloads)
             return {"served": {k: str(v) for k, v in served.items()}, "optimized_variant": fastest, "load": load}
         finally:

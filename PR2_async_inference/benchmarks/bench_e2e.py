@@ -99,16 +99,16 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
                         fetch_max_wait_ms=args.fetch_max_wait_ms)
     try:
         common = {"time_limit_s": args.time_limit_s, "payloads": payloads}
-        run_load(stack.api_url, stack.bootstrap, requests=min(8, args.requests), concurrency=4, **common)  # warm-up
+        run_load(stack.api_url, requests=min(8, args.requests), concurrency=4, **common)  # warm-up
         pids = {"broker": [stack.broker.pid], "api": [stack.api.pid], "workers": [w.pid for w in stack.workers],
                 "loadgen": [os.getpid()]}
         before = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
-        loaded = run_load(stack.api_url, stack.bootstrap, requests=args.requests, concurrency=args.concurrency,
+        loaded = run_load(stack.api_url, requests=args.requests, concurrency=args.concurrency,
                           **common)
         cpu = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
         done = max(1, loaded["succeeded"])
         cpu_ms = {f"cpu_ms_per_req_{name}": round((cpu[name] - before[name]) * 1000 / done, 1) for name in cpu}
-        low = run_load(stack.api_url, stack.bootstrap, requests=args.low_load_requests, concurrency=1, **common)
+        low = run_load(stack.api_url, requests=args.low_load_requests, concurrency=1, **common)
     finally:
         stop_stack(stack)
     return {"config": name, "workers": config["workers"],

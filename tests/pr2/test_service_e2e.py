@@ -1,7 +1,7 @@
 """End to end with real processes: API (uvicorn) and worker subprocesses on a real Tansu broker.
 
-Round trip for images and tensors served in batches > 1, a poison request dead-lettered after its attempts
-while later requests are still served, an expired request never run, graceful SIGTERM."""
+Round trip for images and tensors served in batches > 1, long-polling GET, a poison request dead-lettered
+after its attempts while later requests are still served, an expired request never run, graceful SIGTERM."""
 
 from __future__ import annotations
 
@@ -102,6 +102,14 @@ def dead_letters(settings, keys: set[str], timeout_s: float = 30.0) -> dict[str,
     return found
 
 
+def test_long_poll_answers_with_the_final_state_in_one_request(stack):
+    client = stack["client"]
+    request_id = client.post("/inference", json={"data": np.zeros((3, 32, 32)).tolist()}).json()["request_id"]
+    response = client.get(f"/inference/{request_id}", params={"wait": 60}, timeout=70)
+    assert response.status_code == 200 and response.json()["status"] == "succeeded"
+    assert client.get(f"/inference/{request_id}", params={"wait": 61}).status_code == 422  # above the cap
+
+
 def test_poison_requests_are_dead_lettered_and_later_requests_served(stack):
     settings, client = stack["settings"], stack["client"]
     producer = make_producer(settings)
@@ -169,9 +177,7 @@ def test_sigterm_finishes_and_leaves_the_group(stack, pr2_logs):
 def test_load_generator_is_bounded_and_reports_percentiles(stack):
     from PR2_async_inference.load_test import run_load
 
-    result = run_load(stack["api"].info["url"], stack["settings"].kafka_bootstrap_servers, requests=12,
-                      concurrency=3, time_limit_s=60, input_shape=[3, 32, 32],
-                      results_topic=stack["settings"].results_topic)
+    result = run_load(stack["api"].info["url"], requests=12, concurrency=3, time_limit_s=60, input_shape=[3, 32, 32])
     assert result["requests_sent"] == 12 and result["succeeded"] == 12 and result["errors"] == 0
     assert 0 < result["latency_ms_p50"] <= result["latency_ms_p95"] <= result["latency_ms_p99"]
     assert result["throughput_rps"] > 0

@@ -3,10 +3,12 @@ decoding, callback signing and allowlist, batching precedence, and the compose/P
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -57,6 +59,26 @@ def test_result_store_backlog_and_lru_bound():
         store.apply(status(f"r{i}", "succeeded"))
     assert store.get("r1") is None and len(store.statuses) == 3
     assert store.backlog(now) == (0, 0.0)  # evicted entries leave the backlog too
+
+
+def test_result_store_long_poll_wakes_on_the_final_state_from_another_thread():
+    store = ResultStore(size=10, idempotency_size=10)
+    store.apply(status("a", "queued"))
+
+    async def scenario() -> tuple:
+        # The results reader applies states on its own thread: "running" must not wake the waiter.
+        threading.Timer(0.05, store.apply, [status("a", "running")]).start()
+        threading.Timer(0.2, store.apply, [status("a", "succeeded")]).start()
+        final = await store.wait_final("a", timeout_s=10)
+        timed_out = await store.wait_final("b-unknown", timeout_s=10)  # unknown ids answer at once
+        store.apply(status("c", "queued"))
+        still_queued = await store.wait_final("c", timeout_s=0.05)
+        return final, timed_out, still_queued
+
+    final, unknown, still_queued = asyncio.run(scenario())
+    assert final.status == "succeeded"  # not the "running" that arrived first
+    assert unknown is None and still_queued.status == "queued"
+    assert store.waiters == {}  # nobody left registered after a wake-up or a timeout
 
 
 def test_request_message_round_trips_through_record_fields():
@@ -223,4 +245,4 @@ def test_load_generator_refuses_non_local_targets():
     from PR2_async_inference.load_test import run_load
 
     with pytest.raises(UsageError, match=r"only target 127\.0\.0\.1"):
-        run_load("http://example.com:8000", "127.0.0.1:9092", requests=1)
+        run_load("http://example.com:8000", requests=1)
