@@ -132,6 +132,8 @@ def run_load(url: str, *, requests: int = 200, concurrency: int = 16, time_limit
             models = httpx.get(f"{url}/models", timeout=10).json()
             input_shape = next(m["input_shape"] for m in models if m["default"])
         payloads = make_payloads(input_shape)
+    # httpx logs every request at INFO: thousands of lines, and CPU the generator shares with what it measures.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return asyncio.run(_run(url, requests, concurrency, time_limit_s, payloads))
 
 

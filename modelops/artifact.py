@@ -411,7 +411,7 @@ def load_artifact(
         compile: run torch models through ``torch.compile`` (default: the manifest's ``runtime.compile``).
         threads: ONNX Runtime intra-op threads (torch uses ``torch.set_num_threads``).
         ort_session_config: extra ONNX Runtime session config entries, e.g.
-            ``{"session.intra_op.allow_spinning": "0"}`` so idle threads do not spin (fair interleaved timing).
+            ``{"session.intra_op.allow_spinning": "0"}`` so idle threads do not spin (a server sharing its cores).
     """
     path = _check_path(path)
     manifest = read_manifest(path)

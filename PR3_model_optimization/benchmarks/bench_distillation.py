@@ -14,14 +14,9 @@ in ``--output-dir``. Stages whose artifacts exist are reused (``--force`` rebuil
 
 from __future__ import annotations
 
-import os
-
-# Idle OpenMP threads of a 2-thread torch spin by default; on a shared machine that costs 10x and more
-# in latency (measured here), while ONNX Runtime is timed with spinning off. Passive waits for both.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
