@@ -16,7 +16,7 @@ from scipy import stats
 
 from modelops.cli import run_cli
 from modelops.errors import UsageError
-from modelops.timing import latency_stats
+from modelops.timing import interleaved_latency, latency_stats
 from PR4_model_benchmarking import benchmark_models
 from PR4_model_benchmarking.reports import SAMPLES_CSV, SUMMARY_COLUMNS, BenchmarkReport, report_json_schema
 from PR4_model_benchmarking.scenarios import (
@@ -43,6 +43,19 @@ def test_percentiles_on_known_data():
     assert stats_["latency_ms_p99"] == pytest.approx(99.01)
     assert stats_["latency_ms_mean"] == pytest.approx(50.5)
     assert stats_["latency_ms_std"] == pytest.approx(np.std(np.arange(1, 101), ddof=1), abs=1e-3)
+
+
+def test_interleaved_latency_takes_turns_with_an_untimed_first_call():
+    calls: list[str] = []
+    fns = {name: (lambda batch, name=name: calls.append(name)) for name in "AB"}
+    samples = interleaved_latency(fns, np.zeros(1), warmup=1, rounds=7, calls_per_turn=3, settle_s=0)
+    assert {name: len(values) for name, values in samples.items()} == {"A": 7, "B": 7}
+    # warm-up A B, then turns of 1 untimed + 3, 3, 1 timed calls: drift hits both, spinners do not
+    assert "".join(calls) == "AB" + "AAAABBBB" * 2 + "AABB"
+    plain: list[str] = []
+    interleaved_latency({n: (lambda b, n=n: plain.append(n)) for n in "AB"}, np.zeros(1), warmup=0, rounds=2,
+                        calls_per_turn=1, settle_s=0)
+    assert "".join(plain) == "ABAB"
 
 
 def test_poisson_arrivals_follow_the_requested_rate():
