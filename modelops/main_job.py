@@ -153,7 +153,7 @@ class Job:
                 "--epochs", str(self.size.optimize_epochs), "--student-arch", self.args.student_arch,
                 "--calibration-batches", str(self.size.calibration_batches), *self.common]
         if self.args.tiny:
-            argv += ["--speed-rounds", "5", "--limit", "256"]
+            argv += ["--speed-rounds", "5", "--limit", "256", "--prune-steps", "1"]
         return _run_script("PR3_model_optimization.optimize_pipeline", argv)
 
     def variants(self) -> dict[str, Path]:

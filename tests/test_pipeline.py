@@ -13,8 +13,8 @@ from modelops.artifact import load_artifact, read_manifest
 from modelops.cli import run_cli
 from PR3_model_optimization import optimize_pipeline
 
-TINY = ["--epochs", "1", "--amount", "0.3", "--limit", "128", "--calibration-batches", "2", "--speed-rounds", "3",
-        "--large-batch", "4", "--threads", "1"]
+TINY = ["--epochs", "1", "--amount", "0.3", "--prune-steps", "1", "--limit", "128", "--calibration-batches", "2",
+        "--speed-rounds", "3", "--large-batch", "4", "--threads", "1"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -61,3 +61,5 @@ def test_pipeline_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--epochs must be at least 1, got 0" in capsys.readouterr().err
     assert run_cli(optimize_pipeline.main, parser, ["--model", str(tmp_path / "m.pt"), "--amount", "1.5"]) == 2
     assert "--amount" in capsys.readouterr().err
+    assert run_cli(optimize_pipeline.main, parser, ["--model", str(tmp_path / "m.pt"), "--prune-steps", "0"]) == 2
+    assert "--prune-steps must be > 0, got 0" in capsys.readouterr().err
