@@ -57,7 +57,7 @@ def create_model(arch: str, num_classes: int, *, pretrained: bool = False) -> nn
     """
     check_arch(arch)
     if not pretrained:
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        return _fit_batchnorm_for_short_runs(torchvision.models.get_model(arch, weights=None, num_classes=num_classes))
     try:
         model = torchvision.models.get_model(arch, weights="DEFAULT")
     except Exception as exc:  # network errors come in many types (URLError, OSError, ...)
@@ -68,6 +68,19 @@ def create_model(arch: str, num_classes: int, *, pretrained: bool = False) -> nn
     name, head = classifier_layer(model)
     if head.out_features != num_classes:
         _set_submodule(model, name, nn.Linear(head.in_features, num_classes))
+    return model
+
+
+def _fit_batchnorm_for_short_runs(model: nn.Module) -> nn.Module:
+    """Raise batch-norm momentum below PyTorch's 0.1 default back to 0.1.
+
+    torchvision builds MobileNetV3 and EfficientNet with momentum 0.01, tuned for ImageNet runs of hundreds
+    of epochs. In the few hundred steps of a run here the running statistics hardly leave their initial
+    values, and eval mode then predicts at chance (mobilenet_v3_small on digits: 90% train accuracy, 10% val).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.momentum is not None:
+            module.momentum = max(module.momentum, 0.1)
     return model
 
 

@@ -163,3 +163,19 @@ def test_artifact_loads_in_a_fresh_process(tmp_path, small_model):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("(2, 10)")
+
+
+def test_fresh_model_batchnorm_statistics_follow_the_data_within_a_short_run():
+    # torchvision's MobileNetV3 ships momentum 0.01: 30 steps would leave the running mean at 26% of the data's.
+    model = create_model("mobilenet_v3_small", 10).train()
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen: list[torch.Tensor] = []
+    bn.register_forward_hook(lambda module, args, out: seen.append(args[0].mean(dim=(0, 2, 3))))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _ in range(30):
+            model(torch.randn(8, 3, 32, 32) + 2.0)
+    data_mean = torch.stack(seen).mean(0)
+    assert torch.allclose(bn.running_mean, data_mean, atol=0.1 * float(data_mean.abs().max()))
+    assert all(m.momentum == 0.1 for m in create_model("resnet18", 10).modules()
+               if isinstance(m, torch.nn.BatchNorm2d))  # PyTorch's default stays as it is
