@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     poll_timeout_ms: int = Field(200, ge=1, le=1000)
     # The longest a fetch waits on the broker for new records. Apache Kafka answers a waiting fetch as soon
     # as data arrives, so its default of 500 ms costs no latency there. Tansu (the local/test broker) answers
-    # only when the wait runs out, which makes it a polling interval: local_stack.py lowers it (see there).
+    # only at check points spread over the wait, which makes it a polling interval: local_stack.py lowers it
+    # (see there).
     fetch_max_wait_ms: int = Field(500, ge=1, le=500)
     # How far back (seconds) a (re)started API replica reads the results topic to rebuild its cache.
     results_lookback_s: float = 3600.0
