@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from modelops.artifact import Predictor, load_artifact, load_module, read_manifest, save_artifact
-from modelops.cli import check_positive, common_parser, run_cli
+from modelops.cli import check_positive, common_parser, run_cli, split_seed
 from modelops.data import AugmentedDataset, DatasetSplits, load_dataset, make_loader, train_augmentation
 from modelops.errors import UsageError
 from modelops.evaluate import evaluate
@@ -151,7 +151,8 @@ def build_student(args: argparse.Namespace, teacher: Predictor) -> tuple[nn.Modu
 
 def load_data(args: argparse.Namespace, teacher: Predictor) -> DatasetSplits:
     image_size = args.image_size or teacher.input_shape[-1]
-    data = load_dataset(args.dataset, image_size=image_size, seed=args.seed, data_dir=args.data_dir)
+    data = load_dataset(args.dataset, image_size=image_size, seed=split_seed(args, teacher.manifest),
+                        data_dir=args.data_dir)
     if data.num_classes != teacher.num_classes:
         raise UsageError(f"Dataset {args.dataset} has {data.num_classes} classes but teacher {args.teacher} "
                          f"predicts {teacher.num_classes}: pass the dataset the teacher was trained on")
@@ -299,7 +300,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                  "hint_weight": args.hint_weight, "epochs": args.epochs,
                  "cached_teacher_logits": bool(args.cache_teacher_logits)}
     manifest = parent_manifest.derive(parent_path=parent_path, transform=transform, arch=arch, format="state_dict",
-                                      input_shape=data.input_shape, preprocessing=data.preprocessing)
+                                      input_shape=data.input_shape, preprocessing=data.preprocessing,
+                                      split_seed=data.split_seed)
     manifest.metrics = {
         "accuracy": student_accuracy, "teacher_accuracy": teacher_accuracy, "params": params,
         "macs": count_macs(student, data.input_shape), "best_val_accuracy": run["best_val_accuracy"],
@@ -313,7 +315,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         baseline_path = output_dir / "baseline_student.pt"
         base_manifest = (student_manifest or teacher.manifest).derive(
             parent_path=parent_path, transform={"kind": "baseline", "source": "trained", "epochs": args.epochs},
-            arch=arch, format="state_dict", input_shape=data.input_shape, preprocessing=data.preprocessing)
+            arch=arch, format="state_dict", input_shape=data.input_shape, preprocessing=data.preprocessing,
+            split_seed=data.split_seed)
         base_manifest.metrics = {"accuracy": summary["baseline_accuracy"], "params": count_parameters(baseline)}
         save_artifact(baseline, baseline_path, base_manifest)
         summary["baseline_model"] = str(baseline_path)

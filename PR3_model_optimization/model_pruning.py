@@ -36,7 +36,7 @@ from torch import nn
 
 from modelops.artifact import Manifest, file_size_mb, load_artifact, load_module, save_artifact
 from modelops.artifact import write_manifest as write_artifact_manifest
-from modelops.cli import check_positive, common_parser, run_cli
+from modelops.cli import check_positive, common_parser, run_cli, split_seed
 from modelops.data import DatasetSplits, load_dataset, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import evaluate
@@ -413,7 +413,7 @@ def prune_to_target(pruner, model: nn.Module, original: Callable, args: argparse
 def _resolve_dataset(args: argparse.Namespace, manifest: Manifest) -> DatasetSplits:
     name = args.dataset or manifest.dataset or "digits"
     image_size = args.image_size or manifest.input_shape[-1]
-    data = load_dataset(name, image_size=image_size, seed=args.seed, data_dir=args.data_dir)
+    data = load_dataset(name, image_size=image_size, seed=split_seed(args, manifest), data_dir=args.data_dir)
     if manifest.num_classes and data.num_classes != manifest.num_classes:
         raise UsageError(f"{args.model} predicts {manifest.num_classes} classes but dataset {name!r} has "
                          f"{data.num_classes}: pass the --dataset it was trained on")
@@ -533,7 +533,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                "layer_sparsity": per_layer, "latency_ms_p50": latency_after,
                "latency_ms_p50_before": medians["original"], "latency_batch_size": args.latency_batch_size,
                **tuning}
-    child = manifest.derive(parent_path=args.model, transform=transform, metrics=metrics)
+    child = manifest.derive(parent_path=args.model, transform=transform, metrics=metrics,
+                            split_seed=split_seed(args, manifest))
     if memory_format == "channels_last":
         child.runtime = {"memory_format": "channels_last"}
     fmt = "state_dict" if manifest.arch else "pickle"

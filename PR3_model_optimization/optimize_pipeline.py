@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from modelops.artifact import load_artifact, read_manifest
-from modelops.cli import check_positive, common_parser, run_cli
+from modelops.cli import check_positive, common_parser, run_cli, split_seed
 from modelops.data import load_dataset, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import evaluate
@@ -213,7 +213,8 @@ def measure(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, 
         for name, path in paths.items()
     }
     original = predictors["original"]
-    data = load_dataset(args.dataset, image_size=original.input_shape[-1], seed=args.seed, data_dir=args.data_dir)
+    data = load_dataset(args.dataset, image_size=original.input_shape[-1], seed=split_seed(args, original.manifest),
+                        data_dir=args.data_dir)
     test_loader = make_loader(data.test, 128)
     accuracy = {name: evaluate(p, test_loader)["accuracy"] for name, p in predictors.items()}
     latency: dict[str, dict[int, float]] = {name: {} for name in predictors}

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from modelops.artifact import FORMATS, Manifest, save_artifact
-from modelops.cli import common_parser, run_cli
+from modelops.cli import common_parser, run_cli, split_seed
 from modelops.data import AugmentedDataset, load_dataset, make_loader, train_augmentation
 from modelops.evaluate import evaluate
 from modelops.models import check_arch, count_macs, count_parameters, create_model
@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> dict:
     check_training_args(args)
     save_path = Path(args.save_path or f"models/{args.arch}.pt")
     output_dir = Path(args.output_dir or f"runs/prepare_{args.arch}")
-    data = load_dataset(args.dataset, image_size=args.image_size, seed=args.seed, data_dir=args.data_dir)
+    data = load_dataset(args.dataset, image_size=args.image_size, seed=split_seed(args), data_dir=args.data_dir)
     model = create_model(args.arch, data.num_classes, pretrained=args.pretrained)
 
     started = time.perf_counter()
@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> dict:
     test = evaluate(model, make_loader(data.test, 256), progress=True)
     manifest = Manifest(
         arch=args.arch, num_classes=data.num_classes, input_shape=data.input_shape,
-        preprocessing=data.preprocessing, labels=data.labels, dataset=data.name,
+        preprocessing=data.preprocessing, labels=data.labels, dataset=data.name, split_seed=data.split_seed,
         transform={"kind": "baseline", "source": "pretrained" if args.pretrained
                    else "random" if args.random_weights else "trained", "epochs": args.epochs},
         metrics={"accuracy": test["accuracy"], "params": count_parameters(model),

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from modelops.artifact import MODEL_SUFFIXES, read_manifest
-from modelops.cli import check_positive, common_parser, run_cli, usable_cores
+from modelops.cli import check_positive, common_parser, run_cli, split_seed, usable_cores
 from modelops.errors import UsageError
 from modelops.timing import latency_stats
 from PR4_model_benchmarking.reports import REPORT_FORMATS, to_markdown, write_reports
@@ -177,7 +177,7 @@ def check_inputs(models: list[tuple[str, Path]], args: argparse.Namespace) -> An
     manifests = {name: read_manifest(path) for name, path in models}
     first = next((m for m in manifests.values() if m is not None), None)
     image_size = args.image_size or (first.input_shape[-1] if first else None)
-    data = load_dataset(args.dataset, image_size=image_size, seed=args.seed, data_dir=args.data_dir)
+    data = load_dataset(args.dataset, image_size=image_size, seed=split_seed(args, first), data_dir=args.data_dir)
     for name, path in models:
         manifest = manifests[name]
         if manifest is None:
@@ -331,7 +331,7 @@ class Benchmark:
         for i, name in enumerate(names):
             try:
                 out = self.sessions[name].predict_dataset(
-                    self.args.dataset, self.data.image_size, self.args.seed, self.args.data_dir,
+                    self.args.dataset, self.data.image_size, self.data.split_seed, self.args.data_dir,
                     self.args.accuracy_samples, self.args.batch_size)
             except WorkerError as exc:
                 self.fail(name, exc)

@@ -59,6 +59,7 @@ class Manifest(BaseModel):
     preprocessing: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] = Field(default_factory=list)
     dataset: str | None = None
+    split_seed: int | None = Field(default=None, description="seed of the train/val/test split it was trained on")
     parent: dict[str, Any] | None = Field(
         default=None, description="path and sha256 of the artifact this was made from"
     )

@@ -28,13 +28,17 @@ def common_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=int, default=None,
                       help="model input side in pixels (default: the model's manifest, else the dataset's own)")
     data.add_argument("--data-dir", default="data", help="cache for downloadable datasets (default: data)")
+    data.add_argument("--split-seed", type=int, default=None,
+                      help="seed of the train/val/test split (default: the one the model was trained on, from "
+                           "its manifest; 0 for new models)")
     data.add_argument("-b", "--batch-size", type=int, default=64, help="batch size (default: 64)")
     data.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     run = parser.add_argument_group("runtime")
     run.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     run.add_argument("--threads", type=int, default=None,
                      help="intra-op threads (default: all usable cores)")
-    run.add_argument("--seed", type=int, default=0, help="random seed for splits and training (default: 0)")
+    run.add_argument("--seed", type=int, default=0,
+                     help="random seed for weight init, shuffling and augmentation (default: 0)")
     run.add_argument("--trust-pickle", action="store_true",
                      help="allow loading whole pickled nn.Modules (runs arbitrary code; default: off)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks on errors")
@@ -66,6 +70,14 @@ def setup(args: argparse.Namespace) -> None:
         raise UsageError(f"Unknown device {device!r}. Choose one of: cpu, cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+
+
+def split_seed(args: argparse.Namespace, manifest: Any = None) -> int:
+    """The split to load: ``--split-seed`` if given, else the model's own, so its test set stays unseen."""
+    if getattr(args, "split_seed", None) is not None:
+        return args.split_seed
+    recorded = getattr(manifest, "split_seed", None)
+    return recorded if recorded is not None else 0
 
 
 def check_positive(name: str, value: float | int | None, *, allow_zero: bool = False) -> None:

@@ -41,6 +41,7 @@ class DatasetSplits:
     mean: list[float]
     std: list[float]
     extra: dict = field(default_factory=dict)
+    split_seed: int = 0
 
     def split(self, name: str) -> Dataset:
         if name not in SPLITS:
@@ -199,12 +200,15 @@ def load_dataset(
     if size < 8:
         raise UsageError(f"Image size {size} is too small (at least 8)")
     if kind == "digits":
-        return _load_digits(size, seed)
-    if kind == "fake":
-        return _load_fake(size, seed)
-    if kind == "cifar10":
-        return _load_cifar10(size, seed, Path(data_dir))
-    return _load_imagefolder(arg, size, seed)
+        data = _load_digits(size, seed)
+    elif kind == "fake":
+        data = _load_fake(size, seed)
+    elif kind == "cifar10":
+        data = _load_cifar10(size, seed, Path(data_dir))
+    else:
+        data = _load_imagefolder(arg, size, seed)
+    data.split_seed = seed
+    return data
 
 
 def train_augmentation(image_size: int):

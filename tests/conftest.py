@@ -30,7 +30,7 @@ def train_tiny(arch: str, out_dir: Path, epochs: int = 3) -> Path:
         output_dir=out_dir / f"run_{arch}", progress=False)
     accuracy = evaluate(model, make_loader(data.test, 256))["accuracy"]
     manifest = Manifest(arch=arch, num_classes=data.num_classes, input_shape=data.input_shape,
-                        preprocessing=data.preprocessing, labels=data.labels, dataset="digits",
+                        preprocessing=data.preprocessing, labels=data.labels, dataset="digits", split_seed=0,
                         metrics={"accuracy": accuracy, "params": count_parameters(model),
                                  "macs": count_macs(model, data.input_shape)})
     path = out_dir / f"{arch}.pt"

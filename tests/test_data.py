@@ -7,6 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from modelops.artifact import Manifest
+from modelops.cli import common_parser, split_seed
 from modelops.data import calibration_batches, load_dataset, split_indices
 from modelops.errors import UsageError
 
@@ -65,3 +67,16 @@ def test_calibration_batches_are_seeded_and_sized():
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     with pytest.raises(UsageError, match="at least one batch"):
         calibration_batches(data.train, 8, 0)
+
+
+def test_loaded_splits_know_their_seed():
+    assert load_dataset("digits", image_size=8, seed=3).split_seed == 3
+
+
+def test_split_seed_defaults_to_the_models_own_so_its_test_set_stays_unseen():
+    trained_on_3 = Manifest(num_classes=10, input_shape=[3, 32, 32], split_seed=3)
+    # --seed moves training randomness only; the split follows the model unless --split-seed says otherwise.
+    assert split_seed(common_parser().parse_args(["--seed", "5"]), trained_on_3) == 3
+    assert split_seed(common_parser().parse_args(["--split-seed", "1"]), trained_on_3) == 1
+    assert split_seed(common_parser().parse_args([]), Manifest(num_classes=10, input_shape=[3, 32, 32])) == 0
+    assert split_seed(common_parser().parse_args([])) == 0

@@ -98,6 +98,7 @@ def test_two_epochs_improve_accuracy_and_write_everything(digits_resnet18: Path,
     assert manifest.parent["sha256"] == read_manifest(digits_resnet18).sha256
     assert manifest.lineage[-1]["temperature"] == 4.0
     assert manifest.arch == "resnet18" and manifest.metrics["accuracy"] == summary["student_accuracy"]
+    assert manifest.split_seed == 0  # the teacher's split, so later steps test on images neither has seen
     predictor = load_artifact(save)
     assert predictor(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     csv = Path(summary["metrics_csv"]).read_text().splitlines()

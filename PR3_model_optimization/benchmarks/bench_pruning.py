@@ -151,7 +151,8 @@ def accuracy_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         prepare_model.main(prepare_model.get_args_parser().parse_args(
             ["--arch", "resnet18", "--epochs", "15", "--save-path", str(path), "--threads", str(args.threads)]))
     model, manifest = load_module(path)
-    data = load_dataset(manifest.dataset or "digits", image_size=manifest.input_shape[-1], seed=0)
+    data = load_dataset(manifest.dataset or "digits", image_size=manifest.input_shape[-1],
+                        seed=manifest.split_seed or 0)
     before = mp.test_accuracy(model, data)
     pruner = mp.build_structured_pruner(model, manifest.input_shape, amount=args.amount, round_to=8)
     params_before = count_parameters(model)

@@ -153,7 +153,8 @@ def accuracy_part(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         logger.warning("%s not found: skipping the accuracy part (make it with prepare_model.py)", model_path)
         return []
     fp32, manifest = load_module(model_path)
-    data = load_dataset(manifest.dataset or "digits", image_size=manifest.input_shape[-1])
+    data = load_dataset(manifest.dataset or "digits", image_size=manifest.input_shape[-1],
+                        seed=manifest.split_seed or 0)
     loader = make_loader(data.test, 256)
     fp32_logits, targets = predict_logits(fp32, loader)
     fp32_acc = accuracy(fp32_logits, targets)
