@@ -275,6 +275,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     student_accuracy = evaluate(student, test_loader)["accuracy"]
     summary: dict[str, Any] = {
         "teacher": str(args.teacher), "teacher_arch": teacher.manifest.arch, "student_arch": arch,
+        "seed": args.seed, "split_seed": data.split_seed,
         "model": str(save_path), "manifest": f"{save_path}.json",
         "teacher_accuracy": teacher_accuracy, "student_accuracy": student_accuracy,
         "accuracy_delta_pts": round(student_accuracy - teacher_accuracy, 4),

@@ -63,3 +63,20 @@ def test_pipeline_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--amount" in capsys.readouterr().err
     assert run_cli(optimize_pipeline.main, parser, ["--model", str(tmp_path / "m.pt"), "--prune-steps", "0"]) == 2
     assert "--prune-steps must be > 0, got 0" in capsys.readouterr().err
+
+
+def test_distillation_benchmark_averages_seeds_and_checks_targets() -> None:
+    from PR3_model_optimization.benchmarks import bench_distillation as bench
+
+    summaries = [{"seed": 0, "student_accuracy": 99.0, "baseline_accuracy": 99.5, "distillation_gain_pts": -0.5,
+                  "train_s": 10.0},
+                 {"seed": 1, "student_accuracy": 99.5, "baseline_accuracy": 98.5, "distillation_gain_pts": 1.0,
+                  "train_s": 12.0}]
+    rows = bench.seed_table(summaries)
+    assert rows[-1] == {"seed": "mean", "student_accuracy": 99.25, "baseline_accuracy": 99.0,
+                        "distillation_gain_pts": 0.25, "train_s": 11.0}
+    checks = {c["metric"]: c["met"] for c in bench.check({"size_ratio": 0.47, "distillation_gain_pts": 0.25},
+                                                         bench.DISTILL_TARGETS)}
+    assert checks["size_ratio"] and checks["distillation_gain_pts"] and not checks["speedup_b1"]  # missing: not met
+    code = run_cli(bench.main, bench.get_args_parser(), ["--seeds", "1", "1"])
+    assert code == 2
