@@ -44,9 +44,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default="runs/bench_distillation",
                         help="artifacts and results (default: runs/bench_distillation)")
     parser.add_argument("--epochs", type=int, default=10, help="distillation epochs (default: 10)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                         help="training seeds of the distilled and the teacher-less student; accuracies and the "
-                             "gain are means over them (default: 0 1 2)")
+                             "gain are means over them (default: 0 1 2 3 4)")
     parser.add_argument("--pipeline-epochs", type=int, default=10,
                         help="epochs of each pipeline training stage (default: 10)")
     parser.add_argument("--speed-rounds", type=int, default=30, help="interleaved timing rounds (default: 30)")
