@@ -534,7 +534,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                "latency_ms_p50_before": medians["original"], "latency_batch_size": args.latency_batch_size,
                **tuning}
     child = manifest.derive(parent_path=args.model, transform=transform, metrics=metrics,
-                            split_seed=split_seed(args, manifest))
+                            split_seed=data.split_seed)
     if memory_format == "channels_last":
         child.runtime = {"memory_format": "channels_last"}
     fmt = "state_dict" if manifest.arch else "pickle"

@@ -70,15 +70,15 @@ def distill_per_seed(args: argparse.Namespace, out: Path, common: list[str]) -> 
         # The first seed's student is the one the pipeline's "distilled" row reuses.
         name = "distilled" if i == 0 else f"distilled_seed{seed}"
         save_path, summary_path = out / f"{name}.pt", out / "runs" / name / "summary.json"
-        reusable = (not args.force and save_path.is_file() and summary_path.is_file()
-                    and json.loads(summary_path.read_text()).get("seed") == seed)
-        if not reusable:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        if args.force or not save_path.is_file() or summary.get("seed") != seed:
             # Timed below with every other model, interleaved in one process: no separate timing here.
             model_distillation.main(model_distillation.get_args_parser().parse_args([
                 "--teacher", args.teacher, "--save-path", str(save_path), "--output-dir", str(summary_path.parent),
                 "--epochs", str(args.epochs), "--baseline-student", "--speed-rounds", "0", *common,
                 "--seed", str(seed)]))
-        summaries.append(json.loads(summary_path.read_text()))
+            summary = json.loads(summary_path.read_text())
+        summaries.append(summary)
     return summaries
 
 

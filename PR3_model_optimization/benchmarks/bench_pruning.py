@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from modelops.artifact import Manifest, file_size_mb, load_module, save_artifact
-from modelops.cli import run_cli, usable_cores
+from modelops.cli import run_cli, split_seed, usable_cores
 from modelops.cpu import cpu_info
 from modelops.data import load_dataset
 from modelops.models import count_macs, count_parameters, create_model
@@ -152,7 +152,7 @@ def accuracy_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             ["--arch", "resnet18", "--epochs", "15", "--save-path", str(path), "--threads", str(args.threads)]))
     model, manifest = load_module(path)
     data = load_dataset(manifest.dataset or "digits", image_size=manifest.input_shape[-1],
-                        seed=manifest.split_seed or 0)
+                        seed=split_seed(args, manifest))
     before = mp.test_accuracy(model, data)
     pruner = mp.build_structured_pruner(model, manifest.input_shape, amount=args.amount, round_to=8)
     params_before = count_parameters(model)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from modelops.artifact import Manifest, file_size_mb, load_artifact, load_module, save_artifact, write_manifest
-from modelops.cli import run_cli
+from modelops.cli import run_cli, split_seed
 from modelops.cpu import cpu_info
 from modelops.data import load_dataset, make_loader
 from modelops.errors import UsageError
@@ -154,7 +154,7 @@ def accuracy_part(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         return []
     fp32, manifest = load_module(model_path)
     data = load_dataset(manifest.dataset or "digits", image_size=manifest.input_shape[-1],
-                        seed=manifest.split_seed or 0)
+                        seed=split_seed(args, manifest))
     loader = make_loader(data.test, 256)
     fp32_logits, targets = predict_logits(fp32, loader)
     fp32_acc = accuracy(fp32_logits, targets)
