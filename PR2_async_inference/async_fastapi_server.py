@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 from modelops.artifact import Manifest, manifest_path
 from modelops.errors import UsageError
 from PR2_async_inference import metrics
+from PR2_async_inference.callback_security import host_allowed
 from PR2_async_inference.kafka_queue_service import (
     FINAL_STATES,
     STATUS_RANK,
@@ -53,7 +54,6 @@ from PR2_async_inference.kafka_queue_service import (
     send_request,
     send_status,
 )
-from PR2_async_inference.model_worker import host_allowed
 from PR2_async_inference.registry import Registry, decode_input, load_registry, model_manifest
 from PR2_async_inference.settings import DEFAULT_MODEL_NAME, MAX_STATUS_WAIT_S, Settings, get_settings
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -32,7 +30,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -41,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelops.artifact import Predictor, load_artifact
 from PR2_async_inference import metrics
+from PR2_async_inference.callback_security import host_allowed, sign
 from PR2_async_inference.kafka_queue_service import (
     LoggingRebalanceListener,
     RequestMessage,
@@ -58,22 +56,6 @@ from PR2_async_inference.registry import Registry, load_registry, model_input, t
 from PR2_async_inference.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
-
-
-def host_allowed(url: str, allowlist: list[str]) -> bool:
-    """True when the URL's host (or host:port) is on the allowlist. An empty allowlist allows nothing."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return False
-    host = parts.hostname.lower()
-    hostport = f"{host}:{parts.port}" if parts.port else host
-    allowed = {a.lower() for a in allowlist}
-    return host in allowed or hostport in allowed
-
-
-def sign(body: bytes, secret: str, timestamp: str) -> str:
-    """HMAC-SHA256 over ``timestamp.body`` (the timestamp stops replays of an old signed body)."""
-    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
 class CallbackSender:
