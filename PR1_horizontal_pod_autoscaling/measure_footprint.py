@@ -19,17 +19,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from modelops.errors import UsageError
 
 
 def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    return psutil.Process(pid).memory_info().rss / 2**20
 
 
 def write_registry(folder: Path, arch: str, image_size: int) -> Path:

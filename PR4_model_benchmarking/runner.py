@@ -24,6 +24,7 @@ import traceback
 from typing import Any
 
 import numpy as np
+import psutil
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,8 @@ NO_SPIN_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def rss_mb() -> float:
-    """Current resident set size of this process (Linux /proc; falls back to the peak)."""
-    try:
-        with open(f"/proc/{os.getpid()}/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return peak_rss_mb()
+    """Current resident set size of this process."""
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def peak_rss_mb() -> float:

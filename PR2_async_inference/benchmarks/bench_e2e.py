@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 
 from modelops.artifact import load_artifact, read_manifest
@@ -58,9 +59,9 @@ def in_process(model: Path, batch_size: int, threads: int, iters: int) -> dict[s
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process (all its threads) has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time a process (all its threads) has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def photo_payloads(shape: list[int], count: int = 8, seed: int = 0) -> list[dict[str, Any]]:
