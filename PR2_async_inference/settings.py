@@ -77,12 +77,12 @@ class Settings(BaseSettings):
     backpressure_max_lag: int = Field(10_000, ge=0)
     backpressure_max_age_s: float = Field(60.0, ge=0)
     backpressure_retry_after_s: int = Field(5, ge=1)
-    # How often the API refreshes its view of the backlog.
-    backlog_refresh_s: float = Field(1.0, gt=0)
 
     # Access control and callbacks
     api_key: str | None = None
     callback_allowlist: list[str] = Field(default_factory=list, description="host names or host:port allowed")
+    # The placeholder signs nothing: with a non-empty allowlist the API and the worker refuse to start on it
+    # (callback_security.require_callback_secret).
     callback_hmac_secret: str = "change-me"
     callback_max_attempts: int = Field(4, ge=1)
     callback_backoff_s: float = Field(0.5, gt=0)
