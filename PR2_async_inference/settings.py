@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,8 @@ IMAGE_NAME = "inference-service:0.1.0"
 DEFAULT_MODEL_NAME = "image_classification"
 #: Registry shipped beside this file.
 DEFAULT_REGISTRY = Path(__file__).resolve().parent / "model_registry.yaml"
+#: The brokers the clients know: Apache Kafka and Tansu.
+BrokerKind = Literal["kafka", "tansu"]
 #: The longest ``GET /inference/{id}?wait=S`` holds a connection (long polling), in seconds.
 MAX_STATUS_WAIT_S = 60.0
 
@@ -37,8 +40,13 @@ class Settings(BaseSettings):
     dlq_partitions: int = Field(1, ge=1)
     replication_factor: int = Field(1, ge=1)
     worker_group: str = "inference-workers"
-    # Tansu answers a group join after session_timeout/2, so a short session
-    # keeps joins ~3 s; Apache Kafka accepts these values too.
+    # Which broker the clients talk to: "kafka" (Apache Kafka, as docker-compose and the manifests deploy) or
+    # "tansu" (the Kafka-protocol broker of the local stack and the tests). It picks the client settings only
+    # one of them needs (see PR2_async_inference/messaging/clients.py).
+    broker_kind: BrokerKind = "kafka"
+    # 6 s is the shortest session Apache Kafka accepts by default (group.min.session.timeout.ms): a killed
+    # worker's partitions move to the others within it. Tansu answers a group join after session_timeout/2,
+    # so joins there take ~3 s.
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     max_poll_records: int = Field(64, ge=1)
