@@ -34,33 +34,23 @@ from modelops.cpu import cpu_info, int8_outlook
 from modelops.data import calibration_batches, load_dataset, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import accuracy, predict_logits, top1_agreement
-from modelops.quant import (
+from modelops.results import markdown_table, write_results
+from modelops.timing import interleaved_latency
+from PR3_model_optimization.quantization.backends import BACKENDS, REGISTRY, Quantizer
+from PR3_model_optimization.quantization.config import (
     ACTIVATION_TYPES,
-    BACKENDS,
     CALIBRATION_METHODS,
     METHODS,
     QuantConfig,
     check_choice,
-    dynamic_coverage,
-    layer_macs,
-    mac_fraction,
-    prepare_onnx,
-    pt2e_quantized_layers,
-    quantize_onnx,
-    quantize_pt2e,
-    quantized_reason,
-    save_pt2e,
-    sensitive_layers,
 )
-from modelops.results import markdown_table, write_results
-from modelops.timing import interleaved_latency
+from PR3_model_optimization.quantization.coverage import dynamic_coverage, layer_macs, mac_fraction, sensitive_layers
+from PR3_model_optimization.quantization.detect import quantized_reason
 
 logger = logging.getLogger(__name__)
 
 # Below this share of MACs in Linear/LSTM layers, dynamic int8 cannot make a model noticeably faster.
 DYNAMIC_MIN_MAC_FRACTION = 0.5
-FORMAT_OF_BACKEND = {"onnxruntime": "onnx", "pt2e": "exported_program"}
-SUFFIX_OF_BACKEND = {"onnxruntime": ".onnx", "pt2e": ".pt2"}
 TRIAL_COLUMNS = ("trial", "config", "val_accuracy", "accuracy_drop", "top1_agreement", "speedup",
                  "int8_speedup", "latency_ms_p50_int8", "size_mb", "quantized_mac_fraction", "meets_budget", "error")
 
@@ -173,7 +163,7 @@ def resolve_keep_float(tokens: Sequence[str], model: nn.Module, arch: str | None
 
 
 def default_save_path(model_path: Path, backend: str) -> Path:
-    return model_path.with_name(f"{model_path.stem}_int8{SUFFIX_OF_BACKEND[backend]}")
+    return model_path.with_name(f"{model_path.stem}_int8{REGISTRY[backend].suffix}")
 
 
 def search_space(base: QuantConfig, sensitive: Sequence[str], backends: Sequence[str]) -> list[QuantConfig]:
@@ -235,8 +225,8 @@ class QuantizationRun:
         self.fp32_size_mb = file_size_mb(model_path)
         self.val_loader = make_loader(data.val, 256)
         self._calibration: dict[int, list[torch.Tensor]] = {}
-        self._prepared_onnx: Path | None = None
-        self._fp32_onnx = None
+        self._quantizers: dict[str, Quantizer] = {}
+        self._fp32_runtime: dict[str, object] = {}
         self.latency_batch = torch.randn(args.latency_batch_size, *self.input_shape)
         self.fp32_val_logits, self.val_targets = predict_logits(self.model, self.val_loader)
         self.fp32_accuracy = round(accuracy(self.fp32_val_logits, self.val_targets), 4)
@@ -272,52 +262,54 @@ class QuantizationRun:
                     if done >= steps:
                         break
 
+    def quantizer(self, backend: str) -> Quantizer:
+        """The backend's quantizer for this model, made on first use and shared by its trials."""
+        if backend not in self._quantizers:
+            self._quantizers[backend] = REGISTRY[backend].make_quantizer(self.model, self.example(), self.work_dir)
+        return self._quantizers[backend]
+
     def build(self, config: QuantConfig, out: Path) -> list[str]:
         """Write the int8 model for ``config`` at ``out``; return the quantized layer names."""
         calibration = self.calibration(config.calibration_batches) if config.method == "static" else []
-        if config.backend == "onnxruntime":
-            if self._prepared_onnx is None:
-                self._prepared_onnx = prepare_onnx(self.model, self.example(), self.work_dir)
-            return quantize_onnx(self._prepared_onnx, out, config, calibration)
-        graph = quantize_pt2e(self.model, self.example(), config, calibration,
-                              train_step=self.qat_step if config.method == "qat" else None)
-        layers = pt2e_quantized_layers(graph)
-        save_pt2e(graph, out, self.example())
-        return layers
+        return self.quantizer(config.backend).build(
+            config, calibration, out, train_step=self.qat_step if config.method == "qat" else None)
 
-    def fp32_onnx_predictor(self):
-        """The exported fp32 ONNX model on ONNX Runtime (built once, by the first ORT trial)."""
-        if self._fp32_onnx is None:
-            assert self._prepared_onnx is not None, "the first ORT trial exports the fp32 model"
-            write_manifest(self._prepared_onnx, self.manifest.derive(
-                parent_path=str(self.model_path), transform={"kind": "export", "format": "onnx"}), fmt="onnx")
-            self._fp32_onnx = load_artifact(self._prepared_onnx, threads=self.threads)
-        return self._fp32_onnx
+    def fp32_runtime_predictor(self, backend: str):
+        """The fp32 model on the backend's own runtime (loaded once), or None if the backend has none."""
+        if backend not in self._fp32_runtime:
+            path = self.quantizer(backend).fp32_artifact()
+            if path is not None:
+                write_manifest(path, self.manifest.derive(
+                    parent_path=str(self.model_path), transform={"kind": "export", "format": REGISTRY[backend].format}),
+                    fmt=REGISTRY[backend].format)
+            self._fp32_runtime[backend] = load_artifact(path, threads=self.threads) if path is not None else None
+        return self._fp32_runtime[backend]
 
     def child_manifest(self, config: QuantConfig, metrics: dict) -> Manifest:
-        runtime = {"compile": True} if config.backend == "pt2e" else {}
         return self.manifest.derive(parent_path=str(self.model_path), transform=config.transform(),
-                                    metrics=dict(metrics), runtime=runtime)
+                                    metrics=dict(metrics), runtime=dict(REGISTRY[config.backend].runtime))
 
     def trial(self, index: int, config: QuantConfig, budget: float | None) -> tuple[dict, Path]:
         """Quantize with ``config``, reload the result through ``load_artifact`` and measure it."""
-        out = self.work_dir / f"trial{index}{SUFFIX_OF_BACKEND[config.backend]}"
+        out = self.work_dir / f"trial{index}{REGISTRY[config.backend].suffix}"
         logger.info("trial %d: %s", index, config.label)
         started = time.perf_counter()
         layers = self.build(config, out)
         quantize_s = time.perf_counter() - started
-        write_manifest(out, self.child_manifest(config, {}), fmt=FORMAT_OF_BACKEND[config.backend])
+        write_manifest(out, self.child_manifest(config, {}), fmt=REGISTRY[config.backend].format)
 
         # Accuracy from the reloaded artifact (the same path PR2's worker and PR4's benchmark take).
         predictor = load_artifact(out, compile=False, threads=self.threads)
         logits, _ = predict_logits(predictor, self.val_loader)
         val_accuracy = round(accuracy(logits, self.val_targets), 4)
-        # PT2E int8 is slower than fp32 until inductor compiles it with freezing: time it compiled.
-        fast = load_artifact(out, threads=self.threads) if config.backend == "pt2e" else predictor
+        # PT2E int8 is slower than fp32 until inductor compiles it with freezing: time it as the loader runs it.
+        compiled = REGISTRY[config.backend].runtime.get("compile", False)
+        fast = load_artifact(out, threads=self.threads) if compiled else predictor
         contenders = {"fp32": self.model, "int8": fast}
-        if config.backend == "onnxruntime":
-            # The same fp32 model on ONNX Runtime: splits the speed-up into runtime share and int8 share.
-            contenders["fp32_runtime"] = self.fp32_onnx_predictor()
+        runtime_fp32 = self.fp32_runtime_predictor(config.backend)
+        if runtime_fp32 is not None:
+            # The same fp32 model on the backend's runtime: splits the speed-up into runtime and int8 shares.
+            contenders["fp32_runtime"] = runtime_fp32
         samples = interleaved_latency(contenders, self.latency_batch, warmup=3, rounds=self.args.latency_rounds)
         median = {name: float(torch.tensor(values).median()) for name, values in samples.items()}
         fp32_ms, int8_ms = median["fp32"], median["int8"]
@@ -352,7 +344,7 @@ class QuantizationRun:
         partial.replace(save_path)
         metrics = {k: v for k, v in row.items() if k not in ("trial", "config", "error")}
         metrics.update({"accuracy": row["val_accuracy"], "accuracy_split": "val", **extra})
-        return write_manifest(save_path, self.child_manifest(config, metrics), fmt=FORMAT_OF_BACKEND[config.backend])
+        return write_manifest(save_path, self.child_manifest(config, metrics), fmt=REGISTRY[config.backend].format)
 
 
 def trials_paths(save_path: Path) -> tuple[Path, Path]:

@@ -17,17 +17,12 @@ from modelops.cli import run_cli
 from modelops.data import make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import predict_logits, top1_agreement
-from modelops.quant import (
-    QuantConfig,
-    dynamic_coverage,
-    layer_macs,
-    onnx_module_name,
-    quantize_onnx,
-    quantize_pt2e,
-    quantized_reason,
-    save_pt2e,
-)
 from PR3_model_optimization import model_quantization as mq
+from PR3_model_optimization.quantization.config import QuantConfig
+from PR3_model_optimization.quantization.coverage import dynamic_coverage, layer_macs
+from PR3_model_optimization.quantization.detect import quantized_reason
+from PR3_model_optimization.quantization.onnxruntime_backend import onnx_module_name, quantize_onnx
+from PR3_model_optimization.quantization.pt2e_backend import quantize_pt2e, save_pt2e
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "PR3_model_optimization" / "model_quantization.py"

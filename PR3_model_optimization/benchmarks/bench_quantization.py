@@ -37,10 +37,12 @@ from modelops.data import load_dataset, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import accuracy, predict_logits
 from modelops.models import create_model
-from modelops.quant import QuantConfig, prepare_onnx, quantize_onnx, quantize_pt2e, save_pt2e
 from modelops.results import markdown_table, write_results
 from modelops.timing import interleaved_latency
 from PR3_model_optimization import model_quantization as mq
+from PR3_model_optimization.quantization.config import QuantConfig
+from PR3_model_optimization.quantization.onnxruntime_backend import prepare_onnx, quantize_onnx
+from PR3_model_optimization.quantization.pt2e_backend import quantize_pt2e, save_pt2e
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,70 @@
+"""The backend registry: every int8 backend the quantization script can use, by name.
+
+A backend is a quantizer class (built once per fp32 model, then asked for one int8 artifact per trial) plus
+what the shared loader needs to run its output: the artifact format, the file suffix and the manifest's
+runtime hints. Adding a backend is one :class:`Backend` entry in :data:`REGISTRY` and a module with its
+quantizer; the ``--backend`` choices, :class:`~PR3_model_optimization.quantization.config.QuantConfig`'s
+check and the search all read :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from PR3_model_optimization.quantization.config import QuantConfig
+
+
+class Quantizer(Protocol):
+    """Makes int8 artifacts of one fp32 model; one instance serves every trial of a run."""
+
+    def build(self, config: QuantConfig, calibration: Sequence[torch.Tensor], out: Path,
+              train_step: Callable | None = None) -> list[str]:
+        """Write the int8 model for ``config`` at ``out``; return the module names that run in int8."""
+        ...
+
+    def fp32_artifact(self) -> Path | None:
+        """The fp32 model in this backend's runtime (after a build), to split runtime and int8 gains; or None."""
+        ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One registry entry.
+
+    Args:
+        name: the ``--backend`` value.
+        format: the artifact format the shared loader reads (``onnx``, ``exported_program``).
+        suffix: file suffix of its artifacts.
+        quantizer: ``module:Class`` of its :class:`Quantizer`, imported on first use (its runtime may be absent).
+        runtime: the manifest's ``runtime`` hints for the loader (e.g. ``{"compile": True}``).
+    """
+
+    name: str
+    format: str
+    suffix: str
+    quantizer: str
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+    def make_quantizer(self, model: nn.Module, example: torch.Tensor, work_dir: Path) -> Quantizer:
+        module_name, _, class_name = self.quantizer.partition(":")
+        return getattr(importlib.import_module(module_name), class_name)(model, example, work_dir)
+
+
+REGISTRY: dict[str, Backend] = {
+    backend.name: backend for backend in (
+        Backend("onnxruntime", "onnx", ".onnx",
+                "PR3_model_optimization.quantization.onnxruntime_backend:OnnxRuntimeQuantizer"),
+        # PT2E int8 is fast only after inductor compiles it with weight freezing: the loader is told to.
+        Backend("pt2e", "exported_program", ".pt2",
+                "PR3_model_optimization.quantization.pt2e_backend:Pt2eQuantizer", runtime={"compile": True}),
+    )
+}
+BACKENDS = tuple(REGISTRY)
