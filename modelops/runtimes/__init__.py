@@ -1,0 +1,1 @@
+"""Runtimes the shared loader can run an artifact on besides torch and ONNX Runtime."""
