@@ -10,6 +10,7 @@ check and the search all read :data:`BACKENDS`.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ class Backend:
         suffix: file suffix of its artifacts.
         quantizer: ``module:Class`` of its :class:`Quantizer`, imported on first use (its runtime may be absent).
         runtime: the manifest's ``runtime`` hints for the loader (e.g. ``{"compile": True}``).
+        method_runtime: extra hints for one method (e.g. ``{"bf16": {"precision": "bf16"}}``).
+        requires: the module its runtime needs; where it does not import, the backend is unavailable.
     """
 
     name: str
@@ -52,6 +55,18 @@ class Backend:
     suffix: str
     quantizer: str
     runtime: dict[str, Any] = field(default_factory=dict)
+    method_runtime: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requires: str = ""
+
+    def runtime_for(self, method: str) -> dict[str, Any]:
+        """The manifest's ``runtime`` hints for an artifact made with ``method``."""
+        return {**self.runtime, **self.method_runtime.get(method, {})}
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run here (its runtime is not installed), or None."""
+        if self.requires and importlib.util.find_spec(self.requires) is None:
+            return f"{self.requires} is not installed (pip install {self.requires})"
+        return None
 
     def make_quantizer(self, model: nn.Module, example: torch.Tensor, work_dir: Path) -> Quantizer:
         module_name, _, class_name = self.quantizer.partition(":")
@@ -64,7 +79,11 @@ REGISTRY: dict[str, Backend] = {
                 "PR3_model_optimization.quantization.onnxruntime_backend:OnnxRuntimeQuantizer"),
         # PT2E int8 is fast only after inductor compiles it with weight freezing: the loader is told to.
         Backend("pt2e", "exported_program", ".pt2",
-                "PR3_model_optimization.quantization.pt2e_backend:Pt2eQuantizer", runtime={"compile": True}),
+                "PR3_model_optimization.quantization.pt2e_backend:Pt2eQuantizer", runtime={"compile": True},
+                requires="torchao"),
+        # OpenVINO runs the ONNX file itself (int8 QDQ from NNCF, or fp32 executed in bf16).
+        Backend("openvino", "onnx", ".onnx", "PR3_model_optimization.quantization.openvino_backend:OpenVinoQuantizer",
+                runtime={"engine": "openvino"}, method_runtime={"bf16": {"precision": "bf16"}}, requires="openvino"),
     )
 }
 BACKENDS = tuple(REGISTRY)

@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field, replace
 from modelops.errors import UsageError
 from PR3_model_optimization.quantization.backends import BACKENDS
 
-METHODS = ("static", "dynamic", "qat")
+METHODS = ("static", "dynamic", "qat", "bf16")
+# bf16 needs no calibration: the float model runs with bf16 arithmetic (AVX512-BF16 / AMX-BF16).
+BF16_BACKENDS = ("openvino", "pt2e")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("quint8", "qint8")
 
@@ -27,7 +29,7 @@ class QuantConfig:
     Args:
         backend: a name from :data:`~PR3_model_optimization.quantization.backends.BACKENDS`
             (default: onnxruntime).
-        method: ``static``, ``dynamic`` or ``qat`` (default: static).
+        method: ``static``, ``dynamic``, ``qat`` or ``bf16`` (default: static).
         per_channel: one weight scale per output channel instead of one per tensor (default: True;
             the PT2E x86 quantizer is always per-channel).
         calibration_method: ``minmax``, ``entropy`` or ``percentile`` (ONNX Runtime only; default: minmax).
@@ -52,11 +54,16 @@ class QuantConfig:
         if self.method == "qat" and self.backend != "pt2e":
             raise UsageError(
                 "QAT fine-tunes a PT2E fake-quant graph: use --backend pt2e (or leave --backend unset)")
+        if self.method == "bf16" and self.backend not in BF16_BACKENDS:
+            raise UsageError(f"bf16 runs on {' or '.join(BF16_BACKENDS)}, not {self.backend} (it has no bf16 CPU "
+                             "kernels): use --backend auto, openvino or pt2e")
         if self.backend == "pt2e" and not self.per_channel:
             raise UsageError("The PT2E x86 quantizer only offers per-channel weights")
 
     @property
     def label(self) -> str:
+        if self.method == "bf16":
+            return f"{self.backend} bf16"
         parts = [self.backend, self.method, "per-channel" if self.per_channel else "per-tensor"]
         if self.method == "static":
             if self.backend == "onnxruntime":
@@ -68,7 +75,8 @@ class QuantConfig:
 
     def transform(self) -> dict:
         """The manifest's ``transform`` entry for a model made with this config."""
-        info = {"kind": "quantization", **asdict(self), "keep_float": list(self.keep_float), "dtype": "int8"}
+        info = {"kind": "quantization", **asdict(self), "keep_float": list(self.keep_float),
+                "dtype": "bf16" if self.method == "bf16" else "int8"}
         if self.backend == "pt2e":
             info.pop("calibration_method")
             info.pop("activation_type")

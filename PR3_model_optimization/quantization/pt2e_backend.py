@@ -146,6 +146,10 @@ class Pt2eQuantizer:
 
     def build(self, config: QuantConfig, calibration: Sequence[torch.Tensor], out: Path,
               train_step: Callable | None = None) -> list[str]:
+        if config.method == "bf16":  # the same torch.export + inductor path, in bf16 instead of int8
+            from PR3_model_optimization.quantization.bf16 import save_bf16_program
+
+            return save_bf16_program(self.model, self.example, out)
         graph = quantize_pt2e(self.model, self.example, config, calibration, train_step=train_step)
         layers = pt2e_quantized_layers(graph)
         save_pt2e(graph, out, self.example)

@@ -1,0 +1,160 @@
+"""``--backend auto``: quantize with every backend available here, measure them on this host, keep the fastest.
+
+Each candidate is one backend's default configuration. The candidates that built are loaded the way the
+shared loader serves them (PT2E compiled by inductor, OpenVINO compiled for the CPU), timed side by side
+with the fp32 eager model in the project's interleaved turns at every measured batch size, and the one with
+the best speed-up (geometric mean over those batch sizes) among those within the accuracy budget wins. A
+backend that is not installed or fails is a row with an ``error`` and the next one wins. The CPU outlook
+(:mod:`modelops.cpu`) is only a hint printed before the measurement; the measurement decides.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from modelops.artifact import load_artifact
+from modelops.cpu import ISA_FLAGS, cpu_info
+from modelops.results import markdown_table
+from modelops.timing import interleaved_latency
+from PR3_model_optimization.quantization.config import QuantConfig
+
+AUTO = "auto"
+# Accuracy budget of ``auto`` when --max-accuracy-drop is not given (points of top-1 on the val split).
+AUTO_DEFAULT_MAX_DROP = 1.0
+CANDIDATE_COLUMNS = ("backend", "method", "val_accuracy", "accuracy_drop", "meets_budget", "cold_start_s",
+                     "speedup_geomean", "size_mb", "chosen", "error")
+Timer = Callable[..., Mapping[str, list[float]]]
+
+
+def auto_candidates(base: QuantConfig, backends: Sequence[str]) -> list[QuantConfig]:
+    """One configuration per backend: the user's settings where the backend takes them."""
+    candidates = []
+    for backend in backends:
+        if backend == "pt2e":  # the x86 PT2E quantizer has no calibration-method or activation-type choice
+            candidates.append(QuantConfig(backend="pt2e", method=base.method,
+                                          calibration_batches=base.calibration_batches, keep_float=base.keep_float))
+        else:
+            candidates.append(base.with_(backend=backend))
+    return candidates
+
+
+@dataclass
+class Candidate:
+    """One backend's artifact (or why there is none) and what it measured."""
+
+    config: QuantConfig
+    artifact: Path | None = None
+    row: dict = field(default_factory=dict)
+    error: str = ""
+    latency_ms: dict[int, float] = field(default_factory=dict)
+    cold_start_s: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.backend}-{self.config.method}"
+
+
+def load_timed(candidate: Candidate, batch: torch.Tensor, threads: int | None) -> Callable[[torch.Tensor], object]:
+    """Load the candidate as the loader serves it and run one batch; record that cold start (load + first call)."""
+    started = time.perf_counter()
+    predictor = load_artifact(candidate.artifact, threads=threads)
+    with torch.inference_mode():
+        predictor(batch)
+    candidate.cold_start_s = round(time.perf_counter() - started, 3)
+    return predictor
+
+
+def time_candidates(fp32: Callable[[torch.Tensor], object], candidates: Sequence[Candidate],
+                    input_shape: Sequence[int], batch_sizes: Sequence[int], rounds: int, *,
+                    threads: int | None = None, timer: Timer = interleaved_latency) -> dict[int, float]:
+    """Median latency of every built candidate (into ``latency_ms``) and of fp32 eager (returned) per batch size.
+
+    A candidate that fails to load or run gets an ``error`` and drops out.
+    """
+    live = [c for c in candidates if not c.error]
+    predictors: dict[str, Callable[[torch.Tensor], object]] = {}
+    for candidate in live:
+        try:
+            predictors[candidate.name] = load_timed(candidate, torch.randn(batch_sizes[0], *input_shape), threads)
+        except Exception as exc:  # a runtime that cannot load its own artifact here loses, the others go on
+            candidate.error = f"load failed: {str(exc).splitlines()[0][:200]}"
+    fp32_ms: dict[int, float] = {}
+    for batch_size in batch_sizes:
+        batch = torch.randn(batch_size, *input_shape)
+        samples = timer({"fp32": fp32, **predictors}, batch, rounds=rounds)
+        fp32_ms[batch_size] = float(torch.tensor(samples["fp32"]).median())
+        for candidate in live:
+            if candidate.name in predictors:
+                candidate.latency_ms[batch_size] = float(torch.tensor(samples[candidate.name]).median())
+    return fp32_ms
+
+
+def speedup_geomean(candidate: Candidate, fp32_ms: Mapping[int, float]) -> float:
+    """Geometric mean over the measured batch sizes of fp32 eager latency / candidate latency."""
+    ratios = [fp32_ms[b] / ms for b, ms in candidate.latency_ms.items() if ms > 0]
+    return math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else 0.0
+
+
+def choose(candidates: Sequence[Candidate], fp32_ms: Mapping[int, float], budget: float,
+           ) -> tuple[Candidate | None, str]:
+    """The fastest candidate within ``budget`` points of accuracy drop, and a sentence saying why."""
+    measured = [c for c in candidates if not c.error and c.latency_ms]
+    within = [c for c in measured if c.row["accuracy_drop"] <= budget]
+    skipped = [f"{c.name} ({c.error})" for c in candidates if c.error]
+    skipped += [f"{c.name} (drop {c.row['accuracy_drop']:.2f} > {budget:.2f})" for c in measured if c not in within]
+    note = f"; not chosen: {', '.join(skipped)}" if skipped else ""
+    if not within:
+        if not measured:
+            return None, "no candidate could be measured" + note
+        best = max(measured, key=lambda c: c.row["val_accuracy"])
+        return best, f"no candidate within {budget:.2f} points: kept the most accurate, {best.name}" + note
+    ranked = sorted(within, key=lambda c: speedup_geomean(c, fp32_ms), reverse=True)
+    best = ranked[0]
+    sizes = ", ".join(f"b{b} {ms:.2f} ms" for b, ms in sorted(best.latency_ms.items()))
+    reason = (f"{best.name} is the fastest within {budget:.2f} points ({speedup_geomean(best, fp32_ms):.2f}x over "
+              f"fp32 eager, geometric mean over batch sizes; {sizes}; drop {best.row['accuracy_drop']:.2f})")
+    if len(ranked) > 1:
+        reason += f"; runner-up {ranked[1].name} {speedup_geomean(ranked[1], fp32_ms):.2f}x"
+    return best, reason + note
+
+
+def candidate_rows(candidates: Sequence[Candidate], fp32_ms: Mapping[int, float], chosen: Candidate | None,
+                   ) -> list[dict]:
+    """One flat row per candidate for the table, the trials file and the manifest."""
+    rows = []
+    for c in candidates:
+        row = {"backend": c.config.backend, "method": c.config.method, "config": c.config.label,
+               "val_accuracy": c.row.get("val_accuracy", ""), "accuracy_drop": c.row.get("accuracy_drop", ""),
+               "meets_budget": c.row.get("meets_budget", False) and not c.error, "cold_start_s": c.cold_start_s,
+               "speedup_geomean": round(speedup_geomean(c, fp32_ms), 3) if c.latency_ms else "",
+               "size_mb": c.row.get("size_mb", ""), "chosen": c is chosen, "error": c.error}
+        for batch_size in fp32_ms:
+            row[f"latency_ms_p50_b{batch_size}"] = round(c.latency_ms[batch_size], 3) if batch_size in c.latency_ms \
+                else ""
+        rows.append(row)
+    return rows
+
+
+def candidate_table(rows: Sequence[dict], fp32_ms: Mapping[int, float]) -> str:
+    """The candidates as a Markdown table, fp32 eager's latencies in the header line."""
+    columns = [*CANDIDATE_COLUMNS[:6], *(f"latency_ms_p50_b{b}" for b in fp32_ms), *CANDIDATE_COLUMNS[6:]]
+    fp32 = ", ".join(f"b{b} {ms:.2f} ms" for b, ms in fp32_ms.items())
+    return f"fp32 eager: {fp32}\n" + markdown_table([{k: r.get(k, "") for k in columns} for r in rows])
+
+
+def selection_record(rows: Sequence[dict], fp32_ms: Mapping[int, float], chosen: Candidate | None, reason: str,
+                     budget: float) -> dict:
+    """What the manifest records about the choice: candidates, latencies, the CPU and its ISA flags, why."""
+    info = cpu_info()
+    return {
+        "chosen": chosen.name if chosen else None, "reason": reason, "max_accuracy_drop": budget,
+        "batch_sizes": list(fp32_ms), "latency_ms_p50_fp32": {str(b): round(ms, 3) for b, ms in fp32_ms.items()},
+        "candidates": list(rows), "cpu_model": info["cpu_model"],
+        "isa_flags": [flag for flag in ISA_FLAGS if info.get(f"has_{flag}")],
+    }

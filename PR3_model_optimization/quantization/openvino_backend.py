@@ -1,0 +1,92 @@
+"""OpenVINO: int8 by NNCF post-training quantization of the fp32 ONNX file, or the fp32 file run in bf16.
+
+The artifact is an ONNX file either way (QDQ int8 for ``static``, the fp32 graph for ``bf16``); its manifest
+asks the shared loader to run it on OpenVINO (``runtime: {"engine": "openvino"}``, plus
+``"precision": "bf16"`` for bf16), which compiles it for the host's VNNI/AMX/AVX512-BF16 units. NNCF is
+used where it is installed (its quantizer inserts fewer, better placed QDQ pairs for OpenVINO and applies
+bias correction); without it, ONNX Runtime's QDQ quantizer writes the file, which OpenVINO runs just the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from modelops.artifact import ONNX_INPUT_NAME
+from modelops.errors import UsageError
+from PR3_model_optimization.quantization.config import QuantConfig
+from PR3_model_optimization.quantization.onnxruntime_backend import (
+    onnx_nodes_for_modules,
+    onnx_quantized_layers,
+    prepare_onnx,
+    quantize_onnx,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def nncf_available() -> bool:
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def quantize_nncf(prepared_onnx: Path, out: Path, config: QuantConfig, calibration: Sequence[torch.Tensor]) -> None:
+    """NNCF static int8 of an fp32 ONNX file (symmetric, per-channel weights, fast bias correction)."""
+    import nncf
+    import onnx
+
+    if not calibration:
+        raise UsageError("Calibration needs at least one batch of real data; got none")
+    samples = sum(len(batch) for batch in calibration)
+    ignored = onnx_nodes_for_modules(prepared_onnx, config.keep_float)
+    quantized = nncf.quantize(
+        onnx.load(str(prepared_onnx)),
+        nncf.Dataset(list(calibration), lambda batch: {ONNX_INPUT_NAME: batch.detach().float().numpy()}),
+        subset_size=samples, preset=nncf.QuantizationPreset.PERFORMANCE,
+        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+    )
+    onnx.save(quantized, str(out))
+
+
+class OpenVinoQuantizer:
+    """The ``openvino`` backend: exports the fp32 model once, then writes int8 (NNCF) or bf16 ONNX files.
+
+    Args:
+        model: fp32 eager model.
+        example: an input batch for the export.
+        work_dir: where the fp32 ONNX files are written.
+    """
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, work_dir: Path) -> None:
+        import openvino  # noqa: F401  (fail here, before any work, where the runtime is missing)
+
+        self.model = model
+        self.example = example
+        self.work_dir = Path(work_dir)
+        self._prepared: Path | None = None
+
+    def build(self, config: QuantConfig, calibration: Sequence[torch.Tensor], out: Path,
+              train_step: Callable | None = None) -> list[str]:
+        if config.method not in ("static", "bf16"):
+            raise UsageError(f"The openvino backend does static int8 or bf16, not {config.method}")
+        if self._prepared is None:
+            self._prepared = prepare_onnx(self.model, self.example, self.work_dir)
+        if config.method == "bf16":
+            shutil.copyfile(self._prepared, out)
+            return []
+        if nncf_available():
+            quantize_nncf(self._prepared, out, config, calibration)
+            return onnx_quantized_layers(out)
+        logger.info("nncf is not installed: ONNX Runtime's quantizer writes the QDQ file OpenVINO runs")
+        return quantize_onnx(self._prepared, out, config, calibration)
+
+    def fp32_artifact(self) -> Path | None:
+        return None
