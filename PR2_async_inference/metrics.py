@@ -41,7 +41,7 @@ QUEUE_TIME = Histogram(
 )
 CONSUMER_LAG = Gauge(
     "inference_consumer_lag",
-    "Fetch high-water mark minus position, per assigned partition",
+    "End offset minus position, per assigned partition",
     ["topic", "partition"],
 )
 OLDEST_REQUEST_AGE = Gauge(

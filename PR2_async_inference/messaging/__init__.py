@@ -1,0 +1,1 @@
+"""The Kafka layer of the async inference service: message formats, topic admin, producer and consumers."""

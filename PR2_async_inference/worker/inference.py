@@ -1,0 +1,96 @@
+"""The worker's forward passes: loading the registry's models and running a batch of requests through one, with
+a failing batch retried request by request so one poison input does not fail its neighbours."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from modelops.artifact import Predictor, load_artifact
+from PR2_async_inference import metrics
+from PR2_async_inference.messaging.messages import RequestMessage
+from PR2_async_inference.registry import Registry, model_input
+
+logger = logging.getLogger(__name__)
+
+
+def load_predictors(registry: Registry, threads: int | None) -> tuple[dict[str, Predictor], dict[str, str]]:
+    """({model: predictor}, {model: load error}): every model whose artifact exists and loads, warmed up; a
+    missing or broken one only fails its own requests."""
+    predictors: dict[str, Predictor] = {}
+    errors: dict[str, str] = {}
+    for name, spec in registry.models.items():
+        path = spec.resolve()
+        if path is None:
+            errors[name] = f"artifact for model {name!r} not found: {spec.artifact}"
+            logger.warning(errors[name])
+            continue
+        try:
+            # ONNX Runtime's idle threads spin by default: that burns CPU the worker's Kafka threads need
+            # and inflates the CPU utilisation PR1's autoscaler reads.
+            predictor = load_artifact(path, threads=threads,
+                                      ort_session_config={"session.intra_op.allow_spinning": "0"})
+            predictor(torch.zeros(1, *predictor.input_shape))  # warm-up: first call allocates
+            predictors[name] = predictor
+            logger.info("loaded model %s from %s (%s)", name, path, predictor.backend)
+        except Exception as exc:
+            errors[name] = f"cannot load {path}: {exc}"
+            logger.error(errors[name])
+    return predictors, errors
+
+
+def forward(predictor: Predictor, tensors: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """(logits as float32 numpy, seconds of the forward pass) for a batch of request tensors."""
+    batch = torch.from_numpy(np.stack([model_input(t, predictor.manifest) for t in tensors]))
+    predictor.check_input(batch)
+    t0 = time.perf_counter()
+    logits = predictor(batch)
+    seconds = time.perf_counter() - t0
+    out = logits.detach().float().cpu().numpy()
+    if out.shape[0] != len(tensors) or not np.isfinite(out).all():
+        raise ValueError(f"model returned {out.shape} with non-finite values or a wrong batch dimension")
+    return out, seconds
+
+
+@dataclass
+class BatchOutcome:
+    """What a batch's forward passes gave: per request (message, logits or None, error or None)."""
+
+    results: list[tuple[RequestMessage, np.ndarray | None, str | None]]
+    batch_size: int  # the size the requests actually ran at (1 when the batch was split up)
+    seconds: float  # the forward pass's time (the last single pass when split up)
+    whole_batch: bool  # True when the batch ran as one forward pass
+
+
+def predict_batch(predictor: Predictor, model: str, batch: list[RequestMessage]) -> BatchOutcome:
+    """Run ``batch`` as one forward pass; when that raises, run its requests one by one."""
+    try:
+        outputs, seconds = forward(predictor, [m.tensor for m in batch])
+    except Exception as exc:
+        if len(batch) == 1:
+            return BatchOutcome([(batch[0], None, f"{type(exc).__name__}: {exc}")], 1, 0.0, False)
+        # Isolate the bad request(s): one poison input must not fail its neighbours.
+        logger.warning("batch of %d for %s failed (%s); running its requests one by one", len(batch), model, exc)
+        return predict_one_by_one(predictor, model, batch)
+    metrics.BATCH_SIZE.labels(model).observe(len(batch))
+    metrics.LATENCY.labels(model).observe(seconds)
+    return BatchOutcome([(m, outputs[i], None) for i, m in enumerate(batch)], len(batch), seconds, True)
+
+
+def predict_one_by_one(predictor: Predictor, model: str, batch: list[RequestMessage]) -> BatchOutcome:
+    outcome = BatchOutcome([], 1, 0.0, False)
+    for m in batch:
+        try:
+            out, seconds = forward(predictor, [m.tensor])
+        except Exception as exc:
+            outcome.results.append((m, None, f"{type(exc).__name__}: {exc}"))
+            continue
+        metrics.BATCH_SIZE.labels(model).observe(1)
+        metrics.LATENCY.labels(model).observe(seconds)
+        outcome.results.append((m, out[0], None))
+        outcome.seconds = seconds
+    return outcome

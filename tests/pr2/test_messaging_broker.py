@@ -1,0 +1,43 @@
+"""The messaging clients against the session's real broker: consumer lag as the worker computes it for the
+broker kind the suite runs on (``INFERENCE_BROKER_KIND``)."""
+
+from __future__ import annotations
+
+import uuid
+
+from kafka import KafkaConsumer, TopicPartition
+
+from PR2_async_inference.local_stack import Proc
+from PR2_async_inference.messaging.admin import ensure_topics
+from PR2_async_inference.messaging.clients import consumer_lag, end_offsets, make_producer
+from PR2_async_inference.settings import Settings
+
+
+def test_consumer_lag_is_end_offset_minus_position(broker: Proc):
+    prefix = f"lag-{uuid.uuid4().hex[:8]}"
+    settings = Settings(kafka_bootstrap_servers=broker.info["bootstrap"], requests_topic=f"{prefix}-requests",
+                        results_topic=f"{prefix}-results", dlq_topic=f"{prefix}-dlq", requests_partitions=1,
+                        results_partitions=1)
+    ensure_topics(settings)
+    producer = make_producer(settings)
+    try:
+        for i in range(5):
+            producer.send(settings.requests_topic, key=b"k", value=b"v%d" % i).get(timeout=30)
+    finally:
+        producer.close(10)
+    tp = TopicPartition(settings.requests_topic, 0)
+    consumer = KafkaConsumer(bootstrap_servers=broker.info["bootstrap"], enable_auto_commit=False,
+                             auto_offset_reset="earliest", fetch_max_wait_ms=50)
+    try:
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        polled: list = []
+        for _ in range(50):  # bounded: a few seconds at most
+            polled += consumer.poll(timeout_ms=200, max_records=2 - len(polled)).get(tp, [])
+            if len(polled) == 2:
+                break
+        assert [r.offset for r in polled] == [0, 1]
+        assert end_offsets(consumer, [tp], settings.broker_kind) == {tp: 5}
+        assert consumer_lag(consumer, settings.broker_kind) == {tp: 3}
+    finally:
+        consumer.close()
