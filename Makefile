@@ -16,7 +16,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(PY) -m modelops.main_job
+	$(PY) -m main_job
 
 # Everything, slow suites included (what CI runs). The tests run API, worker, broker and benchmark processes
 # side by side on few cores: OpenMP threads that spin while waiting would starve each other (10-25x slower).

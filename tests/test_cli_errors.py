@@ -90,7 +90,7 @@ SCRIPTS = [
     "PR3_model_optimization.model_distillation", "PR3_model_optimization.model_quantization",
     "PR3_model_optimization.optimize_pipeline", "PR4_model_benchmarking.benchmark_models",
     "PR4_model_benchmarking.model_flamegraph", "PR2_async_inference.local_stack", "PR2_async_inference.load_test",
-    "modelops.describe", "modelops.main_job",
+    "modelops.describe", "main_job.cli",
 ]
 
 

@@ -16,7 +16,7 @@ from tests.conftest import REPO_ROOT
 def tiny_job(tmp_path_factory):
     root = tmp_path_factory.mktemp("main_job")
     out, models = root / "runs", root / "models"
-    cmd = [sys.executable, "-m", "modelops.main_job", "--tiny", "--teacher-arch", "resnet18",
+    cmd = [sys.executable, "-m", "main_job", "--tiny", "--teacher-arch", "resnet18",
            "--student-arch", "mobilenet_v3_small", "--models-dir", str(models), "--output-dir", str(out),
            "--threads", "2"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, cwd=REPO_ROOT)

@@ -1,13 +1,7 @@
-"""The main job: baseline -> prune, distill, quantize, combined pipeline -> benchmark + flamegraphs ->
-serve through the async stack -> one report.
-
-    make demo                                  # = python -m modelops.main_job
-    python -m modelops.main_job --tiny         # minutes-long smoke run (what the tests run)
+"""The main job's stages: each calls a documented script's ``main(args)`` and writes its summary.
 
 Every stage writes its summary to ``<output-dir>/stages/<stage>.json``. A second run reuses any stage
 whose summary and outputs exist (``--force`` redoes them), so an interrupted run picks up where it stopped.
-This module only orchestrates: each stage calls the ``main(args)`` of the script the READMEs document,
-with the same flags a user would type.
 """
 
 from __future__ import annotations
@@ -17,16 +11,15 @@ import importlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelops.cli import common_parser, run_cli, setup
-from modelops.cpu import cpu_info
-from modelops.results import markdown_table, write_results
+from main_job.report import write_report
+from modelops.cli import setup
+from modelops.results import write_results
 
 logger = logging.getLogger(__name__)
 
@@ -53,21 +46,6 @@ DEMO = JobSize(image_size=32, teacher_epochs=8, small_epochs=12, optimize_epochs
                calibration_batches=10, bench_iters=40, flame_duration_s=5, requests=200)
 TINY = JobSize(image_size=16, teacher_epochs=1, small_epochs=1, optimize_epochs=1,
                calibration_batches=2, bench_iters=5, flame_duration_s=2, requests=20)
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[common_parser()],
-                                     add_help=add_help, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher-arch", default="resnet50", help="the original model (default: resnet50)")
-    parser.add_argument("--student-arch", default="resnet18", help="the distillation student (default: resnet18)")
-    parser.add_argument("--models-dir", default="models", help="where artifacts go (default: models)")
-    parser.add_argument("--output-dir", default="runs/main_job",
-                        help="stage summaries and reports (default: runs/main_job)")
-    parser.add_argument("--tiny", action="store_true", help="smallest sizes everywhere: a smoke run (default: off)")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list of stages to run (default: all: "
-                        f"{','.join(STAGES)})")
-    parser.add_argument("--force", action="store_true", help="redo stages that already have results (default: reuse)")
-    return parser
 
 
 def _script(module: str) -> Any:
@@ -237,7 +215,7 @@ class Job:
         for name in tqdm([s for s in STAGES if s in wanted], desc="main job", unit="stage"):
             fn, outputs = plan[name]
             self.run_stage(name, fn, outputs)
-        return write_report(self.out, self.results, self.size)
+        return write_report(self.out, self.results)
 
 
 def write_registry(path: Path, models: dict[str, Path]) -> None:
@@ -245,76 +223,3 @@ def write_registry(path: Path, models: dict[str, Path]) -> None:
 
     entries = {name: {"artifact": str(Path(p).resolve())} for name, p in models.items()}
     path.write_text(yaml.safe_dump({"default_model": next(iter(models)), "models": entries}, sort_keys=False))
-
-
-# ---------------------------------------------------------------------------- report
-
-
-def report_sections(results: dict[str, dict]) -> dict[str, list[dict]]:
-    """The report's tables, as rows, from the stage summaries (so report and JSON always agree)."""
-    sections: dict[str, list[dict]] = {}
-    if "baseline" in results:
-        sections["Baseline models"] = [
-            {"model": r.get("arch"), "path": r.get("model"), "test_accuracy": r.get("test_accuracy"),
-             "size_mb": r.get("size_mb"), "params_m": r.get("params_m"), "train_s": r.get("train_s")}
-            for key, r in results["baseline"].items() if isinstance(r, dict) and "arch" in r]
-    if "optimize" in results and results["optimize"].get("rows"):
-        sections["Optimization pipeline"] = results["optimize"]["rows"]
-    if "benchmark" in results and results["benchmark"].get("summary"):
-        sections["Benchmark"] = results["benchmark"]["summary"]
-    if "serve" in results:
-        sections["Async serving (end to end)"] = [{"model": name, **stats}
-                                                  for name, stats in results["serve"].get("load", {}).items()]
-    return sections
-
-
-def write_report(out: Path, results: dict[str, dict], size: JobSize) -> dict:
-    env = cpu_info()
-    sections = report_sections(results)
-    md = ["# Main job report", "",
-          f"Measured on {env['cpu_model']} ({env['usable_cores']} usable cores). Every figure below is read from "
-          f"the stage summaries in `{out / 'stages'}`.", ""]
-    html = ["<html><head><meta charset='utf-8'><title>Main job report</title>",
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 6px}</style></head><body><h1>Main job report</h1>",
-            f"<p>Measured on {env['cpu_model']} ({env['usable_cores']} usable cores).</p>"]
-    import pandas as pd
-
-    for title, rows in sections.items():
-        md += [f"## {title}", "", markdown_table(rows), ""]
-        html += [f"<h2>{title}</h2>", pd.DataFrame(rows).to_html(index=False, na_rep="")]
-    links = {}
-    bench = results.get("benchmark", {})
-    for key in ("html", "markdown", "json", "csv"):
-        if bench.get("reports", {}).get(key):
-            links[f"benchmark {key}"] = bench["reports"][key]
-    for profiled in results.get("flamegraph", {}).get("models", []):
-        for kind in ("flamegraph", "trace"):
-            if profiled.get(kind):
-                links[f"{kind} of {Path(profiled['model']).name}"] = profiled[kind]
-    if links:
-        md += ["## Files", ""] + [f"- {k}: `{v}`" for k, v in links.items()] + [""]
-        html += ["<h2>Files</h2><ul>"] + [f"<li>{k}: <a href='{Path(v).resolve().as_uri()}'>{v}</a></li>"
-                                          for k, v in links.items()] + ["</ul>"]
-    bench_json = Path(bench.get("reports", {}).get("json", out / "benchmark" / "missing.json"))
-    if bench_json.exists():
-        from PR4_model_benchmarking.reports import plots
-
-        for name, png in plots(json.loads(bench_json.read_text())).items():
-            html.append(f'<h3>{name}</h3><img alt="{name}" src="data:image/png;base64,{png}" style="max-width:100%">')
-    html.append("</body></html>")
-    (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text("\n".join(html))
-    write_results(out / "report.json", {"environment": env, "sections": sections}, "json")
-    return {"report_md": str(out / "report.md"), "report_html": str(out / "report.html"),
-            "report_json": str(out / "report.json"), "sections": list(sections)}
-
-
-def main(args: argparse.Namespace) -> dict:
-    summary = Job(args).run()
-    print(f"\nReport: {summary['report_md']}\n        {summary['report_html']}")
-    return summary
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main, get_args_parser()))

@@ -1,0 +1,36 @@
+"""The main job's flags and ``main(args)``; ``python -m main_job`` runs it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import main_job
+from main_job.job import STAGES, Job
+from modelops.cli import common_parser, run_cli
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=(main_job.__doc__ or "").split("\n\n")[0],
+                                     parents=[common_parser()], add_help=add_help,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher-arch", default="resnet50", help="the original model (default: resnet50)")
+    parser.add_argument("--student-arch", default="resnet18", help="the distillation student (default: resnet18)")
+    parser.add_argument("--models-dir", default="models", help="where artifacts go (default: models)")
+    parser.add_argument("--output-dir", default="runs/main_job",
+                        help="stage summaries and reports (default: runs/main_job)")
+    parser.add_argument("--tiny", action="store_true", help="smallest sizes everywhere: a smoke run (default: off)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list of stages to run (default: all: "
+                        f"{','.join(STAGES)})")
+    parser.add_argument("--force", action="store_true", help="redo stages that already have results (default: reuse)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict:
+    summary = Job(args).run()
+    print(f"\nReport: {summary['report_md']}\n        {summary['report_html']}")
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser()))
