@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import shutil
 import subprocess
 import threading
@@ -163,19 +164,6 @@ def test_callback_allowlist_and_signature():
     assert sign(body, secret, "1700000000") == expected
 
 
-def test_worker_refuses_the_placeholder_secret_when_callbacks_are_allowed(tmp_path):
-    import os
-    import sys
-
-    env = {**os.environ, "INFERENCE_CALLBACK_ALLOWLIST": '["hooks.example.test"]',
-           "INFERENCE_CALLBACK_HMAC_SECRET": "change-me", "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}
-    done = subprocess.run([sys.executable, str(PR2 / "model_worker.py"), "--max-seconds", "1"], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=PR2.parent)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "INFERENCE_CALLBACK_HMAC_SECRET" in lines[0] and "change-me" in lines[0]
-
-
 def test_batching_explicit_setting_beats_registry(tmp_path):
     reg = tmp_path / "r.yaml"
     reg.write_text("models:\n  m:\n    artifact: missing.pt\n    max_batch_size: 4\n    max_batch_delay_ms: 7\n")
@@ -242,9 +230,14 @@ def test_compose_file_agrees_with_settings():
     assert jobs["inference-worker"]["dns_sd_configs"][0]["port"] == s.worker_metrics_port
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed "
-                    "(apt-get install docker-compose validates offline)")
 def test_docker_compose_config_validates():
+    """`docker-compose config` validates the file offline (no Docker engine needed). CI installs Debian's
+    docker-compose (.ci/run), so this never skips there; elsewhere it skips only without apt-get to install it."""
+    if shutil.which("docker-compose") is None:
+        reason = "docker-compose is not installed: `apt-get install docker-compose` (.ci/run installs it)"
+        if os.environ.get("CI", "").lower() in ("true", "1") or shutil.which("apt-get"):
+            pytest.fail(reason)
+        pytest.skip(f"{reason}; this machine has no apt-get")
     result = subprocess.run(["docker-compose", "config", "-q"], cwd=PR2, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
