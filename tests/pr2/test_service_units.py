@@ -164,6 +164,19 @@ def test_callback_allowlist_and_signature():
     assert sign(body, secret, "1700000000") == expected
 
 
+def test_worker_refuses_the_placeholder_secret_when_callbacks_are_allowed(tmp_path):
+    import os
+    import sys
+
+    env = {**os.environ, "INFERENCE_CALLBACK_ALLOWLIST": '["hooks.example.test"]',
+           "INFERENCE_CALLBACK_HMAC_SECRET": "change-me", "INFERENCE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}
+    done = subprocess.run([sys.executable, str(PR2 / "model_worker.py"), "--max-seconds", "1"], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=PR2.parent)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "INFERENCE_CALLBACK_HMAC_SECRET" in lines[0] and "change-me" in lines[0]
+
+
 def test_batching_explicit_setting_beats_registry(tmp_path):
     reg = tmp_path / "r.yaml"
     reg.write_text("models:\n  m:\n    artifact: missing.pt\n    max_batch_size: 4\n    max_batch_delay_ms: 7\n")
