@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from modelops.artifact import MODEL_SUFFIXES, read_manifest
-from modelops.cli import check_positive, common_parser, run_cli, split_seed, usable_cores
+from modelops.cli import check_positive, common_parser, run_cli, set_help, split_seed, usable_cores
 from modelops.errors import UsageError
 from modelops.timing import latency_stats
 from PR4_model_benchmarking.reports import REPORT_FORMATS, to_markdown, write_reports
@@ -47,7 +47,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         parents=[common_parser()], add_help=add_help,
     )
     parser.set_defaults(batch_size=128)
-    _set_help(parser, "batch_size", "batch size of the accuracy pass; timing uses --batch-sizes (default: 128)")
+    set_help(parser, "batch_size", "batch size of the accuracy pass; timing uses --batch-sizes (default: 128)")
     models = parser.add_argument_group("models")
     models.add_argument("--models", required=True,
                         help="comma-separated NAME:PATH pairs; the first is the reference "
@@ -102,13 +102,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help="short run: fewer warm-up calls, rounds, batch sizes and server trials (default: off)")
     out.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
     return parser
-
-
-def _set_help(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
-    """Re-word an inherited common flag whose meaning or default differs here."""
-    for action in parser._actions:
-        if action.dest == dest:
-            action.help = text
 
 
 # ---------------------------------------------------------------------- argument checks

@@ -29,10 +29,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from modelops.cli import check_positive, common_parser, run_cli, usable_cores
+from modelops.cli import check_positive, common_parser, run_cli, set_help, usable_cores
 from modelops.errors import UsageError
 from modelops.results import markdown_table, write_results
-from PR4_model_benchmarking.benchmark_models import _set_help
 from PR4_model_benchmarking.runner import NO_SPIN_ENV
 
 logger = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         parents=[common_parser()], add_help=add_help,
     )
     parser.set_defaults(batch_size=1)
-    _set_help(parser, "batch_size", "batch size of the profiled calls (default: 1)")
+    set_help(parser, "batch_size", "batch size of the profiled calls (default: 1)")
     parser.add_argument("--model", required=True, help="model artifact to profile (.pt, .pth, .pt2, .onnx)")
     parser.add_argument("--compare", default=None, metavar="PATH",
                         help="a second artifact to profile the same way and compare op by op (default: none)")

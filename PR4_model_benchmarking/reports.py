@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from modelops.results import _json_safe, markdown_table, write_results
+from modelops.results import json_safe, markdown_table, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def write_reports(report: dict[str, Any], output_dir: str | Path, formats: Seque
             elif fmt == "html":
                 path.write_text(to_html(report))
             elif fmt == "json":
-                path.write_text(json.dumps(_json_safe(report), indent=1, default=str) + "\n")
+                path.write_text(json.dumps(json_safe(report), indent=1, default=str) + "\n")
             else:
                 write_results(path, csv_rows(report), fmt="csv")
                 samples = [{"model": name, "batch_size": int(b), "iteration": i, "latency_ms": ms}

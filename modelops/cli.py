@@ -80,6 +80,13 @@ def split_seed(args: argparse.Namespace, manifest: Any = None) -> int:
     return recorded if recorded is not None else 0
 
 
+def set_help(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
+    """Re-word the help of an inherited common flag whose meaning or default differs in one script."""
+    for action in parser._actions:
+        if action.dest == dest:
+            action.help = text
+
+
 def check_positive(name: str, value: float | int | None, *, allow_zero: bool = False) -> None:
     if value is not None and (value < 0 or (value == 0 and not allow_zero)):
         raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")

@@ -15,13 +15,14 @@ def _rows(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict
     return [dict(results)] if isinstance(results, Mapping) else [dict(r) for r in results]
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinite floats replaced by None, at any depth (JSON has no NaN)."""
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None
     if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -46,7 +47,7 @@ def write_results(
     rows = _rows(results)
     if fmt == "json":
         payload = rows[0] if isinstance(results, Mapping) else rows
-        path.write_text(json.dumps(_json_safe(payload), indent=2, default=str) + "\n")
+        path.write_text(json.dumps(json_safe(payload), indent=2, default=str) + "\n")
     elif fmt == "csv":
         import pandas as pd
 
