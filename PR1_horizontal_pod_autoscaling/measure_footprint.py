@@ -2,8 +2,8 @@
 
     python PR1_horizontal_pod_autoscaling/measure_footprint.py --requests 48 --image-size 224
 
-Starts PR2's local stack (Tansu broker, API, one worker; all on 127.0.0.1, stopped by pid) with a
-random-weight model of ``--arch``, reads /proc/<pid>/status before and after ``--requests`` POSTs, and
+Starts PR2's local stack (a broker, the API, one worker; all on 127.0.0.1, stopped by pid) with a
+random-weight model of ``--arch``, reads each process's RSS before and after ``--requests`` POSTs, and
 prints the figures as JSON. The memory requests in k8s-deployment.yaml and the memory target in hpa.yaml
 are based on these figures.
 """
