@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 
 from modelops.errors import UsageError
 
@@ -29,25 +28,25 @@ def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def write_registry(folder: Path, arch: str, image_size: int) -> Path:
+def random_model_registry(folder: Path, arch: str, image_size: int) -> Path:
+    """A random-weight ``arch`` artifact in ``folder`` and a registry that serves it as image_classification."""
     from modelops.artifact import Manifest, save_artifact
     from modelops.models import create_model
+    from PR2_async_inference.registry import write_registry
 
     model_path = folder / f"{arch}.pt"
     save_artifact(create_model(arch, 10), model_path,
                   Manifest(arch=arch, num_classes=10, input_shape=[3, image_size, image_size], dataset="fake",
                            labels=[str(i) for i in range(10)]))
-    registry = folder / "registry.yaml"
-    registry.write_text(yaml.safe_dump({"default_model": "image_classification", "models": {
-        "image_classification": {"artifact": str(model_path), "max_batch_size": 16}}}))
-    return registry
+    return write_registry(folder / "registry.yaml",
+                          {"image_classification": {"artifact": model_path, "max_batch_size": 16}})
 
 
 def measure(arch: str, image_size: int, requests: int, threads: int, settle_s: float) -> dict[str, Any]:
     from PR2_async_inference import local_stack
 
     tmp = Path(tempfile.mkdtemp(prefix="pr1-footprint-"))
-    stack = local_stack.start_stack(write_registry(tmp, arch, image_size), workers=1, log_dir=tmp / "logs",
+    stack = local_stack.start_stack(random_model_registry(tmp, arch, image_size), workers=1, log_dir=tmp / "logs",
                                     torch_threads=threads)
     try:
         api, worker = stack.api.pid, stack.workers[0].pid

@@ -10,6 +10,7 @@ import base64
 import binascii
 import io
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,26 @@ def load_registry(path: str | Path) -> Registry:
         raise UsageError(f"registry {path} lists no models")
     default = raw.get("default_model") or next(iter(models))
     return Registry(default_model=default, models=models)
+
+
+def write_registry(path: str | Path, models: Mapping[str, str | Path | Mapping[str, Any]],
+                   default_model: str | None = None) -> Path:
+    """Write a registry YAML that :func:`load_registry` reads; artifact paths are written absolute.
+
+    Args:
+        path: the YAML file to write.
+        models: name -> artifact path, or name -> entry (``artifact`` plus any :class:`ModelSpec` field).
+        default_model: the model served when a request names none (default: the first).
+    """
+    entries = {}
+    for name, entry in models.items():
+        entry = dict(entry) if isinstance(entry, Mapping) else {"artifact": entry}
+        entry["artifact"] = str(Path(entry["artifact"]).resolve())
+        entries[name] = entry
+    path = Path(path)
+    path.write_text(yaml.safe_dump({"default_model": default_model or next(iter(models)), "models": entries},
+                                   sort_keys=False))
+    return path
 
 
 def model_manifest(spec: ModelSpec) -> tuple[Path, Manifest]:

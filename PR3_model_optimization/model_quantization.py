@@ -34,6 +34,7 @@ from modelops.cpu import cpu_info, int8_outlook
 from modelops.data import calibration_batches, load_dataset, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import accuracy, predict_logits, top1_agreement
+from modelops.selection import pick_best as select_best
 from modelops.results import markdown_table, write_results
 from modelops.timing import interleaved_latency
 from PR3_model_optimization.quantization.backends import BACKENDS, REGISTRY, Quantizer
@@ -187,13 +188,10 @@ def search_space(base: QuantConfig, sensitive: Sequence[str], backends: Sequence
 def pick_best(rows: Sequence[dict]) -> dict | None:
     """The fastest trial that met the accuracy budget; if none did, the most accurate one.
 
-    Rows carry ``meets_budget``, ``speedup`` and ``val_accuracy``; rows with an ``error`` never win.
+    Rows carry ``meets_budget``, ``speedup`` and ``val_accuracy``; rows with an ``error`` never win. The rule is
+    :func:`modelops.selection.pick_best`, shared with the pipeline and the main job.
     """
-    done = [r for r in rows if not r.get("error")]
-    passing = [r for r in done if r["meets_budget"]]
-    if passing:
-        return max(passing, key=lambda r: (r["speedup"], r["val_accuracy"]))
-    return max(done, key=lambda r: (r["val_accuracy"], r["speedup"]), default=None)
+    return select_best(rows, speed="speedup", accuracy="val_accuracy", meets_budget=lambda r: r["meets_budget"])
 
 
 # --------------------------------------------------------------------------- the work
