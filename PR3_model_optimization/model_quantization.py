@@ -34,8 +34,8 @@ from modelops.cpu import cpu_info, int8_outlook
 from modelops.data import calibration_batches, load_dataset, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import accuracy, predict_logits, top1_agreement
-from modelops.selection import pick_best as select_best
 from modelops.results import markdown_table, write_results
+from modelops.selection import pick_best as select_best
 from modelops.timing import interleaved_latency
 from PR3_model_optimization.quantization.backends import BACKENDS, REGISTRY, Quantizer
 from PR3_model_optimization.quantization.config import (
