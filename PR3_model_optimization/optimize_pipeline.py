@@ -2,8 +2,8 @@
 
     python PR3_model_optimization/optimize_pipeline.py --model models/resnet50.pt --output-dir models/optimized
 
-Stages (each one's artifact is kept in ``--output-dir``; a stage whose artifact already exists is reused
-unless ``--force``, so an interrupted run picks up where it stopped):
+Stages (each one's artifact is kept in ``--output-dir`` and its summary in ``--output-dir``/stages; a stage
+whose summary and artifact exist is reused unless ``--force``, so an interrupted run picks up where it stopped):
 
 1. ``pruned.pt``: structured pruning of ``--amount`` of the channels, fine-tuned (model_pruning.py)
 2. ``pruned_distilled.pt``: the pruned model trained further as the student of the original (model_distillation.py)
@@ -12,7 +12,9 @@ unless ``--force``, so an interrupted run picks up where it stopped):
 plus, for the comparison, each technique alone: ``distilled.pt`` (a smaller architecture distilled from
 the original) and ``quantized.onnx`` (the original in int8). Every artifact is then loaded with
 ``load_artifact`` and measured in this one process (test accuracy, size, latency timed interleaved at
-batch 1 and ``--large-batch``), and the table is printed and written as JSON, CSV and Markdown.
+batch 1 and ``--large-batch``), and the table is printed and written as JSON, CSV and Markdown. The summary
+names the best variant: the fastest at ``--large-batch`` within 1.5 accuracy points of the original
+(:func:`modelops.selection.pick_best`, the rule the main job uses too).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from modelops.data import load_dataset, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import evaluate
 from modelops.results import markdown_table, write_results
+from modelops.selection import DEFAULT_MAX_ACCURACY_DROP_PTS, accuracy_within, pick_best
+from modelops.stages import StageRunner
 from modelops.timing import interleaved_latency
 
 logger = logging.getLogger(__name__)
@@ -91,7 +95,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     group.add_argument("--no-standalone", action="store_true",
                        help="skip the distilled-only and quantized-only comparison rows (default: build them)")
     group.add_argument("--force", action="store_true",
-                       help="rebuild stages whose artifact already exists (default: reuse them)")
+                       help="rebuild stages whose summary and artifact already exist (default: reuse them)")
     measure = parser.add_argument_group("measuring")
     measure.add_argument("--large-batch", type=int, default=16,
                          help="the larger batch size timed beside batch 1 (default: 16)")
@@ -184,6 +188,7 @@ def run_stages(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any
     stages: dict[str, Any] = {}
     if not paths["original"].exists():
         stages["original"] = prepare_original(args)
+    runner = StageRunner(out / "stages", force=args.force, ready=_exists)
     plan = [
         ("pruned", lambda: prune(args, paths["pruned"])),
         ("pruned_distilled", lambda: distill(args, paths["pruned_distilled"], student=str(paths["pruned"]))),
@@ -192,16 +197,8 @@ def run_stages(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any
         ("quantized", lambda: quantize(args, paths["original"], paths["quantized"])),
     ]
     for name, build in plan:
-        if name not in paths:
-            continue
-        if _exists(paths[name]) and not args.force:
-            logger.info("stage %s: reusing %s (pass --force to rebuild)", name, paths[name])
-            stages[name] = {"reused": True, "save_path": str(paths[name])}
-            continue
-        started = time.perf_counter()
-        logger.info("stage %s: building %s", name, paths[name])
-        stages[name] = build()
-        stages[name]["stage_s"] = round(time.perf_counter() - started, 1)
+        if name in paths:
+            stages[name] = runner.run(name, build, outputs=[paths[name]])
     return paths, stages
 
 
@@ -248,6 +245,14 @@ def measure(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, 
     return rows
 
 
+def best_variant(rows: list[dict[str, Any]], large_batch: int) -> str:
+    """The fastest variant at ``large_batch`` within the shared accuracy budget of the original."""
+    original = next(r for r in rows if r["model"] == "original")
+    budget = accuracy_within(original["accuracy"], DEFAULT_MAX_ACCURACY_DROP_PTS, "accuracy")
+    best = pick_best(rows, speed=f"speedup_b{large_batch}", accuracy="accuracy", meets_budget=budget)
+    return best["model"] if best else "original"
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     started = time.perf_counter()
@@ -259,7 +264,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     table = markdown_table([{k: v for k, v in row.items() if k not in ("path", "description")} for row in rows])
     print(table)
     summary = {"artifacts": {name: str(path) for name, path in paths.items()}, "rows": rows, "results": results,
-               "stages": stages, "threads": args.threads or torch.get_num_threads(),
+               "best_variant": best_variant(rows, args.large_batch), "stages": stages,
+               "threads": args.threads or torch.get_num_threads(),
                "total_s": round(time.perf_counter() - started, 1)}
     write_results(out / "pipeline_summary.json", summary)
     print(json.dumps({"artifacts": summary["artifacts"], "results": results, "total_s": summary["total_s"]},

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from main_job.report import write_report
+from modelops.artifact import read_manifest
 from modelops.cli import setup
-from modelops.results import write_results
+from modelops.selection import DEFAULT_MAX_ACCURACY_DROP_PTS, accuracy_within, pick_best
+from modelops.stages import StageRunner
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +61,26 @@ def _run_script(module: str, argv: list[str]) -> dict:
     return script.main(args) or {}
 
 
+def best_variant(rows: list[dict]) -> str:
+    """The benchmarked variant with the best speed-up whose accuracy is within the budget the pipeline uses
+    (:func:`modelops.selection.pick_best`; the original is a candidate too)."""
+    original = next((r for r in rows if r.get("model") == "original"), {})
+    budget = accuracy_within(original.get("accuracy_pct"), DEFAULT_MAX_ACCURACY_DROP_PTS, "accuracy_pct")
+    best = pick_best([r for r in rows if r.get("speedup_x")], speed="speedup_x", accuracy="accuracy_pct",
+                     meets_budget=budget)
+    return best["model"] if best else "original"
+
+
 class Job:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.size = TINY if args.tiny else DEMO
         self.models = Path(args.models_dir)
         self.out = Path(args.output_dir)
-        self.stage_dir = self.out / "stages"
-        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        self.stages = StageRunner(self.out / "stages", force=args.force)
         self.common = ["--dataset", args.dataset, "--seed", str(args.seed)]
         if args.threads:
             self.common += ["--threads", str(args.threads)]
-        self.results: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ paths
     def model(self, name: str) -> Path:
@@ -82,26 +90,16 @@ class Job:
     def teacher(self) -> Path:
         return self.model(self.args.teacher_arch)
 
-    # ------------------------------------------------------------------ stage runner
-    def run_stage(self, name: str, fn: Callable[[], dict], outputs: list[Path]) -> dict:
-        summary_path = self.stage_dir / f"{name}.json"
-        if not self.args.force and summary_path.exists() and all(p.exists() for p in outputs):
-            logger.info("[%s] reusing %s", name, summary_path)
-            self.results[name] = json.loads(summary_path.read_text())
-            return self.results[name]
-        logger.info("[%s] running", name)
-        started = time.perf_counter()
-        result = fn()
-        result = {**result, "stage_s": round(time.perf_counter() - started, 1)}
-        write_results(summary_path, result, "json")
-        self.results[name] = json.loads(summary_path.read_text())
-        return self.results[name]
+    @property
+    def results(self) -> dict[str, dict]:
+        """Each stage's summary so far, by stage name."""
+        return self.stages.results
 
     # ------------------------------------------------------------------ stages
     def reusable_baseline(self, arch: str, epochs: int) -> dict | None:
         """The summary of an already trained ``models/<arch>.pt`` made with these settings, if there is one."""
-        from modelops.artifact import read_manifest
-
+        if self.args.force:
+            return None
         manifest = read_manifest(self.model(arch)) if self.model(arch).exists() else None
         if (manifest is None or manifest.arch != arch or manifest.dataset != self.args.dataset
                 or manifest.input_shape[-1] != self.size.image_size
@@ -132,6 +130,8 @@ class Job:
                 "--calibration-batches", str(self.size.calibration_batches), *self.common]
         if self.args.tiny:
             argv += ["--speed-rounds", "5", "--limit", "256", "--prune-steps", "1"]
+        if self.args.force:
+            argv.append("--force")
         return _run_script("PR3_model_optimization.optimize_pipeline", argv)
 
     def variants(self) -> dict[str, Path]:
@@ -148,16 +148,12 @@ class Job:
             "--iters", str(self.size.bench_iters), "--report-format", "markdown,html,json,csv",
             "--output-dir", str(self.out / "benchmark"), *self.common])
         summary = [{c: row.get(c) for c in SUMMARY_COLUMNS if c in row} for row in result["models"]]
-        return {"reports": result["reports"], "summary": summary}
+        return {"reports": result["reports"], "summary": summary, "best_variant": best_variant(result["models"])}
 
     def fastest_variant(self) -> str:
-        """The benchmarked variant with the largest speed-up over the original (accuracy within 1.5 points)."""
-        rows = self.results.get("benchmark", {}).get("summary", [])
-        original = next((r for r in rows if r.get("model") == "original"), {})
-        base_acc = original.get("accuracy_pct")
-        timed = [r for r in rows if r.get("speedup_x") and not r.get("error") and r.get("model") != "original"
-                 and (base_acc is None or (r.get("accuracy_pct") or 0) >= base_acc - 1.5)]
-        return max(timed, key=lambda r: r["speedup_x"])["model"] if timed else "original"
+        """The variant to profile and serve: the benchmark stage's choice (see :func:`best_variant`)."""
+        bench = self.results.get("benchmark", {})
+        return bench.get("best_variant") or best_variant(bench.get("summary", []))
 
     def flamegraph(self) -> dict:
         variants = self.variants()
@@ -171,6 +167,7 @@ class Job:
         """Serve the original and the fastest variant through broker + API + worker; time a bounded burst each."""
         from PR2_async_inference.load_test import make_payloads, run_load
         from PR2_async_inference.local_stack import start_stack, stop_stack
+        from PR2_async_inference.registry import write_registry
 
         variants = self.variants()
         fastest = self.fastest_variant()
@@ -183,8 +180,6 @@ class Job:
         try:
             load = {}
             for name, path in served.items():
-                from modelops.artifact import read_manifest
-
                 payloads = [{**p, "model_name": name} for p in make_payloads(read_manifest(path).input_shape)]
                 # Untimed warm-up: the worker loads each model on first use and the first batches pay for it.
                 run_load(stack.api_url, requests=8, concurrency=8, time_limit_s=120,
@@ -214,12 +209,7 @@ class Job:
 
         for name in tqdm([s for s in STAGES if s in wanted], desc="main job", unit="stage"):
             fn, outputs = plan[name]
-            self.run_stage(name, fn, outputs)
+            self.stages.run(name, fn, outputs)
         return write_report(self.out, self.results)
 
 
-def write_registry(path: Path, models: dict[str, Path]) -> None:
-    import yaml
-
-    entries = {name: {"artifact": str(Path(p).resolve())} for name, p in models.items()}
-    path.write_text(yaml.safe_dump({"default_model": next(iter(models)), "models": entries}, sort_keys=False))
