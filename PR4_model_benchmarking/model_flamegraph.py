@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -32,7 +31,6 @@ from typing import Any
 from modelops.cli import check_positive, common_parser, run_cli, set_help, usable_cores
 from modelops.errors import UsageError
 from modelops.results import markdown_table, write_results
-from PR4_model_benchmarking.runner import NO_SPIN_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +91,8 @@ def record_flamegraph(model: str | Path, svg_path: Path, *, duration: float, rat
            "--seconds", str(duration + 60)]
     if trust_pickle:
         cmd.append("--trust-pickle")
-    # Same setting as the benchmark's workers: on a shared machine, spinning OpenMP threads make torch
-    # many times slower (the set value wins, e.g. OMP_WAIT_POLICY=ACTIVE to see the default).
-    env = {**NO_SPIN_ENV, **os.environ}
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # The child inherits this environment: each runtime keeps its default threading, as when it is timed.
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = _wait_ready(child)
         if not line.startswith("ready"):

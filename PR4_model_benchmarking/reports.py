@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from modelops.results import json_safe, markdown_table, write_results
+from PR4_model_benchmarking.summary import HEADLINE_BATCHES, speedup_key
 
 logger = logging.getLogger(__name__)
 
@@ -26,16 +27,14 @@ REPORT_FILES = {"markdown": "benchmark.md", "html": "benchmark.html", "csv": "be
                 "json": "benchmark.json"}
 SAMPLES_CSV = "benchmark_samples.csv"
 
-SUMMARY_COLUMNS = (
-    "model", "format", "backend", "size_mb", "params_m", "macs_m", "accuracy_pct", "top1_agreement_pct",
-    "batch_size", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "best_samples_per_s", "speedup_x",
-    "size_ratio", "peak_rss_mb", "verdict", "error",
-)
-BATCH_COLUMNS = ("model", "batch_size", "iters", "latency_ms_mean", "latency_ms_std", "latency_ms_p50",
-                 "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "samples_per_s")
+# The tables fit a screen: what a reader compares. Every other figure is in the CSV and JSON reports.
+# Speed-up columns (speedup_b<N>_x, one per timed batch size) are added between latency and memory.
+SUMMARY_COLUMNS = ("model", "transform", "backend", "size_mb", "accuracy_pct", "accuracy_delta_pt",
+                   "latency_ms_p50", "weights_mb", "model_rss_mb", "verdict", "error")
+BATCH_COLUMNS = ("model", "batch_size", "iters", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
+                 "samples_per_s", "peak_rss_mb")
 SCENARIO_COLUMNS = ("model", "single_stream_latency_ms_p90", "offline_samples_per_s", "offline_batch_size",
-                    "server_target_qps", "server_latency_ms_p99", "server_meets_bound", "server_latency_bound_ms",
-                    "server_max_qps")
+                    "server_target_qps", "server_latency_ms_p99", "server_meets_bound", "server_max_qps")
 
 
 class BatchStats(BaseModel):
@@ -72,6 +71,8 @@ class ModelSummary(BaseModel):
     latency_ms_p50: float | None = None
     speedup_x: float | None = None
     size_ratio: float | None = None
+    weights_mb: float | None = None
+    model_rss_mb: float | None = None
     peak_rss_mb: float | None = None
     verdict: str
     error: str | None = None
@@ -85,6 +86,7 @@ class BenchmarkReport(BaseModel):
     created_at: str
     interrupted: bool
     environment: dict[str, Any]
+    headline: dict[str, Any] = {}
     config: dict[str, Any]
     models: list[ModelSummary]
     per_batch: list[BatchStats]
@@ -106,21 +108,45 @@ def _env_rows(environment: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"key": k, "value": v} for k, v in environment.items()]
 
 
-def _headline(report: dict[str, Any]) -> str:
-    env = report["environment"]
-    return (f"Measured {report['created_at']} on {env.get('cpu_model')} with {env.get('threads')} threads "
-            f"(torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, load average at start "
-            f"{env.get('load_average_start')}).")
+def summary_columns(report: dict[str, Any]) -> tuple[str, ...]:
+    """The summary table's columns: :data:`SUMMARY_COLUMNS` with one speed-up column per timed batch size."""
+    speedups = tuple(speedup_key(b) for b in report["config"].get("batch_sizes", []))
+    cut = SUMMARY_COLUMNS.index("weights_mb")
+    return SUMMARY_COLUMNS[:cut] + speedups + SUMMARY_COLUMNS[cut:]
+
+
+def _ratio(value: Any) -> str:
+    return f"{value:.2f}x" if isinstance(value, int | float) else "not timed"
+
+
+def headline_lines(report: dict[str, Any]) -> list[str]:
+    """The lines a reader acts on, every figure copied from the report's ``headline`` (itself from the tables)."""
+    head, env = report.get("headline") or {}, report["environment"]
+    done = ", ".join(f"{name} ({what})" for name, what in (head.get("variants") or {}).items()) or "none"
+    lines = [f"Compared {head.get('reference')} ({head.get('reference_size_mb')} MB) with: {done}."]
+    if head.get("best"):
+        ratio = head.get("best_size_ratio")
+        size = f"{head.get('best_size_mb')} MB" + (f" ({ratio * 100:.1f}% of the original)" if ratio else "")
+        delta = head.get("best_accuracy_delta_pt")
+        accuracy = "accuracy not measured" if delta is None else f"accuracy {delta:+.2f} points"
+        speeds = ", ".join(f"{_ratio(head.get(speedup_key(b)))} at batch {b}" for b in HEADLINE_BATCHES)
+        lines.append(f"Best variant: {head['best']}, {size}, {speeds}, {accuracy} against the original.")
+    else:
+        lines.append("Best variant: none is faster than the original without losing accuracy.")
+    lines.append(f"CPU: {head.get('cpu_model')} ({head.get('cpu_class')} int8 kernels), {head.get('threads')} "
+                 f"threads; measured {report['created_at']} with torch {env.get('torch')}, onnxruntime "
+                 f"{env.get('onnxruntime')}, load average at start {env.get('load_average_start')}.")
+    return lines
 
 
 def to_markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
-    parts = ["# Model benchmark", "", _headline(report), ""]
+    parts = ["# Model benchmark", "", *headline_lines(report), ""]
     if report.get("interrupted"):
         parts += ["**Interrupted: partial results.**", ""]
     parts += [f"## Summary (latency at batch {cfg.get('primary_batch_size')}; ratios against "
-              f"`{report['models'][0]['model'] if report['models'] else '-'}`)", "",
-              markdown_table(_select(report["models"], SUMMARY_COLUMNS)), ""]
+              f"`{report['models'][0]['model'] if report['models'] else '-'}` at the same batch size)", "",
+              markdown_table(_select(report["models"], summary_columns(report))), ""]
     if report["per_batch"]:
         parts += ["## Latency and throughput per batch size", "",
                   markdown_table(_select(report["per_batch"], BATCH_COLUMNS)), ""]
@@ -203,10 +229,10 @@ def to_html(report: dict[str, Any]) -> str:
     images = plots(report)
     titles = {"latency_distribution": "Latency distribution", "throughput": "Throughput vs batch size",
               "tradeoff": "Size / speed / accuracy trade-off"}
-    body = [f"<h1>Model benchmark</h1><p>{html.escape(_headline(report))}</p>"]
+    body = ["<h1>Model benchmark</h1>", "".join(f"<p>{html.escape(line)}</p>" for line in headline_lines(report))]
     if report.get("interrupted"):
         body.append("<p><b>Interrupted: partial results.</b></p>")
-    body += ["<h2>Summary</h2>", table(_select(report["models"], SUMMARY_COLUMNS))]
+    body += ["<h2>Summary</h2>", table(_select(report["models"], summary_columns(report)))]
     body += ["<h2>Latency and throughput per batch size</h2>", table(_select(report["per_batch"], BATCH_COLUMNS))]
     body += ["<h2>Scenarios</h2>", table(_select(report["models"], SCENARIO_COLUMNS))]
     for key, data in images.items():

@@ -1,13 +1,14 @@
-"""One model under test: loaded once, then asked for timed runs, an accuracy pass and a server run.
+"""One model under test: loaded once, then asked for timed turns, an accuracy pass and a server run.
 
 :class:`ModelSession` does the work inside whatever process holds the model. :class:`WorkerProxy`
 runs a ``ModelSession`` in its own spawned process and forwards method calls over a pipe, so that
 
-- each model's peak RSS is its own (``ru_maxrss`` of a process that only ever held that model), and
-- the parent can still interleave models round by round (A B C A B C ...): it asks worker A for one
-  timed run, then B, then C. Timing happens inside the worker, so the pipe's cost is never timed.
+- each model's memory is its own (the RSS of a process that only ever held that model), and
+- the parent can still interleave models turn by turn (:func:`modelops.timing.run_turns`): it asks
+  worker A for one turn, then B, then C. Timing happens inside the worker, so the pipe's cost is never timed.
 
-Workers ignore SIGINT: on Ctrl-C the parent writes what it has, then stops them by pid.
+Every runtime keeps its own default threading: nothing here changes OpenMP's wait policy or ONNX Runtime's
+spinning. Workers ignore SIGINT: on Ctrl-C the parent writes what it has, then stops them by pid.
 """
 
 from __future__ import annotations
@@ -16,35 +17,19 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
-import resource
 import signal
-import sys
 import time
 import traceback
 from typing import Any
 
 import numpy as np
-import psutil
+
+from PR4_model_benchmarking.memory import peak_rss_mb, reset_peak_rss, rss_mb, runtime_baseline_mb, weight_bytes
 
 logger = logging.getLogger(__name__)
 
 # Generous: a cold torch.compile of a big model on a shared 2-core machine can take minutes.
 WORKER_REPLY_TIMEOUT_S = 1800.0
-# Idle threads that spin-wait steal cores from whichever model is being timed next: measured here, an
-# idle torch worker with libgomp's default policy burnt ~0.1 s CPU per 50 ms pause, ORT ~20 ms.
-NO_SPIN_ORT = {"session.intra_op.allow_spinning": "0"}
-NO_SPIN_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
-def rss_mb() -> float:
-    """Current resident set size of this process."""
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 class ModelSession:
@@ -58,13 +43,10 @@ class ModelSession:
         trust_pickle: allow whole pickled modules.
         compile: force torch.compile on or off (default: the manifest's ``runtime.compile``).
         seed: seed of the random input batches.
-        allow_spinning: let idle ONNX Runtime threads spin-wait (default: off, so a model waiting for its
-            turn does not steal cores from the one being timed).
     """
 
     def __init__(self, name: str, path: str, *, device: str = "cpu", threads: int | None = None,
-                 trust_pickle: bool = False, compile: bool | None = None, seed: int = 0,
-                 allow_spinning: bool = False) -> None:
+                 trust_pickle: bool = False, compile: bool | None = None, seed: int = 0) -> None:
         self.name = name
         self.path = path
         self.device = device
@@ -72,33 +54,36 @@ class ModelSession:
         self.trust_pickle = trust_pickle
         self.compile = compile
         self.seed = seed
-        self.allow_spinning = allow_spinning
         self.predictor: Any = None
+        self.baseline_mb = 0.0
         self._batches: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ setup
     def load(self) -> dict[str, Any]:
-        """Load the artifact; return what it is (format, backend, shape, size, params, MACs, load time)."""
+        """Load the artifact; return what it is (format, backend, shape, size, params, MACs, memory, load time)."""
         import torch
 
         from modelops.artifact import file_size_mb, load_artifact
         from modelops.cli import usable_cores
 
         torch.set_num_threads(self.threads or usable_cores())
-        baseline = rss_mb()
+        self.baseline_mb = runtime_baseline_mb()
         started = time.perf_counter()
         self.predictor = load_artifact(self.path, device=self.device, trust_pickle=self.trust_pickle,
-                                       compile=self.compile, threads=self.threads or usable_cores(),
-                                       ort_session_config=None if self.allow_spinning else NO_SPIN_ORT)
+                                       compile=self.compile, threads=self.threads or usable_cores())
+        load_s = time.perf_counter() - started
+        load_rss = rss_mb() - self.baseline_mb
         manifest = self.predictor.manifest
         params, macs = _params_and_macs(self.predictor)
+        weights = weight_bytes(self.predictor)
         return {
             "format": manifest.format, "backend": self.predictor.backend, "arch": manifest.arch,
             "input_shape": list(manifest.input_shape), "num_classes": manifest.num_classes,
             "transform": (manifest.transform or {}).get("kind"), "size_mb": round(file_size_mb(self.path), 4),
             "params": params, "macs": macs, "manifest_accuracy_pct": manifest.metrics.get("accuracy"),
-            "load_s": round(time.perf_counter() - started, 3), "rss_baseline_mb": round(baseline, 1),
-            "pid": os.getpid(), "threads": torch.get_num_threads(),
+            "weights_mb": round(weights / 2**20, 3) if weights is not None else None,
+            "load_rss_mb": round(load_rss, 1), "rss_baseline_mb": round(self.baseline_mb, 1),
+            "load_s": round(load_s, 3), "pid": os.getpid(), "threads": torch.get_num_threads(),
         }
 
     def _batch(self, batch_size: int):
@@ -114,20 +99,29 @@ class ModelSession:
         return self._batches[batch_size]
 
     # ------------------------------------------------------------------ measurements
-    def warmup(self, batch_size: int, iters: int) -> float:
-        """Run ``iters`` untimed calls (first-call allocation, ORT graph setup, torch.compile); total seconds."""
-        batch = self._batch(batch_size)
-        started = time.perf_counter()
-        for _ in range(iters):
-            self.predictor(batch)
-        return time.perf_counter() - started
+    def begin_batch(self, batch_size: int) -> bool:
+        """Make the timing input of ``batch_size`` and start its peak-memory window; False if the peak cannot reset."""
+        self._batches.clear()  # only this batch's input stays resident
+        reset = reset_peak_rss()
+        self._batch(batch_size)
+        return reset
 
-    def run(self, batch_size: int, iters: int = 1) -> list[float]:
-        """``iters`` timed calls at ``batch_size``; milliseconds each (device synchronised around the clock)."""
-        from modelops.timing import time_call
+    def turn(self, batch_size: int, untimed: int, timed: int) -> list[float]:
+        """One turn at ``batch_size``: ``untimed`` calls, then ``timed`` timed calls; milliseconds each."""
+        from modelops.timing import take_turn
 
         batch = self._batch(batch_size)
-        return [time_call(lambda: self.predictor(batch), self.device) for _ in range(iters)]
+        return take_turn(lambda: self.predictor(batch), untimed, timed, device=self.device)
+
+    def batch_memory(self) -> dict[str, Any]:
+        """Peak RSS since :meth:`begin_batch` and its rise over the runtime-only baseline (CUDA peak on a GPU)."""
+        peak = peak_rss_mb()
+        out: dict[str, Any] = {"peak_rss_mb": round(peak, 1), "rss_rise_mb": round(peak - self.baseline_mb, 1)}
+        if str(self.device).startswith("cuda"):
+            import torch
+
+            out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        return out
 
     def predict_dataset(self, dataset: str, image_size: int, seed: int, data_dir: str, limit: int | None,
                         batch_size: int) -> dict[str, Any]:
@@ -146,15 +140,6 @@ class ModelSession:
         batch = self._batch(1)
         return run_server_queries(lambda: self.predictor(batch), np.asarray(arrivals_s), max_seconds=max_seconds,
                                   device=self.device)
-
-    def memory(self) -> dict[str, Any]:
-        """Peak RSS of this process so far; CUDA peak allocation on a GPU."""
-        out: dict[str, Any] = {"peak_rss_mb": round(peak_rss_mb(), 1), "rss_mb": round(rss_mb(), 1)}
-        if str(self.device).startswith("cuda"):
-            import torch
-
-            out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        return out
 
     def ping(self) -> int:
         return os.getpid()
@@ -241,14 +226,7 @@ class WorkerProxy:
         self.name = kwargs["name"]
         self.process = ctx.Process(target=_worker_main, args=(child, kwargs), daemon=True,
                                    name=f"bench-{self.name}")
-        # The spawned child reads OpenMP's wait policy from the environment when torch loads.
-        extra = {} if kwargs.get("allow_spinning") else {k: v for k, v in NO_SPIN_ENV.items() if k not in os.environ}
-        os.environ.update(extra)
-        try:
-            self.process.start()
-        finally:
-            for key in extra:
-                os.environ.pop(key, None)
+        self.process.start()
         child.close()
 
     @property

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from modelops.timing import latency_stats
+from modelops.timing import latency_stats, sync
 
 SCENARIOS = ("single-stream", "offline", "server")
 # A server trial needs enough queries for a p99 to mean something, but never runs unbounded.
@@ -55,8 +55,6 @@ def run_server_queries(fn: Callable[[], object], arrivals_s: np.ndarray, *, max_
     A query that arrives while the server is busy waits. Stops after ``max_seconds`` (the result
     says ``truncated``) so an overloaded trial never runs away.
     """
-    from modelops.timing import _sync
-
     latencies_ms: list[float] = []
     truncated = False
     start = time.perf_counter()
@@ -68,7 +66,7 @@ def run_server_queries(fn: Callable[[], object], arrivals_s: np.ndarray, *, max_
         if now < arrival:
             time.sleep(arrival - now)
         fn()
-        _sync(device)
+        sync(device)
         done = time.perf_counter() - start
         latencies_ms.append((done - float(arrival)) * 1e3)
     return {"latencies_ms": latencies_ms, "completed": len(latencies_ms), "offered": len(arrivals_s),

@@ -16,7 +16,7 @@ from scipy import stats
 
 from modelops.cli import run_cli
 from modelops.errors import UsageError
-from modelops.timing import interleaved_latency, latency_stats
+from modelops.timing import latency_stats
 from PR4_model_benchmarking import benchmark_models
 from PR4_model_benchmarking.reports import SAMPLES_CSV, SUMMARY_COLUMNS, BenchmarkReport, report_json_schema
 from PR4_model_benchmarking.scenarios import (
@@ -26,9 +26,8 @@ from PR4_model_benchmarking.scenarios import (
     search_server_qps,
     verdicts,
 )
-from tests.benchmark_fixtures import bench_variants  # noqa: F401  (fixture)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "PR4_model_benchmarking" / "benchmark_models.py"
 
 
@@ -43,19 +42,6 @@ def test_percentiles_on_known_data():
     assert stats_["latency_ms_p99"] == pytest.approx(99.01)
     assert stats_["latency_ms_mean"] == pytest.approx(50.5)
     assert stats_["latency_ms_std"] == pytest.approx(np.std(np.arange(1, 101), ddof=1), abs=1e-3)
-
-
-def test_interleaved_latency_takes_turns_with_an_untimed_first_call():
-    calls: list[str] = []
-    fns = {name: (lambda batch, name=name: calls.append(name)) for name in "AB"}
-    samples = interleaved_latency(fns, np.zeros(1), warmup=1, rounds=7, calls_per_turn=3, settle_s=0)
-    assert {name: len(values) for name, values in samples.items()} == {"A": 7, "B": 7}
-    # warm-up A B, then turns of 1 untimed + 3, 3, 1 timed calls: drift hits both, spinners do not
-    assert "".join(calls) == "AB" + "AAAABBBB" * 2 + "AABB"
-    plain: list[str] = []
-    interleaved_latency({n: (lambda b, n=n: plain.append(n)) for n in "AB"}, np.zeros(1), warmup=0, rounds=2,
-                        calls_per_turn=1, settle_s=0)
-    assert "".join(plain) == "ABAB"
 
 
 def test_poisson_arrivals_follow_the_requested_rate():
@@ -188,14 +174,14 @@ def test_quick_run_in_process(digits_resnet18, tmp_path):
     assert row["error"] is None and row["verdict"] == "baseline"
     assert row["single_stream_latency_ms_p90"] >= row["latency_ms_p50"] > 0
     assert row["offline_batch_size"] in (1, 2) and row["offline_samples_per_s"] > 0
-    assert "peak_rss_mb" not in row  # no per-model memory figure when models share a process
+    assert "peak_rss_mb" not in row and row["weights_mb"] > 40  # shared process: the weights, no RSS figure
     assert set(result["reports"]) == {"markdown", "json"}
     report = BenchmarkReport.model_validate_json(Path(result["reports"]["json"]).read_text())
     assert [b.batch_size for b in report.per_batch] == [1, 2] and report.server == {}
 
 
 @pytest.fixture(scope="module")
-def full_run(bench_variants, tmp_path_factory):  # noqa: F811
+def full_run(bench_variants, tmp_path_factory):
     """One quick run: state_dict, TorchScript, ExportedProgram, ONNX, int8 ONNX and a corrupt file."""
     out = tmp_path_factory.mktemp("bench_out")
     broken = out / "broken.onnx"
@@ -223,6 +209,7 @@ def test_every_format_is_measured(full_run):
         assert row["error"] is None
         assert row["latency_ms_p50"] > 0 and row["best_samples_per_s"] > 0
         assert row["peak_rss_mb"] > row["model_rss_mb"] > 0  # own worker process: its own peak
+        assert row["weights_mb"] > 0 and row["load_rss_mb"] is not None
         assert row["accuracy_pct"] > 50 and row["server_latency_ms_p99"] > 0
     for name in ("torchscript", "exported_program", "onnx"):  # same weights: same answers
         assert rows[name]["top1_agreement_pct"] >= 98
@@ -257,8 +244,9 @@ def test_markdown_csv_html_reports(full_run):
     md = Path(result["reports"]["markdown"]).read_text()
     header = next(line for line in md.splitlines() if line.startswith("| model"))
     columns = [c.strip() for c in header.strip("|").split("|")]
-    assert columns[0] == "model" and {"latency_ms_p50", "speedup_x", "size_mb", "verdict", "error"} <= set(columns)
-    assert set(columns) <= set(SUMMARY_COLUMNS)
+    assert columns[0] == "model" and {"latency_ms_p50", "speedup_b1_x", "speedup_b4_x", "size_mb", "verdict",
+                                      "error"} <= set(columns)
+    assert set(columns) <= {*SUMMARY_COLUMNS, "speedup_b1_x", "speedup_b4_x"} and len(columns) <= 14
     for name in [*order, "broken"]:
         assert any(line.startswith(f"| {name} ") for line in md.splitlines())
     csv = pd.read_csv(result["reports"]["csv"])

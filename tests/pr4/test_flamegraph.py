@@ -10,7 +10,6 @@ import pytest
 from modelops.cli import run_cli
 from PR4_model_benchmarking import model_flamegraph
 from PR4_model_benchmarking.model_flamegraph import compare_ops
-from tests.benchmark_fixtures import bench_variants  # noqa: F401  (fixture)
 
 
 def _run(argv: list[str]) -> dict:
@@ -36,7 +35,7 @@ def test_flamegraph_svg_trace_and_top_ops(digits_resnet18, tmp_path):
 
 
 @pytest.mark.slow
-def test_compare_onnx_int8_with_fp32(bench_variants, tmp_path):  # noqa: F811
+def test_compare_onnx_int8_with_fp32(bench_variants, tmp_path):
     result = _run(["--model", str(bench_variants["state_dict"]), "--compare", str(bench_variants["int8"]),
                    "--no-flamegraph", "--profile-iters", "3", "--threads", "1", "--output-dir", str(tmp_path)])
     fp32, int8 = result["models"]

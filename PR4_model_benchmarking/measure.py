@@ -1,0 +1,294 @@
+"""One benchmark run's phases: load every model, time them in turns, accuracy, server scenario, the report dict.
+
+:class:`Benchmark` keeps what each phase measured, so an interrupted run can still report it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import logging
+import os
+import platform
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelops.cli import usable_cores
+from modelops.errors import UsageError
+from modelops.timing import TimingPolicy, run_turns
+from PR4_model_benchmarking.runner import WorkerError, start_session
+from PR4_model_benchmarking.scenarios import SCENARIOS, search_server_qps
+from PR4_model_benchmarking.summary import add_comparisons, headline, model_row, per_batch_rows
+
+logger = logging.getLogger(__name__)
+
+
+def parse_int_list(value: str, flag: str) -> list[int]:
+    try:
+        numbers = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated integers, got {value!r}") from None
+    if not numbers or any(n < 1 for n in numbers):
+        raise UsageError(f"{flag} must be positive integers, got {value!r}")
+    return list(dict.fromkeys(numbers))
+
+
+def parse_choices(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    chosen = [x.strip() for x in value.split(",") if x.strip()]
+    bad = [x for x in chosen if x not in allowed]
+    if bad or not chosen:
+        raise UsageError(f"Unknown {flag} value {', '.join(bad) or repr(value)}. Choose from: {', '.join(allowed)}")
+    return list(dict.fromkeys(chosen))
+
+
+def check_shape(name: str, path: Path, shape: list[int], data: Any, dataset: str) -> None:
+    if list(shape) != list(data.input_shape):
+        raise UsageError(f"Model {name!r} ({path}) expects input {tuple(shape)} but dataset {dataset!r} gives "
+                         f"{tuple(data.input_shape)}; pass a matching --dataset/--image-size or another model")
+
+
+def environment(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    """Where the run happened: CPU and its int8 features, threads, versions, load, any wait-policy setting."""
+    import torch
+
+    from modelops.cpu import cpu_info
+
+    env: dict[str, Any] = {**cpu_info(), "threads": threads, "device": args.device, "isolation": args.isolation,
+                           "python": platform.python_version(), "platform": platform.platform(),
+                           "torch": torch.__version__, "numpy": np.__version__,
+                           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        env["onnxruntime"] = None
+    env["load_average_start"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    return env
+
+
+def timing_policy(args: argparse.Namespace) -> TimingPolicy:
+    return TimingPolicy(warmup=args.warmup, calls_per_turn=args.calls_per_turn,
+                        untimed_per_turn=args.untimed_per_turn, settle_s=args.settle_ms / 1e3)
+
+
+class Benchmark:
+    """State of one run, so an interrupted run can still report what it measured."""
+
+    def __init__(self, args: argparse.Namespace, models: list[tuple[str, Path]], data: Any) -> None:
+        self.args = args
+        self.models = models
+        self.data = data
+        self.threads = args.threads or usable_cores()
+        self.policy = timing_policy(args)
+        self.batch_sizes = parse_int_list(args.batch_sizes, "--batch-sizes")
+        self.scenarios = parse_choices(args.scenarios, SCENARIOS, "--scenarios")
+        if ("single-stream" in self.scenarios or "server" in self.scenarios) and 1 not in self.batch_sizes:
+            self.batch_sizes.insert(0, 1)  # both scenarios are batch-1 scenarios
+        self.created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.env = environment(args, self.threads)
+        self.sessions: dict[str, Any] = {}
+        self.infos: dict[str, dict[str, Any]] = {}
+        self.errors: dict[str, str] = {}
+        self.usage_errors: dict[str, str] = {}
+        self.samples: dict[str, dict[str, list[float]]] = {name: {} for name, _ in models}
+        self.memory: dict[str, dict[str, dict[str, Any]]] = {name: {} for name, _ in models}
+        self.accuracy: dict[str, dict[str, Any]] = {}
+        self.server: dict[str, dict[str, Any]] = {}
+        self.notes: list[str] = []
+        self.interrupted = False
+        self.progress: Any = None
+
+    # -------------------------------------------------------------- helpers
+    def active(self) -> list[str]:
+        return [name for name, _ in self.models if name in self.infos and name not in self.errors]
+
+    def fail(self, name: str, exc: Exception) -> None:
+        logger.error("model %r failed: %s", name, exc)
+        if getattr(exc, "detail", ""):
+            logger.debug("%s", exc.detail)
+        self.errors[name] = str(exc)
+        if getattr(exc, "usage", False):
+            self.usage_errors[name] = str(exc)
+
+    def _bar(self, total: int | None, desc: str) -> Any:
+        from tqdm import tqdm
+
+        if self.progress is not None:
+            self.progress.close()
+        self.progress = tqdm(total=total, desc=desc, disable=self.args.no_progress, leave=False, file=sys.stderr)
+        return self.progress
+
+    # -------------------------------------------------------------- phases
+    def load(self) -> None:
+        args = self.args
+        compile_flag = {"auto": None, "on": True, "off": False}[args.compile]
+        for name, path in self.models:
+            self.sessions[name] = start_session(args.isolation, name=name, path=str(path), device=args.device,
+                                                threads=self.threads, trust_pickle=args.trust_pickle,
+                                                compile=compile_flag, seed=args.seed)
+            self.sessions[name].send("load")  # workers load in parallel; a local session loads right here
+        for name, path in self.models:
+            try:
+                self.infos[name] = self.sessions[name].receive()
+            except WorkerError as exc:
+                self.fail(name, exc)
+                continue
+            check_shape(name, path, self.infos[name]["input_shape"], self.data, args.dataset)
+        if not self.active():
+            first = next(iter(self.usage_errors.values()), None)
+            if first and len(self.usage_errors) == len(self.models):
+                raise UsageError(f"no model could be loaded: {first}")
+            raise RuntimeError(f"no model could be loaded: {next(iter(self.errors.values()))}")
+
+    def latency(self) -> None:
+        """Every batch size in turn: each model's input and peak-memory window, then interleaved turns."""
+        for batch_size in self.batch_sizes:
+            for name in self.active():
+                try:
+                    self.sessions[name].begin_batch(batch_size)
+                except WorkerError as exc:
+                    self.fail(name, exc)
+            names = self.active()
+            bar = self._bar(None if self.args.min_time else self.args.iters * len(names), f"latency b={batch_size}")
+            taken = run_turns(
+                {n: (lambda u, t, s=self.sessions[n], b=batch_size: s.turn(b, u, t)) for n in names},
+                3 if self.args.min_time else self.args.iters, self.policy,
+                enough=self._ran_min_time if self.args.min_time else None,
+                max_samples=self.args.max_iters if self.args.min_time else None,
+                on_error=self.fail, on_turn=lambda _name, count, bar=bar: bar.update(count))
+            bar.close()
+            for name, values in taken.items():
+                if values:
+                    self.samples[name][str(batch_size)] = [round(ms, 4) for ms in values]
+            for name in self.active():
+                if self.args.isolation == "process" or self.args.device != "cpu":
+                    self.memory[name][str(batch_size)] = self.sessions[name].batch_memory()
+
+    def _ran_min_time(self, taken: dict[str, list[float]]) -> bool:
+        return all(sum(values) >= self.args.min_time * 1e3 for values in taken.values() if values)
+
+    def evaluate(self) -> None:
+        if not self.args.accuracy_samples:
+            return
+        import torch
+
+        from modelops.evaluate import accuracy, top1_agreement
+
+        names = self.active()
+        bar = self._bar(len(names), "accuracy")
+        reference: torch.Tensor | None = None
+        for i, name in enumerate(names):
+            try:
+                out = self.sessions[name].predict_dataset(
+                    self.args.dataset, self.data.image_size, self.data.split_seed, self.args.data_dir,
+                    self.args.accuracy_samples, self.args.batch_size)
+            except WorkerError as exc:
+                self.fail(name, exc)
+                continue
+            logits, targets = torch.from_numpy(out["logits"]), torch.from_numpy(out["targets"])
+            if i == 0 and name == self.models[0][0]:
+                reference = logits
+            self.accuracy[name] = {
+                "accuracy_pct": round(accuracy(logits, targets), 3), "accuracy_samples": len(targets),
+                "top1_agreement_pct": round(top1_agreement(logits, reference), 3) if reference is not None else None,
+            }
+            bar.update(1)
+        bar.close()
+
+    def serve(self) -> None:
+        if "server" not in self.scenarios:
+            return
+        args = self.args
+        names = [n for n in self.active() if self.samples[n].get("1")]
+        if not names:
+            return
+        first = self.samples[names[0]]["1"]
+        target = args.target_qps or 0.5 * 1e3 / float(np.mean(first))
+        bound = args.latency_bound_ms or 5 * float(np.percentile(first, 90))
+        bar = self._bar(len(names), f"server {target:.1f} qps")
+        for name in names:
+            capacity = 1e3 / float(np.mean(self.samples[name]["1"]))
+            session = self.sessions[name]
+            try:
+                self.server[name] = search_server_qps(
+                    # the queue may drain for --server-max-seconds after the last arrival, no longer
+                    lambda arrivals, s=session: s.serve(arrivals.tolist(),
+                                                        float(arrivals[-1]) + args.server_max_seconds),
+                    target_qps=target, capacity_qps=capacity, bound_ms=bound, steps=args.server_search_steps,
+                    max_queries=args.server_queries, max_seconds=args.server_max_seconds, seed=args.seed)
+            except WorkerError as exc:
+                self.fail(name, exc)
+            bar.update(1)
+        bar.close()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        for session in self.sessions.values():
+            session.close()
+
+    # -------------------------------------------------------------- results
+    def summary_rows(self, per_batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for name, path in self.models:
+            batches = [r for r in per_batch if r["model"] == name]
+            row = model_row(name, str(path), self.infos.get(name, {}), batches, primary=self.batch_sizes[0],
+                            isolated=self.args.isolation == "process")
+            row.update(self.accuracy.get(name, {}))
+            at_one = next((r for r in batches if r["batch_size"] == 1), {})
+            if "single-stream" in self.scenarios:
+                row["single_stream_latency_ms_p90"] = at_one.get("latency_ms_p90")
+            if "offline" in self.scenarios:
+                row["offline_samples_per_s"], row["offline_batch_size"] = (row["best_samples_per_s"],
+                                                                           row["best_batch_size"])
+            if name in self.server:
+                row.update({k: v for k, v in self.server[name].items() if k != "trials"})
+            row["error"] = self.errors.get(name)
+            rows.append(row)
+        return add_comparisons(rows, self.args.accuracy_tolerance)
+
+    def notes_text(self) -> list[str]:
+        args, policy = self.args, self.policy
+        stop = f"rounds until each model ran {args.min_time} s" if args.min_time else f"{args.iters} timed calls"
+        return [
+            f"Latency: {policy.warmup} warm-up calls per model, then {stop} per batch size, taken in turns "
+            f"({policy.settle_s * 1e3:.0f} ms pause, {policy.untimed_per_turn} untimed and up to "
+            f"{policy.calls_per_turn} timed calls per turn); every runtime with its default threading.",
+            "Inputs for timing are seeded random tensors of each model's input shape; accuracy uses the first "
+            f"{args.accuracy_samples} samples of the {args.dataset!r} test split, after timing and memory.",
+            "Memory: weights_mb is the weights' bytes in memory; each model ran in its own process, model_rss_mb "
+            "is that process's peak RSS while timing over its RSS with only the runtimes imported."
+            if args.isolation == "process" else
+            "All models ran in this process (--isolation none): weights only, no per-model RSS figure.",
+            "Server scenario: Poisson arrivals, one FIFO server, latency = completion - arrival; models run "
+            "one after another (a real-time queue cannot be interleaved).",
+        ]
+
+    def report(self) -> dict[str, Any]:
+        args = self.args
+        per_batch = per_batch_rows(self.samples, self.memory, self.models[0][0])
+        models = self.summary_rows(per_batch)
+        env = dict(self.env)
+        env["load_average_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+        notes = self.notes_text()
+        if env.get("load_average_start") and env["load_average_start"] > 0.5 * env.get("usable_cores", 1):
+            notes.append(f"The machine was busy (load average {env['load_average_start']} on "
+                         f"{env.get('usable_cores')} cores): compare ratios, not absolute times.")
+        return {
+            "tool": "PR4_model_benchmarking/benchmark_models.py", "created_at": self.created_at,
+            "interrupted": self.interrupted, "environment": env, "headline": headline(models, env),
+            "config": {"models": [f"{n}:{p}" for n, p in self.models], "batch_sizes": self.batch_sizes,
+                       "primary_batch_size": self.batch_sizes[0], "scenarios": self.scenarios,
+                       "warmup": args.warmup, "iters": args.iters, "min_time_s": args.min_time,
+                       "timing_policy": asdict(self.policy),
+                       "dataset": args.dataset, "image_size": self.data.image_size,
+                       "accuracy_samples": args.accuracy_samples, "threads": self.threads,
+                       "device": args.device, "isolation": args.isolation, "seed": args.seed},
+            "models": models, "per_batch": per_batch, "samples_ms": self.samples,
+            "server": self.server, "notes": notes + self.notes,
+        }

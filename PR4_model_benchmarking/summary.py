@@ -1,0 +1,126 @@
+"""From raw samples to the report's rows: per-batch statistics, speed-ups, per-model summaries, the headline.
+
+Every speed-up in a report comes from :func:`per_batch_rows` (the reference's p50 over the model's p50 at the
+same batch size); the summary rows and the headline copy those figures, never recompute them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from modelops.timing import latency_stats
+from PR4_model_benchmarking.scenarios import offline_throughput, verdicts
+
+HEADLINE_BATCHES = (1, 16)
+
+
+def speedup_key(batch_size: int) -> str:
+    return f"speedup_b{batch_size}_x"
+
+
+def per_batch_rows(samples: Mapping[str, Mapping[str, list[float]]], memory: Mapping[str, Mapping[str, dict]],
+                   reference: str | None) -> list[dict[str, Any]]:
+    """One row per model and batch size: latency statistics, throughput, peak memory, speed-up over ``reference``."""
+    rows = []
+    for name, per in samples.items():
+        for b, values in per.items():
+            if not values:
+                continue
+            stats = latency_stats(values)
+            rows.append({"model": name, "batch_size": int(b), "iters": len(values), **stats,
+                         "samples_per_s": round(int(b) * 1e3 / stats["latency_ms_mean"], 3),
+                         **memory.get(name, {}).get(str(b), {})})
+    ref = {r["batch_size"]: r["latency_ms_p50"] for r in rows if r["model"] == reference}
+    for row in rows:
+        base = ref.get(row["batch_size"])
+        row["speedup_x"] = round(base / row["latency_ms_p50"], 3) if base and row["latency_ms_p50"] else None
+    return rows
+
+
+def _memory_fields(batches: list[dict[str, Any]], info: Mapping[str, Any], isolated: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"weights_mb": info.get("weights_mb")}
+    peaks = [r for r in batches if r.get("peak_rss_mb") is not None]
+    if isolated and peaks:
+        out["load_rss_mb"] = info.get("load_rss_mb")
+        out["model_rss_mb"] = max(r["rss_rise_mb"] for r in peaks)
+        out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in peaks)
+    cuda = [r["cuda_max_allocated_mb"] for r in batches if r.get("cuda_max_allocated_mb") is not None]
+    if cuda:
+        out["cuda_max_allocated_mb"] = max(cuda)
+    return out
+
+
+def model_row(name: str, path: str, info: Mapping[str, Any], batches: list[dict[str, Any]], *,
+              primary: int, isolated: bool) -> dict[str, Any]:
+    """One model's summary: what it is, its latency at the primary batch size, speed-ups, memory."""
+    at_primary = next((r for r in batches if r["batch_size"] == primary), {})
+    best, best_b = offline_throughput(batches)
+    params, macs = info.get("params"), info.get("macs")
+    return {
+        "model": name, "path": str(path), "format": info.get("format"), "backend": info.get("backend"),
+        "arch": info.get("arch"), "transform": info.get("transform"), "size_mb": info.get("size_mb"),
+        "params_m": round(params / 1e6, 4) if params else None, "macs_m": round(macs / 1e6, 3) if macs else None,
+        "batch_size": primary,
+        **{k: at_primary.get(k) for k in ("latency_ms_mean", "latency_ms_std", "latency_ms_p50", "latency_ms_p90",
+                                          "latency_ms_p95", "latency_ms_p99")},
+        "speedup_x": at_primary.get("speedup_x"),
+        **{speedup_key(r["batch_size"]): r["speedup_x"] for r in batches},
+        "best_samples_per_s": best, "best_batch_size": best_b,
+        **_memory_fields(batches, info, isolated), "load_s": info.get("load_s"),
+    }
+
+
+def add_comparisons(rows: list[dict[str, Any]], accuracy_tolerance_pt: float) -> list[dict[str, Any]]:
+    """Size ratio, accuracy change and verdict of each row against the first."""
+    ref = rows[0] if rows else {}
+    for row in rows:
+        ok = not ref.get("error") and not row.get("error")
+        row["size_ratio"] = (round(row["size_mb"] / ref["size_mb"], 4)
+                             if ok and ref.get("size_mb") and row.get("size_mb") else None)
+        row["accuracy_delta_pt"] = (round(row["accuracy_pct"] - ref["accuracy_pct"], 3)
+                                    if ok and ref.get("accuracy_pct") is not None
+                                    and row.get("accuracy_pct") is not None else None)
+        if not ok:
+            row["speedup_x"] = None
+    for row, word in zip(rows, verdicts(rows, accuracy_tolerance_pt=accuracy_tolerance_pt), strict=True):
+        row["verdict"] = word
+    return rows
+
+
+def cpu_class(env: Mapping[str, Any]) -> str:
+    """The CPU feature class that decides int8 kernels: AMX, AVX512-VNNI, AVX-VNNI, AVX2 or none of them."""
+    if env.get("has_amx_int8"):
+        return "AMX"
+    if env.get("has_avx512_vnni"):
+        return "AVX512-VNNI"
+    if env.get("has_avx_vnni"):
+        return "AVX-VNNI"
+    return "AVX2" if env.get("has_avx2") else "no AVX2"
+
+
+def best_row(models: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The variant the report recommends: the one whose verdict is "best", else the fastest that is not worse."""
+    best = next((r for r in models if r.get("verdict") == "best"), None)
+    if best is not None:
+        return best
+    timed = [r for r in models[1:] if r.get("speedup_x") and r.get("verdict") not in ("worse", "failed")]
+    return max(timed, key=lambda r: r["speedup_x"], default=None)
+
+
+def headline(models: Sequence[dict[str, Any]], env: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures a reader acts on, copied from the summary rows: what was done, the best variant, the CPU."""
+    ref = models[0] if models else {}
+    best = best_row(models)
+    out: dict[str, Any] = {
+        "reference": ref.get("model"), "reference_size_mb": ref.get("size_mb"),
+        "reference_accuracy_pct": ref.get("accuracy_pct"),
+        "variants": {r["model"]: r.get("transform") or r.get("format") for r in models[1:]},
+        "cpu_model": env.get("cpu_model"), "cpu_class": cpu_class(env), "threads": env.get("threads"),
+        "best": best["model"] if best else None,
+    }
+    if best:
+        out.update({"best_size_mb": best.get("size_mb"), "best_size_ratio": best.get("size_ratio"),
+                    "best_accuracy_delta_pt": best.get("accuracy_delta_pt"),
+                    **{speedup_key(b): best.get(speedup_key(b)) for b in HEADLINE_BATCHES}})
+    return out
