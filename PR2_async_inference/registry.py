@@ -20,26 +20,64 @@ from pydantic import BaseModel, Field, ValidationError
 
 from modelops.artifact import Manifest, read_manifest
 from modelops.errors import UsageError
+from modelops.preprocessing import image_to_pixels, normalize
 
 logger = logging.getLogger(__name__)
 
 
 class ModelSpec(BaseModel):
-    """One registry entry."""
+    """One registry entry.
+
+    A fallback serves under this name only when its manifest declares the same input shape and labels as
+    the entry (``input_shape`` and ``labels`` here, else the artifact's own manifest): a client asking for
+    this name never gets a model that reads its input differently or names other classes.
+    """
 
     name: str
     artifact: Path
     fallbacks: list[Path] = Field(default_factory=list)
+    input_shape: list[int] | None = Field(None, description="what a fallback must declare, (C, H, W)")
+    labels: list[str] | None = Field(None, description="what a fallback must declare, in class-index order")
     max_batch_size: int | None = Field(None, ge=1)
     max_batch_delay_ms: float | None = Field(None, ge=0)
     description: str = ""
 
     def resolve(self) -> Path | None:
-        """The first of artifact/fallbacks that exists, or None."""
-        for path in [self.artifact, *self.fallbacks]:
-            if path.exists():
-                return path
-        return None
+        """The artifact, else the first fallback that declares the same inputs and labels; None if neither."""
+        return self._resolve()[0]
+
+    def unavailable_reason(self) -> str | None:
+        """Why nothing is served under this name (names the missing path), or None when something is."""
+        return self._resolve()[1]
+
+    def _resolve(self) -> tuple[Path | None, str | None]:
+        if self.artifact.is_file():
+            return self.artifact, None
+        reason = f"artifact {self.artifact} of model {self.name!r} does not exist"
+        if not self.fallbacks:
+            return None, reason
+        expected = self._expected()
+        if expected is None:
+            return None, (f"{reason}; its fallbacks are not used because the entry declares no input_shape and "
+                          "labels to check them against")
+        for path in self.fallbacks:
+            manifest = read_manifest(path) if path.is_file() else None
+            if manifest is not None and _declares(manifest) == expected:
+                logger.warning("model %r: %s; serving fallback %s (same input shape and labels)", self.name,
+                               reason, path)
+                return path, None
+        return None, f"{reason}, and no fallback declares its input shape {expected[0]} and labels"
+
+    def _expected(self) -> tuple[list[int], list[str]] | None:
+        primary = read_manifest(self.artifact)  # a manifest can outlive its artifact file
+        if self.input_shape is not None and self.labels is not None:
+            return list(self.input_shape), list(self.labels)
+        return _declares(primary) if primary is not None else None
+
+
+def _declares(manifest: Manifest) -> tuple[list[int], list[str]]:
+    labels = list(manifest.labels) or [str(i) for i in range(manifest.num_classes)]
+    return list(manifest.input_shape), labels
 
 
 class Registry(BaseModel):
@@ -95,10 +133,14 @@ def write_registry(path: str | Path, models: Mapping[str, str | Path | Mapping[s
 
 
 def model_manifest(spec: ModelSpec) -> tuple[Path, Manifest]:
-    """The artifact path and manifest the registry entry points at; raises ArtifactError-like UsageError."""
-    path = spec.resolve()
+    """The artifact path and manifest the registry entry points at.
+
+    Raises:
+        FileNotFoundError: no artifact to serve (the message names the path) or no manifest beside it.
+    """
+    path, reason = spec._resolve()
     if path is None:
-        raise FileNotFoundError(f"artifact for model {spec.name!r} not found: {spec.artifact}")
+        raise FileNotFoundError(reason)
     manifest = read_manifest(path)
     if manifest is None:
         raise FileNotFoundError(
@@ -108,10 +150,11 @@ def model_manifest(spec: ModelSpec) -> tuple[Path, Manifest]:
 
 
 def decode_image(data: str, manifest: Manifest) -> np.ndarray:
-    """Base64 PNG/JPEG -> uint8 pixels (C, H, W) resized to the model's input.
+    """Base64 PNG/JPEG -> uint8 pixels (C, H, W) of the model's input, by the manifest's preprocessing.
 
-    Images travel on the requests topic as these pixels, a quarter of the bytes of the float tensor;
-    the worker applies :func:`normalize_pixels` just before the forward pass."""
+    The resize (and centre crop) is :func:`modelops.preprocessing.image_to_pixels`, the function the model's
+    dataset applied when it was evaluated. Images travel on the requests topic as these pixels, a quarter of
+    the bytes of the float tensor; the worker applies :func:`normalize_pixels` just before the forward pass."""
     from PIL import Image, UnidentifiedImageError
 
     if "," in data[:100] and data.startswith("data:"):  # data URL
@@ -123,29 +166,15 @@ def decode_image(data: str, manifest: Manifest) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
-            channels, height, width = manifest.input_shape
-            size = (manifest.preprocessing or {}).get("size") or height
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (width, height):
-                img = img.resize(
-                    (width, height) if size == height else (size, size), Image.Resampling.BILINEAR
-                )
-                if img.size != (width, height):
-                    img = img.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
+            pixels = image_to_pixels(img, manifest.preprocessing or {}, manifest.input_shape)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise UsageError(f"'data' is base64 but not a decodable PNG/JPEG image: {exc}") from exc
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return np.ascontiguousarray(array)
+    return np.ascontiguousarray(pixels.numpy())
 
 
 def normalize_pixels(pixels: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """uint8 pixels (C, H, W) -> float32 scaled to [0, 1] and normalised with the manifest's mean/std."""
-    channels = pixels.shape[0]
-    pre = manifest.preprocessing or {}
-    mean = np.asarray(pre.get("mean") or [0.0] * channels, dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(pre.get("std") or [1.0] * channels, dtype=np.float32).reshape(-1, 1, 1)
-    return np.ascontiguousarray((pixels.astype(np.float32) / 255.0 - mean) / std, dtype=np.float32)
+    """uint8 pixels (C, H, W) -> float32, by :func:`modelops.preprocessing.normalize` with the manifest's mean/std."""
+    return normalize(pixels, manifest.preprocessing or {}).numpy()
 
 
 def model_input(tensor: np.ndarray, manifest: Manifest) -> np.ndarray:

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train (or load) a torchvision classifier and save it as a model artifact.",
-        parents=[common_parser()], add_help=add_help,
+        parents=[common_parser(loads_model=False)], add_help=add_help,
     )
     model = parser.add_argument_group("model")
     model.add_argument("--arch", default="resnet18", help="torchvision classification model (default: resnet18)")

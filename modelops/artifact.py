@@ -30,8 +30,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from modelops.arch_inference import command_line_arch, infer_architecture, normalise_state_dict
 from modelops.errors import ArtifactError, UsageError
-from modelops.models import create_model, resize_to_state_dict
+from modelops.model_probe import exported_input_shape, onnx_input_shape, probe
+from modelops.models import check_arch, create_model, resize_to_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ MANIFEST_SUFFIX = ".json"
 SCHEMA_VERSION = 1
 ONNX_INPUT_NAME = "input"
 ONNX_OUTPUT_NAME = "logits"
+FORMAT_NAMES = {"torchscript": "TorchScript", "exported_program": "torch.export ExportedProgram (.pt2)",
+                "onnx": "ONNX", "state_dict": "state_dict", "pickle": "pickled module"}
 
 
 class Manifest(BaseModel):
@@ -66,6 +70,9 @@ class Manifest(BaseModel):
     transform: dict[str, Any] = Field(default_factory=lambda: {"kind": "baseline"})
     lineage: list[dict[str, Any]] = Field(default_factory=list, description="transforms applied since the baseline")
     metrics: dict[str, Any] = Field(default_factory=dict)
+    inferred: dict[str, Any] = Field(
+        default_factory=dict, description="facts the loader worked out because the file did not say them"
+    )
     runtime: dict[str, Any] = Field(default_factory=dict, description="hints for the loader: compile, memory_format")
     sha256: str = ""
     size_mb: float = 0.0
@@ -149,6 +156,8 @@ def read_manifest(path: str | Path) -> Manifest | None:
 
 def _check_path(path: str | Path) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{path} is a directory, not a model file ({', '.join(MODEL_SUFFIXES)})")
     if path.suffix not in MODEL_SUFFIXES:
         raise ArtifactError(
             f"{path}: unsupported extension {path.suffix!r}. Model artifacts end in {', '.join(MODEL_SUFFIXES)}"
@@ -157,6 +166,8 @@ def _check_path(path: str | Path) -> Path:
         raise ArtifactError(
             f"Model file {path} does not exist. Create one with PR3_model_optimization/prepare_model.py"
         )
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"{path} is an empty file (0 bytes), not a model: it was probably cut off while written")
     return path
 
 
@@ -178,12 +189,15 @@ def detect_format(path: str | Path) -> str:
     try:
         import onnx
 
-        onnx.load(str(path), load_external_data=False)
-        return "onnx"
-    except Exception as exc:  # protobuf raises DecodeError, onnx raises its own; all mean the same here
+        graph_nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
+    except Exception:  # protobuf raises DecodeError, onnx raises its own; all mean the same here
+        graph_nodes = 0
+    if graph_nodes == 0:  # any bytes can parse as an empty protobuf message: an ONNX model has a graph
         raise ArtifactError(
-            f"{path} is not a readable model file (not a PyTorch archive nor ONNX): it may be corrupt or truncated"
-        ) from exc
+            f"{path} is not a readable model file (not a PyTorch archive nor an ONNX graph): it may be corrupt "
+            "or truncated"
+        )
+    return "onnx"
 
 
 # --------------------------------------------------------------------------- saving
@@ -257,7 +271,8 @@ class Predictor:
     Attributes:
         manifest: the artifact's manifest (a minimal one is inferred when the file has none).
         path: the model file.
-        backend: ``torch`` (eager), ``torchscript``, ``exported_program`` or ``onnxruntime``.
+        backend: ``torch`` (eager), ``torchscript``, ``exported_program``, ``onnxruntime`` or ``openvino`` (an
+            ONNX artifact whose manifest says ``runtime: {"engine": "openvino"}``).
         module: the ``nn.Module`` behind it, or None for ONNX Runtime.
     """
 
@@ -301,18 +316,18 @@ class Predictor:
         return f"Predictor({self.path}, format={self.manifest.format}, backend={self.backend})"
 
 
-def _infer_manifest(path: Path, fmt: str, model: nn.Module | None = None, arch: str | None = None) -> Manifest:
-    """A minimal manifest for a model file that has none (shape guessed from the model when possible)."""
-    num_classes, input_shape = 0, [3, 224, 224]
-    if model is not None:
-        try:
-            from modelops.models import classifier_layer
-
-            num_classes = classifier_layer(model)[1].out_features
-        except UsageError:
-            pass
-    logger.warning("%s has no manifest (%s); assuming input %s", path, manifest_path(path).name, input_shape)
-    return Manifest(format=fmt, file=path.name, arch=arch, num_classes=num_classes, input_shape=input_shape)
+def _infer_manifest(
+    path: Path, fmt: str, fn: Callable[[torch.Tensor], torch.Tensor], *, arch: str | None = None,
+    input_shape: list[int] | None = None, inferred: dict[str, Any] | None = None,
+) -> Manifest:
+    """A manifest for a model file that has none: input shape and class count from a forward pass of ``fn``."""
+    shape, num_classes = probe(fn, path, input_shape)
+    facts = {**(inferred or {}), "input_shape": shape, "num_classes": num_classes,
+             "input_from": "declared by the file" if input_shape else "a forward pass that ran"}
+    logger.warning("%s has no manifest (%s); using input %s, %d classes", path, manifest_path(path).name, shape,
+                   num_classes)
+    return Manifest(format=fmt, file=path.name, arch=arch, num_classes=num_classes, input_shape=shape,
+                    inferred=facts)
 
 
 def _load_torch_file(path: Path, trust_pickle: bool) -> Any:
@@ -330,44 +345,69 @@ def _load_torch_file(path: Path, trust_pickle: bool) -> Any:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+EAGER_FORMS = ("a state_dict artifact, a bare state_dict (with --arch NAME when it is not recognised) or a whole "
+               "pickled module (with --trust-pickle)")
+
+
 def load_module(path: str | Path, *, trust_pickle: bool = False, arch: str | None = None) -> tuple[nn.Module, Manifest]:
     """Load an artifact as a trainable eager ``nn.Module`` (for pruning, distillation, quantization).
 
-    Only ``state_dict`` and ``pickle`` artifacts hold an eager module; the traced formats are
-    inference-only and give a clear error that says which artifact to use instead.
+    Args:
+        path: a ``state_dict`` artifact, a bare ``state_dict`` (``torch.save(model.state_dict())``) or,
+            with ``trust_pickle``, a whole pickled module.
+        trust_pickle: allow whole pickled modules (runs arbitrary code).
+        arch: the torchvision architecture of a bare state_dict (default: the script's ``--arch``, else
+            identified from the parameter names and shapes; what was identified goes into the manifest).
+
+    The traced formats (TorchScript, ExportedProgram, ONNX) hold no eager module: they raise an
+    :class:`ArtifactError` that names the forms this takes.
     """
     path = _check_path(path)
     manifest = read_manifest(path)
     fmt = manifest.format if manifest else detect_format(path)
     if fmt not in ("state_dict", "pickle"):
-        raise ArtifactError(
-            f"{path} is a {fmt} artifact, which is inference-only. This step needs an eager model: pass the "
-            "state_dict artifact it was made from"
-            + (f" ({manifest.parent['path']})" if manifest and manifest.parent else "")
-        )
+        made_from = f" (it was made from {manifest.parent['path']})" if manifest and manifest.parent else ""
+        raise ArtifactError(f"{path}: {FORMAT_NAMES.get(fmt, fmt)} files are inference-only and this step needs an "
+                            f"eager model: {EAGER_FORMS}{made_from}")
     obj = _load_torch_file(path, trust_pickle)
     if isinstance(obj, nn.Module):
-        model = obj
+        model = obj.eval()
         manifest = manifest or _infer_manifest(path, "pickle", model)
-    elif isinstance(obj, dict):
-        state_dict = obj.get("state_dict", obj)
-        arch = obj.get("arch") or (manifest.arch if manifest else None) or arch
-        if not arch:
-            raise ArtifactError(
-                f"{path} is a bare state_dict with no architecture name: write a manifest or pass the arch"
-            )
-        num_classes = int(obj.get("num_classes") or (manifest.num_classes if manifest else 0))
-        if not num_classes:
-            num_classes = int(next(v.shape[0] for k, v in reversed(list(state_dict.items())) if k.endswith("weight")))
-        model = resize_to_state_dict(create_model(arch, num_classes), state_dict)
-        try:
-            model.load_state_dict(state_dict)
-        except RuntimeError as exc:
-            raise ArtifactError(f"{path}: weights do not fit architecture {arch!r}: {str(exc)[:300]}") from exc
-        manifest = manifest or _infer_manifest(path, "state_dict", model, arch)
-    else:
+        return model, manifest
+    if not isinstance(obj, dict):
         raise ArtifactError(f"{path} holds a {type(obj).__name__}, not a model or state_dict")
+    model, manifest = _module_from_state_dict(path, obj, manifest, arch)
     return model.eval(), manifest
+
+
+def _module_from_state_dict(
+    path: Path, obj: dict[str, Any], manifest: Manifest | None, arch: str | None
+) -> tuple[nn.Module, Manifest]:
+    state_dict = normalise_state_dict(obj)
+    if not state_dict:
+        raise ArtifactError(f"{path} holds a dict with no tensors, not a state_dict")
+    arch = obj.get("arch") or (manifest.arch if manifest else None) or arch or command_line_arch()
+    inferred: dict[str, Any] = {}
+    if arch:
+        check_arch(arch)
+    else:
+        found = infer_architecture(state_dict, path)
+        arch, inferred = found.arch, found.as_manifest_entry()
+    num_classes = int(obj.get("num_classes") or (manifest.num_classes if manifest else 0))
+    if not num_classes:
+        num_classes = int(next(v.shape[0] for k, v in reversed(list(state_dict.items())) if k.endswith("weight")))
+    model = resize_to_state_dict(create_model(arch, num_classes), state_dict)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)[:200]
+        raise ArtifactError(f"{path}: the weights do not fit architecture {arch!r} ({first[:200]}); "
+                            "pass the --arch it was trained as") from exc
+    if manifest is None:
+        manifest = _infer_manifest(path, "state_dict", model.eval(), arch=arch, inferred=inferred)
+    elif inferred:
+        manifest = manifest.model_copy(update={"arch": arch, "inferred": {**manifest.inferred, **inferred}})
+    return model, manifest
 
 
 def _onnx_session(path: Path, threads: int | None, session_config: dict[str, str] | None = None):
@@ -402,6 +442,7 @@ def load_artifact(
     compile: bool | None = None,
     threads: int | None = None,
     ort_session_config: dict[str, str] | None = None,
+    arch: str | None = None,
 ) -> Predictor:
     """Load any artifact as a :class:`Predictor`.
 
@@ -413,6 +454,7 @@ def load_artifact(
         threads: ONNX Runtime intra-op threads (torch uses ``torch.set_num_threads``).
         ort_session_config: extra ONNX Runtime session config entries, e.g.
             ``{"session.intra_op.allow_spinning": "0"}`` so idle threads do not spin (a server sharing its cores).
+        arch: the architecture of a bare state_dict (see :func:`load_module`).
     """
     path = _check_path(path)
     manifest = read_manifest(path)
@@ -421,17 +463,25 @@ def load_artifact(
     want_compile = runtime.get("compile", False) if compile is None else compile
     memory_format = torch.channels_last if runtime.get("memory_format") == "channels_last" else None
 
+    if fmt == "onnx" and manifest is not None and runtime.get("engine") == "openvino":
+        from modelops.runtimes.openvino_predictor import openvino_runner
+
+        run_openvino = openvino_runner(path, threads=threads, precision=runtime.get("precision"))
+        return Predictor(run_openvino, manifest=manifest, path=path, backend="openvino", device="cpu")
+
     if fmt == "onnx":
         session = _onnx_session(path, threads, ort_session_config)
-        manifest = manifest or _infer_manifest(path, fmt)
         input_name = session.get_inputs()[0].name
 
         def run_onnx(batch: torch.Tensor) -> torch.Tensor:
             array = batch.detach().cpu().float().contiguous().numpy()
             return torch.from_numpy(session.run(None, {input_name: array})[0])
 
+        manifest = manifest or _infer_manifest(path, fmt, run_onnx, input_shape=onnx_input_shape(session))
+
         return Predictor(run_onnx, manifest=manifest, path=path, backend="onnxruntime", device="cpu")
 
+    declared_shape: list[int] | None = None
     if fmt == "torchscript":
         try:
             module = torch.jit.load(str(path), map_location=device)
@@ -441,18 +491,20 @@ def load_artifact(
     elif fmt == "exported_program":
         _register_quantized_ops()
         try:
-            module = torch.export.load(str(path)).module()
+            exported = torch.export.load(str(path))
         except Exception as exc:  # deserialisation raises many types; all mean a bad archive
             raise ArtifactError(f"{path} is not a loadable torch.export archive: {str(exc)[:200]}") from exc
-        module = module.to(device)
+        declared_shape = exported_input_shape(exported)
+        module = exported.module().to(device)
         backend = "exported_program"
     else:
-        module, manifest = load_module(path, trust_pickle=trust_pickle)
+        module, manifest = load_module(path, trust_pickle=trust_pickle, arch=arch)
         module = module.to(device)
         if memory_format is not None:
             module = module.to(memory_format=memory_format)
         backend = "torch"
-    manifest = manifest or _infer_manifest(path, fmt, module if isinstance(module, nn.Module) else None)
+    if manifest is None:
+        manifest = _infer_manifest(path, fmt, module, input_shape=declared_shape)
     fn = compile_for_inference(module) if want_compile else module
     return Predictor(
         fn, manifest=manifest, path=path, backend=backend, module=module, device=device, memory_format=memory_format

@@ -13,18 +13,37 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelops.data import DATASET_CHOICES
+from modelops.arch_inference import set_command_line_arch
+from modelops.data import DATASET_CHOICES, DatasetSplits, load_dataset
 from modelops.errors import UsageError
+from modelops.preprocessing import PRESETS
 
 logger = logging.getLogger(__name__)
 
 
-def common_parser() -> argparse.ArgumentParser:
-    """Flags spelled the same in every script; use as ``parents=[common_parser()]``."""
+def common_parser(loads_model: bool = True) -> argparse.ArgumentParser:
+    """Flags spelled the same in every script; use as ``parents=[common_parser()]``.
+
+    Args:
+        loads_model: include ``--arch`` (the architecture of a bare state_dict input); a script that builds
+            a new model instead defines its own ``--arch``.
+    """
     parser = argparse.ArgumentParser(add_help=False)
+    if loads_model:
+        parser.set_defaults(arch_names_input=True)
+        model = parser.add_argument_group("model input")
+        model.add_argument("--arch", default=None,
+                           help="torchvision architecture of a bare state_dict model file, e.g. resnet50 "
+                                "(default: identified from its parameter names and shapes)")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="digits",
                       help=f"{' | '.join(DATASET_CHOICES)} (default: digits, bundled with scikit-learn, offline)")
+    data.add_argument("--preprocessing", default=None, choices=PRESETS,
+                      help="image preprocessing for --dataset imagefolder:PATH; imagenet = resize 256, centre "
+                           "crop 224, ImageNet mean/std (default: resize to --image-size, ImageNet mean/std)")
+    data.add_argument("--labels", default=None, metavar="FILE",
+                      help="class names, one a line in class-index order (default: the dataset's own, e.g. "
+                           "the folder names of imagefolder:PATH)")
     data.add_argument("--image-size", type=int, default=None,
                       help="model input side in pixels (default: the model's manifest, else the dataset's own)")
     data.add_argument("--data-dir", default="data", help="cache for downloadable datasets (default: data)")
@@ -61,6 +80,8 @@ def setup(args: argparse.Namespace) -> None:
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)
+    # Reset on every run, so an --arch never outlives the script (or test) that passed it.
+    set_command_line_arch(getattr(args, "arch", None) if getattr(args, "arch_names_input", False) else None)
     seed = getattr(args, "seed", 0)
     random.seed(seed)
     np.random.seed(seed)
@@ -78,6 +99,26 @@ def split_seed(args: argparse.Namespace, manifest: Any = None) -> int:
         return args.split_seed
     recorded = getattr(manifest, "split_seed", None)
     return recorded if recorded is not None else 0
+
+
+def load_model_dataset(args: argparse.Namespace, manifest: Any, *, dataset: str | None = None) -> DatasetSplits:
+    """The dataset a script's flags name, shaped for the model of ``manifest``.
+
+    ``fake`` takes the model's class count and input size; the split is the model's own (:func:`split_seed`);
+    ``--preprocessing`` and ``--labels`` apply.
+
+    Args:
+        args: the parsed common flags.
+        manifest: the model's manifest (its ``input_shape``, ``num_classes``, ``dataset``).
+        dataset: overrides ``args.dataset`` (default: ``args.dataset``, else the manifest's, else digits).
+    """
+    name = dataset or getattr(args, "dataset", None) or manifest.dataset or "digits"
+    image_size = getattr(args, "image_size", None) or manifest.input_shape[-1]
+    return load_dataset(
+        name, image_size=image_size, seed=split_seed(args, manifest), data_dir=getattr(args, "data_dir", "data"),
+        num_classes=manifest.num_classes if name == "fake" else None,
+        preprocessing=getattr(args, "preprocessing", None), labels_file=getattr(args, "labels", None),
+    )
 
 
 def set_help(parser: argparse.ArgumentParser, dest: str, text: str) -> None:

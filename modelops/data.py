@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from modelops.errors import UsageError
+from modelops.preprocessing import IMAGENET_MEAN, IMAGENET_STD, image_transform, preset
 from modelops.tv_compat import torchvision
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class DatasetSplits:
     std: list[float]
     extra: dict = field(default_factory=dict)
     split_seed: int = 0
+    resize: int | None = None
+    preprocessing_name: str | None = None
 
     def split(self, name: str) -> Dataset:
         if name not in SPLITS:
@@ -54,7 +57,13 @@ class DatasetSplits:
 
     @property
     def preprocessing(self) -> dict:
-        return {"size": self.image_size, "mean": self.mean, "std": self.std, "channels": 3}
+        """What the manifest records and :mod:`modelops.preprocessing` applies when serving."""
+        spec: dict = {"size": self.image_size, "mean": self.mean, "std": self.std, "channels": 3}
+        if self.resize:
+            spec["resize"] = self.resize
+        if self.preprocessing_name:
+            spec["name"] = self.preprocessing_name
+        return spec
 
 
 class AugmentedDataset(Dataset):
@@ -120,6 +129,7 @@ def _load_digits(image_size: int, seed: int) -> DatasetSplits:
 
 
 def _load_fake(image_size: int, seed: int, num_samples: int = 256, num_classes: int = 10) -> DatasetSplits:
+    """Random images and labels (with many classes the split is not stratified: too few of each)."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(num_samples, 3, image_size, image_size, generator=generator)
     labels = torch.randint(0, num_classes, (num_samples,), generator=generator).numpy()
@@ -142,7 +152,7 @@ def _load_cifar10(image_size: int, seed: int, root: Path) -> DatasetSplits:
 
 
 class _ImageFolderView(Dataset):
-    """An ImageFolder read lazily, with resize + normalisation applied per image."""
+    """An ImageFolder read lazily, with :func:`modelops.preprocessing.image_transform` applied per image."""
 
     def __init__(self, folder, indices: np.ndarray, transform) -> None:
         self.folder = folder
@@ -157,9 +167,18 @@ class _ImageFolderView(Dataset):
         return self.transform(image), label
 
 
-def _load_imagefolder(path: str, image_size: int, seed: int) -> DatasetSplits:
-    from torchvision.transforms import v2
+def read_labels(path: str | Path, num_classes: int | None = None) -> list[str]:
+    """Class names from a text file, one a line in class-index order (``--labels FILE``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--labels {path} is not a file (expected one class name a line)")
+    labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if num_classes is not None and len(labels) != num_classes:
+        raise UsageError(f"--labels {path} names {len(labels)} classes but there are {num_classes}")
+    return labels
 
+
+def _load_imagefolder(path: str, image_size: int, seed: int, preprocessing: str | None) -> DatasetSplits:
     root = Path(path)
     if not root.is_dir():
         raise UsageError(f"ImageFolder path {path!r} is not a directory (expected ROOT/<class>/<image files>)")
@@ -170,44 +189,53 @@ def _load_imagefolder(path: str, image_size: int, seed: int) -> DatasetSplits:
     labels = np.asarray(folder.targets, dtype=np.int64)
     idx = split_indices(labels, seed)
     # ImageNet statistics: the usual choice for photos and for pretrained torchvision weights.
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    transform = v2.Compose([
-        v2.ToImage(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size),
-        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
-    ])
+    spec = preset(preprocessing, image_size) if preprocessing else {
+        "resize": image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    transform = image_transform(spec, [3, image_size, image_size])
     parts = {s: _ImageFolderView(folder, i, transform) for s, i in idx.items()}
     return DatasetSplits(
         name=f"imagefolder:{path}", **parts, num_classes=len(folder.classes), labels=list(folder.classes),
-        image_size=image_size, mean=mean, std=std,
+        image_size=image_size, mean=spec["mean"], std=spec["std"], resize=spec["resize"],
+        preprocessing_name=preprocessing,
     )
 
 
 def load_dataset(
-    name: str, *, image_size: int | None = None, seed: int = 0, data_dir: str | Path = "data"
+    name: str, *, image_size: int | None = None, seed: int = 0, data_dir: str | Path = "data",
+    num_classes: int | None = None, preprocessing: str | None = None, labels_file: str | Path | None = None,
 ) -> DatasetSplits:
     """Load a dataset by its ``--dataset`` name.
 
     Args:
         name: ``digits``, ``cifar10``, ``imagefolder:PATH`` or ``fake``.
-        image_size: side of the square model input (default: the dataset's own, 32 for digits).
+        image_size: side of the square model input (default: the dataset's own, 32 for digits; 224 with
+            ``preprocessing="imagenet"``).
         seed: split seed; the same seed always gives the same split.
         data_dir: where downloadable datasets are cached.
+        num_classes: class count of ``fake`` (default 10; pass the model's so any head fits).
+        preprocessing: a preset of :mod:`modelops.preprocessing` for ``imagefolder`` (``imagenet``).
+        labels_file: class names, one a line, replacing the dataset's own (``--labels``).
     """
     kind, _, arg = name.partition(":")
     if kind not in DEFAULT_IMAGE_SIZE or (kind == "imagefolder") != bool(arg):
         raise UsageError(f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASET_CHOICES)}")
+    if preprocessing is not None and kind != "imagefolder":
+        raise UsageError(f"--preprocessing {preprocessing} applies to image files (--dataset imagefolder:PATH), "
+                         f"not to {kind}")
     size = image_size or DEFAULT_IMAGE_SIZE[kind]
     if size < 8:
         raise UsageError(f"Image size {size} is too small (at least 8)")
     if kind == "digits":
         data = _load_digits(size, seed)
     elif kind == "fake":
-        data = _load_fake(size, seed)
+        data = _load_fake(size, seed, num_classes=num_classes or 10)
     elif kind == "cifar10":
         data = _load_cifar10(size, seed, Path(data_dir))
     else:
-        data = _load_imagefolder(arg, size, seed)
+        data = _load_imagefolder(arg, size, seed, preprocessing)
     data.split_seed = seed
+    if labels_file is not None:
+        data.labels = read_labels(labels_file, data.num_classes)
     return data
 
 

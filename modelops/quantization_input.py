@@ -1,0 +1,98 @@
+"""What a quantizer can start from, for every form a model is saved in.
+
+Quantization needs one of: an eager module (eager and FX quantization, PT2E after ``torch.export``, ONNX
+export), an fp32 ``torch.export`` ExportedProgram (PT2E starts from one), or an fp32 ONNX file (ONNX Runtime
+quantizes it directly). :func:`load_for_quantization` gives the one a file holds; a TorchScript file only
+runs, so it is converted to ONNX (the TorchScript-based ONNX exporter reads scripted and traced modules).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from modelops.artifact import (
+    ONNX_INPUT_NAME,
+    ONNX_OUTPUT_NAME,
+    Manifest,
+    detect_format,
+    load_artifact,
+    load_module,
+    read_manifest,
+)
+from modelops.errors import ArtifactError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class QuantizationInput:
+    """The model to quantize, in the richest form its file allows (exactly one of the three is set).
+
+    Attributes:
+        manifest: the file's manifest, or the one inferred for it (shape, classes, ``inferred``).
+        path: the file given.
+        module: an eager module (``state_dict`` and ``pickle`` files).
+        exported: an fp32 ExportedProgram (``.pt2`` files), for PT2E.
+        onnx_path: an fp32 ONNX file (``.onnx`` files, and TorchScript converted), for ONNX Runtime.
+    """
+
+    manifest: Manifest
+    path: Path
+    module: nn.Module | None = None
+    exported: torch.export.ExportedProgram | None = None
+    onnx_path: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        return "eager" if self.module is not None else "exported_program" if self.exported is not None else "onnx"
+
+
+def load_for_quantization(
+    path: str | Path, *, trust_pickle: bool = False, arch: str | None = None, work_dir: str | Path | None = None
+) -> QuantizationInput:
+    """Load ``path`` as a :class:`QuantizationInput`.
+
+    Args:
+        path: any model file the shared loader reads.
+        trust_pickle: allow whole pickled modules.
+        arch: the architecture of a bare state_dict (default: ``--arch``, else identified).
+        work_dir: where a TorchScript file's ONNX conversion is written (default: a new temporary folder).
+    """
+    path = Path(path)
+    manifest = read_manifest(path) if path.is_file() else None
+    fmt = manifest.format if manifest else detect_format(path) if path.is_file() and path.stat().st_size else None
+    if fmt in ("onnx", "exported_program", "torchscript"):
+        predictor = load_artifact(path, compile=False)  # checks the file and infers a manifest when it has none
+        if fmt == "onnx":
+            return QuantizationInput(predictor.manifest, path, onnx_path=path)
+        if fmt == "exported_program":
+            return QuantizationInput(predictor.manifest, path, exported=torch.export.load(str(path)))
+        onnx_path = Path(work_dir or tempfile.mkdtemp(prefix="torchscript_onnx_")) / f"{path.stem}.fp32.onnx"
+        torchscript_to_onnx(predictor.module, onnx_path, predictor.manifest.input_shape, path)
+        return QuantizationInput(predictor.manifest, path, onnx_path=onnx_path)
+    module, manifest = load_module(path, trust_pickle=trust_pickle, arch=arch)
+    return QuantizationInput(manifest, path, module=module)
+
+
+def torchscript_to_onnx(module: torch.jit.ScriptModule, out: Path, input_shape: list[int], source: Path) -> None:
+    """Export a TorchScript module to ONNX with a dynamic batch dimension, or say what to pass instead."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, *input_shape)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(module, (example,), str(out), dynamo=False, opset_version=17,
+                              input_names=[ONNX_INPUT_NAME], output_names=[ONNX_OUTPUT_NAME],
+                              dynamic_axes={ONNX_INPUT_NAME: {0: "batch"}, ONNX_OUTPUT_NAME: {0: "batch"}})
+    except Exception as exc:  # the exporter raises many types for ops it cannot map
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ArtifactError(
+            f"{source} is TorchScript, which is quantized through an ONNX export, and the export failed ({first}); "
+            "quantize the model's state_dict (with --arch) or an ONNX file instead"
+        ) from exc
+    logger.info("%s: TorchScript converted to ONNX for quantization (%s)", source, out)
