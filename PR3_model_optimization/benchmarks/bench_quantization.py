@@ -1,27 +1,35 @@
-"""Quantization benchmark: fp32 eager vs fp32 ONNX Runtime vs int8 ONNX Runtime, side by side in ONE run.
+"""Quantization benchmark: fp32 eager vs every int8 and bf16 runtime, side by side in ONE run.
 
 Part 1 (speed and size): random-weight torchvision ResNet-18 and ResNet-50 at 224x224, 1000 classes,
-quantized with the script's default static config (ONNX Runtime, QDQ, per-channel int8 weights,
-first conv in float), timed interleaved (A B C A B C ...) at batch 1 and 16. The total speed-up over
-fp32 eager is split into the runtime's share (fp32 eager -> fp32 on ONNX Runtime) and int8's share
-(fp32 ONNX Runtime -> int8 ONNX Runtime). ``--pt2e`` adds torchao PT2E int8 run through
-torch.compile (costs a cold compile per model and batch size).
+quantized with the script's static config (per-channel int8 weights, first conv in float) by every
+backend: ONNX Runtime (QDQ), OpenVINO (NNCF int8 of the same ONNX file, compiled by OpenVINO) and, with
+``--pt2e``, torchao PT2E run through torch.compile. Where the CPU has AVX512-BF16 or AMX-BF16, the fp32
+ONNX file on OpenVINO in bf16 (and, with ``--pt2e``, the bf16 model compiled by inductor) runs beside
+them. All are loaded through the shared loader and timed interleaved at batch 1 and 16; the ``auto``
+columns are the int8 contender ``--backend auto`` keeps on speed (best geometric-mean speed-up over the
+batch sizes). Each contender's cold start (load, compile, first call) is reported apart from its
+steady-state latency. The fp32 ONNX Runtime column splits ONNX Runtime's speed-up into the runtime's
+share and int8's share.
 
 Part 2 (accuracy): a ResNet-18 trained on ``digits`` (``--digits-model``), quantized by
-model_quantization.py with its defaults: top-1 on the test split before and after.
+model_quantization.py with its defaults (auto int8), with the accuracy-aware search, and in bf16:
+top-1 on the test split before and after.
 
-    python PR3_model_optimization/benchmarks/bench_quantization.py --threads 2 --output runs/bench_quantization
+    python PR3_model_optimization/benchmarks/bench_quantization.py --threads 2 --pt2e \
+        --output runs/bench_quantization
 
-Goals (issue 3): ResNet-50 >= 4.5x at batch 1 and >= 6x at batch 16, ResNet-18 >= 4.5x at both,
-int8 file <= 30% of fp32, top-1 drop <= 0.3 points on digits.
+Goals (speed-up of the auto choice over fp32 eager): on a CPU with AMX-INT8, ResNet-50 >= 8x at batch 1
+and >= 12x at batch 16, ResNet-18 >= 6x at both; elsewhere ResNet-50 >= 4.5x / 6x, ResNet-18 >= 4.5x;
+int8 file <= 30% of fp32; top-1 drop <= 0.3 points on digits (bf16: <= 0.1).
 """
-
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -38,15 +46,19 @@ from modelops.errors import UsageError
 from modelops.evaluate import accuracy, predict_logits
 from modelops.models import create_model
 from modelops.results import markdown_table, write_results
+from modelops.runtimes.openvino_predictor import openvino_available
 from modelops.timing import interleaved_latency
 from PR3_model_optimization import model_quantization as mq
+from PR3_model_optimization.quantization.bf16 import bf16_support, save_bf16_program
 from PR3_model_optimization.quantization.config import QuantConfig
 from PR3_model_optimization.quantization.onnxruntime_backend import prepare_onnx, quantize_onnx
+from PR3_model_optimization.quantization.openvino_backend import nncf_available, quantize_nncf
 from PR3_model_optimization.quantization.pt2e_backend import quantize_pt2e, save_pt2e
 
 logger = logging.getLogger(__name__)
 
-GOALS = {("resnet18", 1): 4.5, ("resnet18", 16): 4.5, ("resnet50", 1): 4.5, ("resnet50", 16): 6.0}
+GOALS_AMX = {("resnet18", 1): 6.0, ("resnet18", 16): 6.0, ("resnet50", 1): 8.0, ("resnet50", 16): 12.0}
+GOALS_OTHER = {("resnet18", 1): 4.5, ("resnet18", 16): 4.5, ("resnet50", 1): 4.5, ("resnet50", 16): 6.0}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -61,8 +73,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--rounds-batch1", type=int, default=20, help="timed rounds at batch 1 (default: 20)")
     parser.add_argument("--calibration-batches", type=int, default=4,
                         help="random calibration batches of 8 for the random-weight models (default: 4)")
-    parser.add_argument("--pt2e", action="store_true", help="also time torchao PT2E int8 + torch.compile "
-                        "(default: off; adds a cold compile per model and batch size)")
+    parser.add_argument("--pt2e", action="store_true", help="also time torchao PT2E int8 (and bf16 with --bf16) "
+                        "run through torch.compile (default: off; adds a cold compile per model and batch size)")
+    parser.add_argument("--no-openvino", dest="openvino", action="store_false",
+                        help="leave out OpenVINO (NNCF int8, bf16) (default: in, where openvino is installed)")
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false",
+                        help="leave out the bf16 columns (default: in, where the CPU has AVX512-BF16 or AMX-BF16)")
     parser.add_argument("--digits-model", default="models/resnet18.pt",
                         help="ResNet-18 trained on digits for the accuracy part; skipped if missing "
                              "(default: models/resnet18.pt)")
@@ -79,72 +95,106 @@ def _median(values: list[float]) -> float:
     return float(torch.tensor(values).median())
 
 
-def speed_part(args: argparse.Namespace, arch: str, work: Path) -> list[dict[str, Any]]:
-    """Build fp32/int8 artifacts of a random-weight ``arch`` and time them interleaved per batch size."""
-    torch.manual_seed(0)
-    model = create_model(arch, 1000).eval()
-    shape = [3, args.image_size, args.image_size]
-    manifest = Manifest(arch=arch, num_classes=1000, input_shape=shape, dataset="fake",
-                        transform={"kind": "baseline", "source": "random"})
+def build_contenders(args: argparse.Namespace, arch: str, model: torch.nn.Module, manifest: Manifest, work: Path,
+                     ) -> tuple[dict[str, Any], dict[str, float]]:
+    """fp32 and int8/bf16 artifacts of one model, loaded the way the shared loader serves them; their sizes."""
+    shape = manifest.input_shape
     fp32_path = work / f"{arch}.pt"
     save_artifact(model, fp32_path, manifest)
     calibration = [torch.randn(8, *shape) for _ in range(args.calibration_batches)]
     config = QuantConfig(calibration_batches=args.calibration_batches, keep_float=("conv1",))
 
+    def artifact(path: Path, fmt: str, **runtime: Any) -> Path:
+        transform = {"kind": "quantization", "backend": runtime.get("engine", fmt)}
+        write_manifest(path, manifest.derive(parent_path=fp32_path, transform=transform, runtime=runtime), fmt=fmt)
+        return path
+
     started = time.perf_counter()
     prepared = prepare_onnx(model, calibration[0][:2], work)
-    write_manifest(prepared, manifest.derive(parent_path=fp32_path, transform={"kind": "export"}), fmt="onnx")
-    int8_path = work / f"{arch}_int8.onnx"
-    quantize_onnx(prepared, int8_path, config, calibration)
-    write_manifest(int8_path, manifest.derive(parent_path=fp32_path, transform=config.transform()), fmt="onnx")
-    logger.info("%s: ONNX export + int8 quantization took %.0f s", arch, time.perf_counter() - started)
-    sizes = {"fp32_mb": file_size_mb(fp32_path), "int8_mb": file_size_mb(int8_path)}
-
-    contenders = {
-        "fp32 eager": model,
-        "fp32 onnxruntime": load_artifact(prepared, threads=args.threads),
-        "int8 onnxruntime": load_artifact(int8_path, threads=args.threads),
-    }
+    artifact(prepared, "onnx")
+    paths = {"fp32 onnxruntime": prepared}
+    quantize_onnx(prepared, work / f"{arch}_int8.onnx", config, calibration)
+    paths["int8 onnxruntime"] = artifact(work / f"{arch}_int8.onnx", "onnx")
+    if args.openvino:
+        quantize_nncf(prepared, work / f"{arch}_int8_ov.onnx", config, calibration)
+        paths["int8 openvino"] = artifact(work / f"{arch}_int8_ov.onnx", "onnx", engine="openvino")
+        if args.bf16:
+            shutil.copyfile(prepared, work / f"{arch}_bf16_ov.onnx")
+            paths["bf16 openvino"] = artifact(work / f"{arch}_bf16_ov.onnx", "onnx", engine="openvino",
+                                              precision="bf16")
     if args.pt2e:
-        graph = quantize_pt2e(model, calibration[0][:2], QuantConfig(backend="pt2e", keep_float=("conv1",)),
-                              calibration)
-        pt2e_path = work / f"{arch}_int8.pt2"
-        save_pt2e(graph, pt2e_path, calibration[0][:2])
-        write_manifest(pt2e_path, manifest.derive(parent_path=fp32_path, transform={"kind": "quantization"},
-                                                  runtime={"compile": True}), fmt="exported_program")
-        contenders["int8 pt2e+compile"] = load_artifact(pt2e_path)
-        sizes["pt2e_mb"] = file_size_mb(pt2e_path)
+        graph = quantize_pt2e(model, calibration[0][:2], config.with_(backend="pt2e"), calibration)
+        save_pt2e(graph, work / f"{arch}_int8.pt2", calibration[0][:2])
+        paths["int8 pt2e+compile"] = artifact(work / f"{arch}_int8.pt2", "exported_program", compile=True)
+        if args.bf16:
+            save_bf16_program(model, calibration[0][:2], work / f"{arch}_bf16.pt2")
+            paths["bf16 inductor"] = artifact(work / f"{arch}_bf16.pt2", "exported_program", compile=True)
+    logger.info("%s: export, quantization and bf16 builds took %.0f s", arch, time.perf_counter() - started)
+    contenders: dict[str, Any] = {"fp32 eager": model}
+    cold_s: dict[str, float] = {}
+    for name, path in paths.items():
+        started = time.perf_counter()
+        contenders[name] = load_artifact(path, threads=args.threads)
+        with torch.inference_mode():
+            contenders[name](calibration[0][:1])  # the cold start: load + compile + first call
+        cold_s[name] = round(time.perf_counter() - started, 2)
+    sizes = {"fp32_mb": file_size_mb(fp32_path), **{name: file_size_mb(path) for name, path in paths.items()}}
+    return contenders, {**sizes, **{f"cold {name}": s for name, s in cold_s.items()}}
 
-    rows = []
+
+def auto_pick(ms_by_batch: dict[int, dict[str, float]]) -> str:
+    """The int8 contender that ``--backend auto`` keeps on speed: best geometric-mean speed-up over fp32 eager."""
+    names = [n for n in next(iter(ms_by_batch.values())) if n.startswith("int8 ")]
+
+    def geomean(name: str) -> float:
+        ratios = [ms["fp32 eager"] / ms[name] for ms in ms_by_batch.values()]
+        return math.prod(ratios) ** (1 / len(ratios))
+
+    return max(names, key=geomean)
+
+
+def speed_part(args: argparse.Namespace, arch: str, work: Path) -> list[dict[str, Any]]:
+    """Build fp32/int8/bf16 artifacts of a random-weight ``arch`` and time them interleaved per batch size."""
+    torch.manual_seed(0)
+    model = create_model(arch, 1000).eval()
+    manifest = Manifest(arch=arch, num_classes=1000, input_shape=[3, args.image_size, args.image_size],
+                        dataset="fake", transform={"kind": "baseline", "source": "random"})
+    contenders, sizes = build_contenders(args, arch, model, manifest, work)
+    ms_by_batch: dict[int, dict[str, float]] = {}
+    loads: dict[int, float] = {}
     for batch_size in args.batch_sizes:
-        batch = torch.randn(batch_size, *shape)
+        batch = torch.randn(batch_size, *manifest.input_shape)
         rounds = args.rounds_batch1 if batch_size == 1 else args.rounds
-        load = os.getloadavg()[0]
+        loads[batch_size] = os.getloadavg()[0]
         samples = interleaved_latency(contenders, batch, warmup=2, rounds=rounds)
-        ms = {name: _median(values) for name, values in samples.items()}
-        eager, runtime, int8 = ms["fp32 eager"], ms["fp32 onnxruntime"], ms["int8 onnxruntime"]
-        goal = GOALS.get((arch, batch_size))
-        row = {
-            "arch": arch, "batch_size": batch_size, "rounds": rounds,
-            "fp32_eager_ms_p50": round(eager, 2), "fp32_ort_ms_p50": round(runtime, 2),
-            "int8_ort_ms_p50": round(int8, 2),
-            "speedup_int8_vs_eager": round(eager / int8, 2),
-            "runtime_share": round(eager / runtime, 2), "int8_share": round(runtime / int8, 2),
-        }
-        if args.pt2e:
-            row["int8_pt2e_ms_p50"] = round(ms["int8 pt2e+compile"], 2)
-            row["speedup_pt2e_vs_eager"] = round(eager / ms["int8 pt2e+compile"], 2)
-            row["pt2e_size_ratio"] = round(sizes["pt2e_mb"] / sizes["fp32_mb"], 3)
-        row.update({
-            "fp32_size_mb": round(sizes["fp32_mb"], 2), "int8_size_mb": round(sizes["int8_mb"], 2),
-            "size_ratio": round(sizes["int8_mb"] / sizes["fp32_mb"], 3),
-            "goal_speedup": goal, "meets_goal": goal is not None and eager / int8 >= goal,
-            "load_avg_1m": round(load, 1),
-        })
-        logger.info("%s b%d: eager %.1f ms, ORT fp32 %.1f ms, ORT int8 %.1f ms -> %.2fx", arch, batch_size, eager,
-                    runtime, int8, eager / int8)
-        rows.append(row)
-    return rows
+        ms_by_batch[batch_size] = {name: _median(values) for name, values in samples.items()}
+    chosen = auto_pick(ms_by_batch)
+    return [speed_row(arch, b, ms, sizes, chosen, loads[b]) for b, ms in ms_by_batch.items()]
+
+
+def speed_row(arch: str, batch_size: int, ms: dict[str, float], sizes: dict[str, float], chosen: str,
+              load: float) -> dict[str, Any]:
+    """One (model, batch size) row: every contender's median ms and speed-up over fp32 eager, sizes, cold starts."""
+    eager, runtime, int8 = ms["fp32 eager"], ms["fp32 onnxruntime"], ms["int8 onnxruntime"]
+    goal = (GOALS_AMX if cpu_info()["has_amx_int8"] else GOALS_OTHER).get((arch, batch_size))
+    row: dict[str, Any] = {"arch": arch, "batch_size": batch_size, "fp32_eager_ms_p50": round(eager, 2)}
+    for name, value in ms.items():
+        if name != "fp32 eager":
+            key = name.replace(" ", "_").replace("+", "_")
+            row[f"{key}_ms_p50"] = round(value, 2)
+            row[f"{key}_speedup"] = round(eager / value, 2)
+    row.update({
+        "runtime_share": round(eager / runtime, 2), "int8_share": round(runtime / int8, 2),
+        "auto_choice": chosen, "auto_ms_p50": round(ms[chosen], 2), "auto_speedup": round(eager / ms[chosen], 2),
+        "fp32_size_mb": round(sizes["fp32_mb"], 2),
+        "auto_size_ratio": round(sizes[chosen] / sizes["fp32_mb"], 3),
+        **{f"cold_s_{k[5:].replace(' ', '_')}": v for k, v in sizes.items() if k.startswith("cold ")},
+        "goal_speedup": goal, "meets_goal": goal is not None and eager / ms[chosen] >= goal,
+        "load_avg_1m": round(load, 1),
+    })
+    logger.info("%s b%d: eager %.1f ms, auto (%s) %.1f ms -> %.2fx", arch, batch_size, eager, chosen, ms[chosen],
+                eager / ms[chosen])
+    return row
 
 
 def accuracy_part(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -161,22 +211,25 @@ def accuracy_part(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     fp32_logits, targets = predict_logits(fp32, loader)
     fp32_acc = accuracy(fp32_logits, targets)
     rows = []
-    runs = {"default static": [],
+    runs = {"default (auto int8)": [],
             "--max-accuracy-drop 0.3": ["--max-accuracy-drop", "0.3", "--backend", "onnxruntime",
                                         "--max-trials", str(args.search_trials)]}
+    if args.bf16:
+        runs["bf16 (auto)"] = ["--quantization-method", "bf16"]
     for name, flags in runs.items():
         save = work / f"digits_int8_{len(rows)}.onnx"
         summary = mq.main(mq.get_args_parser().parse_args(
             ["--model", str(model_path), "--save-path", str(save), "--threads", str(args.threads),
              "--latency-rounds", "5", *flags]))
-        int8_logits, _ = predict_logits(load_artifact(save, threads=args.threads), loader)
-        int8_acc = accuracy(int8_logits, targets)
+        logits, _ = predict_logits(load_artifact(save, threads=args.threads), loader)
+        test_acc = accuracy(logits, targets)
         rows.append({
-            "run": name, "config": summary["config"], "trials": summary["trials"], "test_samples": len(targets),
-            "fp32_test_top1": round(fp32_acc, 2), "int8_test_top1": round(int8_acc, 2),
-            "top1_drop_points": round(fp32_acc - int8_acc, 2), "val_drop_points": summary["accuracy_drop"],
+            "run": name, "backend": summary["backend"], "config": summary["config"], "trials": summary["trials"],
+            "test_samples": len(targets), "fp32_test_top1": round(fp32_acc, 2), "test_top1": round(test_acc, 2),
+            "top1_drop_points": round(fp32_acc - test_acc, 2), "val_drop_points": summary["accuracy_drop"],
             "agreement_val": summary["top1_agreement"], "size_ratio": summary["size_ratio"],
-            "speedup_b16_vs_eager": summary["speedup"], "meets_goal": fp32_acc - int8_acc <= 0.3,
+            "speedup_b16_vs_eager": summary["speedup"],
+            "meets_goal": fp32_acc - test_acc <= (0.1 if summary["method"] == "bf16" else 0.3),
         })
     return rows
 
@@ -187,6 +240,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if not archs or any(b < 1 for b in args.batch_sizes):
         raise UsageError("--archs and --batch-sizes need at least one model and positive batch sizes")
     torch.set_num_threads(args.threads)
+    if args.openvino and (not openvino_available() or not nncf_available()):
+        logger.warning("openvino or nncf is not installed: no OpenVINO columns")
+        args.openvino = False
+    if args.bf16 and not bf16_support()[0]:
+        logger.warning("no bf16 columns: %s", bf16_support()[1])
+        args.bf16 = False
     out = Path(args.output)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -198,7 +257,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     info = cpu_info()
     result = {
         "machine": f"{info['cpu_model']}, {info['usable_cores']} usable cores, "
-                   f"avx512_vnni={info['has_avx512_vnni']}, amx={info['has_amx_int8']}",
+                   f"avx512_vnni={info['has_avx512_vnni']}, avx512_bf16={info['has_avx512_bf16']}, "
+                   f"amx={info['has_amx_int8']}",
         "threads": args.threads, "image_size": args.image_size, "speed": rows, "digits_accuracy": digits,
         "total_s": round(time.perf_counter() - started, 1),
     }

@@ -69,7 +69,8 @@ class OpenVinoRunner:
         except RuntimeError as exc:
             raise ArtifactError(f"OpenVINO cannot compile {path}: {str(exc).splitlines()[0][:300]}") from exc
         self.compile_s = time.perf_counter() - started
-        self.precision = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
+        hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
 
