@@ -22,6 +22,7 @@ import yaml
 from modelops.cli import run_cli
 from PR1_horizontal_pod_autoscaling import validate_manifests as vm
 from PR1_horizontal_pod_autoscaling.manifest_checks.metrics import exposed_series_names, promql_metric_names
+from PR1_horizontal_pod_autoscaling.measure_footprint import random_model_registry
 from PR2_async_inference import settings as pr2_settings
 
 PR1 = vm.HERE
@@ -353,28 +354,14 @@ def test_cli_reports_and_exit_codes(pr1_copy: Path, capsys: pytest.CaptureFixtur
 # ------------------------------------------------------------------------------------- the running services
 
 
-def _tiny_registry(tmp_path: Path) -> Path:
-    """A registry with one random-weight ResNet-18 at 32x32: the worker only has to load it."""
-    from modelops.artifact import Manifest, save_artifact
-    from modelops.models import create_model
-
-    model_path = tmp_path / "tiny.pt"
-    save_artifact(create_model("resnet18", 10), model_path,
-                  Manifest(arch="resnet18", num_classes=10, input_shape=[3, 32, 32], dataset="fake",
-                           labels=[str(i) for i in range(10)]))
-    registry = tmp_path / "registry.yaml"
-    registry.write_text(yaml.safe_dump({"default_model": "image_classification", "models": {
-        "image_classification": {"artifact": str(model_path), "max_batch_size": 16}}}))
-    return registry
-
-
 @pytest.fixture(scope="module")
 def live_metric_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
-    """Series names served by a real API and a real worker (with a Tansu broker) on 127.0.0.1."""
+    """Series names served by a real API and a real worker (with the local stack's broker) on 127.0.0.1."""
     from PR2_async_inference import local_stack
 
     tmp = tmp_path_factory.mktemp("k8s_live")
-    stack = local_stack.start_stack(_tiny_registry(tmp), workers=1, log_dir=tmp / "logs")
+    # One random-weight ResNet-18 at 32x32: the worker only has to load it.
+    stack = local_stack.start_stack(random_model_registry(tmp, "resnet18", 32), workers=1, log_dir=tmp / "logs")
     try:
         texts = []
         for url in (f"{stack.api_url}/metrics", f"{stack.workers[0].info['metrics_url']}/metrics"):
