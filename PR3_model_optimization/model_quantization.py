@@ -1,16 +1,24 @@
-"""Quantize a model artifact to int8 and say plainly what int8 did for it.
+"""Quantize a model artifact to int8 (or bf16) and say plainly what it did for it.
 
     python PR3_model_optimization/model_quantization.py --model models/resnet50.pt \\
         --quantization-method static --save-path models/quantized_model.pt
 
 Methods: ``static`` (post-training, calibrated on ``--calibration-batches`` real batches of the train
 split), ``dynamic`` (Linear/LSTM only: refused for models where those layers carry little of the
-compute), ``qat`` (a short fine-tune with fake quantization, then convert). Backends: ``onnxruntime``
-(default: fastest and smallest here; the saved file is ONNX whatever its name) and ``pt2e`` (torchao,
-saved as a ``torch.export`` archive the loader runs through ``torch.compile``).
+compute), ``qat`` (a short fine-tune with fake quantization, then convert), ``bf16`` (no calibration:
+the float model run in bfloat16; only on CPUs with AVX512-BF16 or AMX-BF16, elsewhere it exits 2).
 
-``--max-accuracy-drop X`` tries several configurations and keeps the FASTEST one whose validation
-accuracy is within X points of fp32, saving the best so far after every trial.
+Backends: ``onnxruntime`` (QDQ ONNX), ``pt2e`` (torchao, a ``torch.export`` archive the loader runs through
+``torch.compile``), ``openvino`` (NNCF int8 ONNX, or the fp32 ONNX in bf16, run by OpenVINO). The saved
+file keeps the name it is given whatever its format; the manifest says the format and the runtime.
+``--backend auto`` (the default for static and bf16) quantizes with every backend installed, times
+each backend's result beside fp32 eager on this host at batch 1 and ``--latency-batch-size``, and keeps the
+fastest within ``--max-accuracy-drop`` (default 1 point for int8, 0.1 for bf16); it prints a table of the
+candidates and records them, the CPU model and its ISA flags, the choice and why in the manifest
+(``metrics.backend_selection``). The CPU outlook printed first is only a hint: the measurement decides.
+
+``--max-accuracy-drop X`` also tries several configurations per backend and keeps the FASTEST one whose
+validation accuracy is within X points of fp32.
 """
 
 from __future__ import annotations
@@ -37,9 +45,20 @@ from modelops.evaluate import accuracy, predict_logits, top1_agreement
 from modelops.results import markdown_table, write_results
 from modelops.selection import pick_best as select_best
 from modelops.timing import interleaved_latency
+from PR3_model_optimization.quantization.auto import (
+    AUTO,
+    AUTO_DEFAULT_MAX_DROP,
+    Candidate,
+    Selection,
+    auto_candidates,
+    select,
+    unavailable_candidates,
+)
 from PR3_model_optimization.quantization.backends import BACKENDS, REGISTRY, Quantizer
+from PR3_model_optimization.quantization.bf16 import bf16_support
 from PR3_model_optimization.quantization.config import (
     ACTIVATION_TYPES,
+    BF16_BACKENDS,
     CALIBRATION_METHODS,
     METHODS,
     QuantConfig,
@@ -58,7 +77,8 @@ TRIAL_COLUMNS = ("trial", "config", "val_accuracy", "accuracy_drop", "top1_agree
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Quantize a model artifact to int8 (ONNX Runtime or torchao PT2E) and report what it gained.",
+        description="Quantize a model artifact to int8 or bf16 with the backend measured fastest here (ONNX Runtime, "
+                    "torchao PT2E, OpenVINO) and report what it gained.",
         parents=[common_parser()], add_help=add_help,
     )
     # The data must match the model: default to the dataset recorded in its manifest.
@@ -68,10 +88,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    "pruning or distillation)")
     q.add_argument("--quantization-method", default="static", choices=METHODS,
                    help="static: calibrated post-training int8; dynamic: Linear/LSTM only; qat: short fine-tune "
-                        "with fake quantization (default: static)")
+                        "with fake quantization; bf16: bf16 execution, no calibration, on CPUs with AVX512-BF16 or "
+                        "AMX-BF16 (default: static)")
     q.add_argument("--backend", default=None,
-                   help=f"{' | '.join(BACKENDS)} (default: onnxruntime; pt2e for qat; both in the "
-                        "--max-accuracy-drop search)")
+                   help=f"{' | '.join((AUTO, *BACKENDS))}: auto quantizes with every backend installed, times them "
+                        "on this host and keeps the fastest within --max-accuracy-drop (default: auto; onnxruntime "
+                        "for dynamic, pt2e for qat)")
     q.add_argument("--save-path", default=None,
                    help="where to write the int8 model; the name is kept even if the format differs, the manifest "
                         "says the format (default: <model dir>/<model name>_int8.onnx|.pt2)")
@@ -119,7 +141,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse bad flag values before any work, naming the value and the allowed set."""
     check_choice("quantization method", args.quantization_method, METHODS)
     if args.backend is not None:
-        check_choice("backend", args.backend, BACKENDS)
+        check_choice("backend", args.backend, (AUTO, *BACKENDS))
     check_positive("--calibration-batch-size", args.calibration_batch_size)
     if args.calibration_batches < 1 and args.quantization_method == "static":
         raise UsageError(f"Static quantization needs calibration data: --calibration-batches must be at least 1, "
@@ -130,8 +152,8 @@ def check_args(args: argparse.Namespace) -> None:
     check_positive("--qat-lr", args.qat_lr)
     check_positive("--max-accuracy-drop", args.max_accuracy_drop, allow_zero=True)
     check_positive("--max-trials", args.max_trials)
-    if args.max_accuracy_drop is not None and args.quantization_method != "static":
-        raise UsageError("--max-accuracy-drop searches static quantization configurations; "
+    if args.max_accuracy_drop is not None and args.quantization_method not in ("static", "bf16"):
+        raise UsageError("--max-accuracy-drop searches static int8 or bf16 candidates; "
                          f"drop it or use --quantization-method static (got {args.quantization_method})")
     if args.quantization_method == "qat" and args.backend == "onnxruntime":
         raise UsageError("QAT is implemented with torchao PT2E: use --backend pt2e (or leave --backend unset)")
@@ -146,7 +168,8 @@ def check_not_quantized(path: Path) -> None:
 
 
 def resolve_backend(args: argparse.Namespace) -> str:
-    return args.backend or ("pt2e" if args.quantization_method == "qat" else "onnxruntime")
+    """``--backend``, else the method's default: pt2e for qat, onnxruntime for dynamic, auto otherwise."""
+    return args.backend or {"qat": "pt2e", "dynamic": "onnxruntime"}.get(args.quantization_method, AUTO)
 
 
 def resolve_keep_float(tokens: Sequence[str], model: nn.Module, arch: str | None) -> tuple[str, ...]:
@@ -163,8 +186,9 @@ def resolve_keep_float(tokens: Sequence[str], model: nn.Module, arch: str | None
     return tuple(dict.fromkeys(names))
 
 
-def default_save_path(model_path: Path, backend: str) -> Path:
-    return model_path.with_name(f"{model_path.stem}_int8{REGISTRY[backend].suffix}")
+def default_save_path(model_path: Path, backend: str, method: str = "static") -> Path:
+    dtype = "bf16" if method == "bf16" else "int8"
+    return model_path.with_name(f"{model_path.stem}_{dtype}{REGISTRY[backend].suffix}")
 
 
 def search_space(base: QuantConfig, sensitive: Sequence[str], backends: Sequence[str]) -> list[QuantConfig]:
@@ -181,8 +205,30 @@ def search_space(base: QuantConfig, sensitive: Sequence[str], backends: Sequence
     if "pt2e" in backends:
         pt2e = QuantConfig(backend="pt2e", calibration_batches=base.calibration_batches, keep_float=base.keep_float)
         trials += [pt2e, pt2e.with_(keep_float=())]
+    if "openvino" in backends:
+        openvino = base.with_(backend="openvino")
+        trials += [openvino, openvino.with_(keep_float=())]
     allowed = [t for t in trials if t.backend in backends]
     return list(dict.fromkeys(allowed))  # QuantConfig is frozen, hence hashable: drop repeats, keep order
+
+
+def plan_trials(base: QuantConfig, sensitive: Sequence[str], args: argparse.Namespace, auto: bool,
+                searching: bool) -> tuple[list[QuantConfig], list[Candidate]]:
+    """The configurations to try and, for ``auto``, the candidates whose backend cannot run here (with why)."""
+    if args.backend and args.backend != AUTO:
+        backends: Sequence[str] = [args.backend]
+    else:
+        backends = BF16_BACKENDS if base.method == "bf16" else BACKENDS
+    configs = search_space(base, sensitive, backends) if searching else \
+        auto_candidates(base, backends) if auto else [base]
+    if args.max_trials:
+        configs = configs[: args.max_trials]
+    if auto:
+        return unavailable_candidates(configs)
+    reason = REGISTRY[base.backend].unavailable_reason()
+    if reason:
+        raise UsageError(f"--backend {base.backend} cannot run here: {reason}; or use --backend auto")
+    return configs, []
 
 
 def pick_best(rows: Sequence[dict]) -> dict | None:
@@ -285,7 +331,8 @@ class QuantizationRun:
 
     def child_manifest(self, config: QuantConfig, metrics: dict) -> Manifest:
         return self.manifest.derive(parent_path=str(self.model_path), transform=config.transform(),
-                                    metrics=dict(metrics), runtime=dict(REGISTRY[config.backend].runtime))
+                                    metrics=dict(metrics),
+                                    runtime=REGISTRY[config.backend].runtime_for(config.method))
 
     def trial(self, index: int, config: QuantConfig, budget: float | None) -> tuple[dict, Path]:
         """Quantize with ``config``, reload the result through ``load_artifact`` and measure it."""
@@ -345,8 +392,31 @@ class QuantizationRun:
         return write_manifest(save_path, self.child_manifest(config, metrics), fmt=REGISTRY[config.backend].format)
 
 
+def write_trials(csv_path: Path, json_path: Path, rows: Sequence[dict]) -> None:
+    write_results(csv_path, [{k: r.get(k, "") for k in TRIAL_COLUMNS if k != "quantized_layers"} for r in rows])
+    write_results(json_path, [dict(r) for r in rows])
+
+
 def trials_paths(save_path: Path) -> tuple[Path, Path]:
     return save_path.with_name(save_path.name + ".trials.csv"), save_path.with_name(save_path.name + ".trials.json")
+
+
+def finish_auto(run: QuantizationRun, built: Sequence[tuple[dict, Path, QuantConfig]], failed: Sequence[Candidate],
+                budget: float, model_path: Path, extra: dict) -> tuple[dict | None, Manifest | None, Path, Selection]:
+    """Time each backend's best trial on this host, keep the fastest within ``budget`` and publish it."""
+    args = run.args
+    selection = select(run.model, built, failed, budget, run.input_shape, [1, args.latency_batch_size],
+                       args.latency_rounds, threads=run.threads)
+    print(selection.table, file=sys.stderr)
+    logger.info("auto: %s", selection.reason)
+    chosen = selection.chosen
+    if chosen is None or chosen.artifact is None:
+        return None, None, Path(args.save_path or model_path), selection
+    save_path = Path(args.save_path) if args.save_path else \
+        default_save_path(model_path, chosen.config.backend, chosen.config.method)
+    manifest = run.publish(chosen.row, chosen.artifact, chosen.config, save_path,
+                           {**extra, "trials": len(built), "backend_selection": selection.record})
+    return chosen.row, manifest, save_path, selection
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -356,10 +426,18 @@ def main(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     method = args.quantization_method
     backend = resolve_backend(args)
+    auto = backend == AUTO
+    if method == "bf16":
+        supported, why = bf16_support()
+        if not supported:
+            raise UsageError(f"--quantization-method bf16 needs a CPU with AVX512-BF16 or AMX-BF16: {why}")
+        logger.info("CPU check: %s", why)
     model_path = Path(args.model)
     check_not_quantized(model_path)
     model, manifest = load_module(model_path, trust_pickle=args.trust_pickle)
-    save_path = Path(args.save_path) if args.save_path else default_save_path(model_path, backend)
+    # auto names the file after the winner's format once it is known; this path only guards the fp32 file.
+    first_backend = (BF16_BACKENDS[0] if method == "bf16" else "onnxruntime") if auto else backend
+    save_path = Path(args.save_path) if args.save_path else default_save_path(model_path, first_backend, method)
     if save_path.resolve() == model_path.resolve():
         raise UsageError(f"--save-path {save_path} would overwrite the fp32 model; choose another path")
 
@@ -397,15 +475,16 @@ def main(args: argparse.Namespace) -> dict:
         else:
             logger.info(message)
 
-    base = QuantConfig(backend=backend, method=method, per_channel=not args.per_tensor,
+    base = QuantConfig(backend=first_backend, method=method, per_channel=not args.per_tensor,
                        calibration_method=args.calibration_method, calibration_batches=max(args.calibration_batches, 1),
                        activation_type=args.activation_type, keep_float=keep_float)
     budget = args.max_accuracy_drop
-    searching = budget is not None
-    configs = search_space(base, sensitive_layers(model), [args.backend] if args.backend else BACKENDS) \
-        if searching else [base]
-    if args.max_trials:
-        configs = configs[: args.max_trials]
+    searching = budget is not None and method == "static"
+    if auto and budget is None:
+        budget = AUTO_DEFAULT_MAX_DROP[method]
+    configs, failed = plan_trials(base, sensitive_layers(model), args, auto, searching)
+    built: list[tuple[dict, Path, QuantConfig]] = []
+    selection: Selection | None = None
 
     csv_path, json_path = trials_paths(save_path)
     rows: list[dict] = []
@@ -428,22 +507,27 @@ def main(args: argparse.Namespace) -> dict:
             except (UsageError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # a failing configuration becomes a row; the search goes on
-                if not searching:
+                if not (searching or auto):
                     raise
                 logger.warning("trial %d (%s) failed: %s", index, config.label, str(exc).splitlines()[0][:200])
                 rows.append({"trial": index, "config": config.label, "error": str(exc).splitlines()[0][:200]})
+                failed.append(Candidate(config, error=f"failed: {str(exc).splitlines()[0][:200]}"))
                 continue
             rows.append(row)
+            built.append((row, artifact, config))
             logger.info("trial %d: val %.2f%% (drop %.2f), %.2fx, %.2f MB", index, row["val_accuracy"],
                         row["accuracy_drop"], row["speedup"], row["size_mb"])
             winner = pick_best(rows)
-            if winner is row:  # a new best: save it now so a stopped search still leaves a usable model
+            if winner is row and not auto:  # a new best: save it now so a stopped search still leaves a usable model
                 best = row
                 best_manifest = run.publish(row, artifact, config, save_path, {**extra, "trials": len(rows)})
+            if searching and not auto:
+                write_trials(csv_path, json_path, rows)
+        if auto:
+            best, best_manifest, save_path, selection = finish_auto(run, built, failed, budget, model_path, extra)
+            csv_path, json_path = trials_paths(save_path)
             if searching:
-                table = [{k: r.get(k, "") for k in TRIAL_COLUMNS if k != "quantized_layers"} for r in rows]
-                write_results(csv_path, table)
-                write_results(json_path, [{k: v for k, v in r.items()} for r in rows])
+                write_trials(csv_path, json_path, rows)
 
     if best is None or best_manifest is None:
         raise RuntimeError("every quantization trial failed: " + "; ".join(r.get("error", "") for r in rows))
@@ -470,6 +554,9 @@ def main(args: argparse.Namespace) -> dict:
         "trials_csv": str(csv_path) if searching else None,
         "cpu_int8_outlook": outlook, "total_s": round(time.perf_counter() - started, 1),
     }
+    if selection is not None:
+        summary.update({"auto_chosen": selection.record["chosen"], "auto_reason": selection.reason,
+                        "candidates": selection.rows})
     print(json.dumps(summary, indent=2))
     if args.results:
         write_results(args.results, summary)

@@ -48,7 +48,7 @@ def agreement_with_fp32(int8_path: Path, fp32_path: Path, data, **load_kwargs) -
 def ort_static(digits_resnet18: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     # The user's name ends in .pt although the content is ONNX: the manifest says which.
     save = tmp_path_factory.mktemp("quant") / "quantized_model.pt"
-    return save, quantize(digits_resnet18, save, "--quantization-method", "static")
+    return save, quantize(digits_resnet18, save, "--quantization-method", "static", "--backend", "onnxruntime")
 
 
 def test_static_onnxruntime_round_trip(ort_static, digits_resnet18: Path, digits_data) -> None:
@@ -98,7 +98,7 @@ def test_quantized_onnx_without_manifest_is_detected(ort_static, tmp_path: Path)
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--backend", "tensorrt"], "Unknown backend 'tensorrt'. Choose one of: onnxruntime, pt2e"),
+        (["--backend", "tensorrt"], "Unknown backend 'tensorrt'. Choose one of: auto, onnxruntime, pt2e, openvino"),
         (["--calibration-batches", "0"], "needs calibration data"),
         (["--quantization-method", "dynamic"], "of the MACs"),
         (["--quantization-method", "qat", "--backend", "onnxruntime"], "--backend pt2e"),
