@@ -25,8 +25,9 @@ from modelops.timing import interleaved_latency
 from PR3_model_optimization.quantization.config import QuantConfig
 
 AUTO = "auto"
-# Accuracy budget of ``auto`` when --max-accuracy-drop is not given (points of top-1 on the val split).
-AUTO_DEFAULT_MAX_DROP = 1.0
+# Accuracy budget of ``auto`` per method when --max-accuracy-drop is not given (points of top-1 on the val split):
+# bf16 keeps fp32's exponent range and should cost next to nothing.
+AUTO_DEFAULT_MAX_DROP = {"static": 1.0, "bf16": 0.1}
 CANDIDATE_COLUMNS = ("backend", "method", "val_accuracy", "accuracy_drop", "meets_budget", "cold_start_s",
                      "speedup_geomean", "size_mb", "chosen", "error")
 Timer = Callable[..., Mapping[str, list[float]]]
@@ -158,3 +159,67 @@ def selection_record(rows: Sequence[dict], fp32_ms: Mapping[int, float], chosen:
         "candidates": list(rows), "cpu_model": info["cpu_model"],
         "isa_flags": [flag for flag in ISA_FLAGS if info.get(f"has_{flag}")],
     }
+
+
+def unavailable_candidates(configs: Sequence[QuantConfig]) -> tuple[list[QuantConfig], list[Candidate]]:
+    """Split configurations into those whose backend runs here and candidates that say why one cannot."""
+    from PR3_model_optimization.quantization.backends import REGISTRY
+
+    runnable, skipped = [], []
+    for config in configs:
+        reason = REGISTRY[config.backend].unavailable_reason()
+        if reason:
+            skipped.append(Candidate(config, error=f"unavailable: {reason}"))
+        else:
+            runnable.append(config)
+    return runnable, skipped
+
+
+def best_per_backend(built: Sequence[tuple[dict, Path, QuantConfig]], budget: float) -> list[Candidate]:
+    """Each backend's best trial: the fastest within ``budget`` by its own check, else its most accurate."""
+    by_backend: dict[str, list[tuple[dict, Path, QuantConfig]]] = {}
+    for trial in built:
+        by_backend.setdefault(trial[2].backend, []).append(trial)
+    best = []
+    for trials in by_backend.values():
+        within = [t for t in trials if t[0]["accuracy_drop"] <= budget]
+        row, artifact, config = (max(within, key=lambda t: t[0]["speedup"]) if within
+                                 else max(trials, key=lambda t: t[0]["val_accuracy"]))
+        best.append(Candidate(config, artifact=artifact, row=row))
+    return best
+
+
+@dataclass
+class Selection:
+    """The outcome of ``auto``: the winner (or None), why, every candidate's row and the manifest's record."""
+
+    chosen: Candidate | None
+    reason: str
+    rows: list[dict]
+    record: dict
+    table: str
+
+
+def select(fp32: Callable[[torch.Tensor], object], built: Sequence[tuple[dict, Path, QuantConfig]],
+           failed: Sequence[Candidate], budget: float, input_shape: Sequence[int], batch_sizes: Sequence[int],
+           rounds: int, *, threads: int | None = None, timer: Timer = interleaved_latency) -> Selection:
+    """Time each backend's best trial against fp32 eager at every batch size and choose (see :func:`choose`).
+
+    Args:
+        fp32: the fp32 eager model (the reference every speed-up is over).
+        built: (trial row, artifact, config) of every trial that built and measured.
+        failed: candidates that could not run (not installed, failed to build), with their error.
+        budget: accuracy budget in points.
+        input_shape: one sample's shape.
+        batch_sizes: the batch sizes timed (all of them weigh in the choice).
+        rounds: timed calls per model and batch size.
+        threads: intra-op threads for the runtimes that take them.
+        timer: the timing function, :func:`modelops.timing.interleaved_latency` (tests inject their own).
+    """
+    candidates = [*best_per_backend(built, budget), *failed]
+    fp32_ms = time_candidates(fp32, candidates, input_shape, list(dict.fromkeys(batch_sizes)), rounds,
+                              threads=threads, timer=timer)
+    chosen, reason = choose(candidates, fp32_ms, budget)
+    rows = candidate_rows(candidates, fp32_ms, chosen)
+    return Selection(chosen, reason, rows, selection_record(rows, fp32_ms, chosen, reason, budget),
+                     candidate_table(rows, fp32_ms))
