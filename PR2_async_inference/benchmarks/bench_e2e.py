@@ -3,14 +3,18 @@
     python PR2_async_inference/benchmarks/bench_e2e.py --model models/quantized_model.pt \\
         --requests 160 --concurrency 16 --low-load-requests 30 --output runs/pr2_bench/e2e.md
 
-For each configuration (batching on/off, 1 and 2 workers) it starts a local stack (Tansu broker, API, workers
-on 127.0.0.1), sends a bounded closed-loop burst of JPEG photos (``--concurrency`` clients, at most
-``--requests`` requests and ``--time-limit-s`` seconds), then a low-load run (one client), and stops the stack.
+For each configuration (batching on/off, 1 and 2 workers) it starts a local stack (``--broker``: Apache Kafka by
+default, at the clients' default fetch settings; Tansu on request; API and workers on 127.0.0.1), sends a
+bounded closed-loop burst of JPEG photos (``--concurrency`` clients, at most ``--requests`` requests and
+``--time-limit-s`` seconds), then a low-load run (one client), and stops the stack.
 Before each configuration it times the model in-process (batch ``--batch-size`` throughput and batch-1 latency)
 so both figures come from the same minutes of a shared machine. Reported per row: e2e throughput and
 p50/p95/p99, its ratio to the in-process batched throughput, the p50 the service adds over in-process
-batch-1 latency at low load, and the CPU milliseconds each process (broker, API, workers, this load
-generator) spent per request in the loaded run: on one machine they all share its cores.
+batch-1 latency at low load, and the CPU milliseconds each process (broker - the JVM on Apache Kafka -, API,
+workers, this load generator) spent per request in the loaded run: on one machine they all share its cores.
+The workers' CPU outside the forward pass is their CPU minus the forward passes' CPU, read from the workers'
+``inference_forward_cpu_seconds_total`` counter, or estimated as forward wall time x ``--threads`` when a
+worker does not expose it; the service overhead is API + broker + workers outside the forward pass.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from modelops.errors import UsageError
 from modelops.results import markdown_table, write_results
 from modelops.timing import latency_stats, measure_latency
 from PR2_async_inference.load_test import run_load
-from PR2_async_inference.local_stack import TANSU_FETCH_MAX_WAIT_MS, start_stack, stop_stack
+from PR2_async_inference.local_stack import BROKER_KINDS, Stack, start_stack, stop_stack
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,56 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process (all its threads) has used so far."""
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
+
+
+FORWARD_CPU_METRIC = "inference_forward_cpu_seconds_total"
+
+
+def metric_sum(text: str, name: str) -> float | None:
+    """Sum of every sample of a Prometheus series in ``text`` (None when the series is absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+              if sample.name == name]
+    return sum(values) if values else None
+
+
+def forward_cpu_seconds(stack: Stack, threads: int) -> tuple[float, bool]:
+    """CPU the workers spent in forward passes so far, and whether it was measured (else forward wall x
+    ``threads``, an upper bound when the threads are not all busy)."""
+    import httpx
+
+    total, measured = 0.0, True
+    for worker in stack.workers:
+        text = httpx.get(worker.info["metrics_url"] + "/metrics", timeout=10).text
+        cpu = metric_sum(text, FORWARD_CPU_METRIC)
+        if cpu is None:
+            measured = False
+            cpu = (metric_sum(text, "inference_latency_seconds_sum") or 0.0) * threads
+        total += cpu
+    return total, measured
+
+
+def cpu_per_request(stack: Stack, threads: int) -> dict[str, float]:
+    """Counters read before and after a run; :func:`cpu_ms_per_request` turns two readings into per request."""
+    pids = {"broker": [stack.broker.pid], "api": [stack.api.pid], "workers": [w.pid for w in stack.workers],
+            "loadgen": [os.getpid()]}
+    reading = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
+    reading["forward"], measured = forward_cpu_seconds(stack, threads)
+    reading["forward_measured"] = float(measured)
+    return reading
+
+
+def cpu_ms_per_request(before: dict[str, float], after: dict[str, float], done: int) -> dict[str, Any]:
+    per_req = {name: (after[name] - before[name]) * 1000 / done
+               for name in ("broker", "api", "workers", "loadgen", "forward")}
+    outside = per_req["workers"] - per_req["forward"]
+    return {
+        **{f"cpu_ms_per_req_{name}": round(value, 2) for name, value in per_req.items()},
+        "cpu_ms_per_req_workers_outside_forward": round(outside, 2),
+        "cpu_ms_per_req_service_overhead": round(per_req["api"] + per_req["broker"] + outside, 2),
+        "forward_cpu": "measured" if after["forward_measured"] else "wall x threads",
+    }
 
 
 def photo_payloads(shape: list[int], count: int = 8, seed: int = 0) -> list[dict[str, Any]]:
@@ -93,7 +147,7 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
                         f"    artifact: {model.resolve()}\n")
     shape = read_manifest(model).input_shape
     payloads = photo_payloads(shape)
-    stack = start_stack(registry, workers=config["workers"], log_dir=log_dir / name,
+    stack = start_stack(registry, workers=config["workers"], log_dir=log_dir / name, broker=args.broker,
                         max_batch_size=args.batch_size if config["batching"] else 1,
                         max_batch_delay_ms=args.batch_delay_ms if config["batching"] else 0,
                         torch_threads=args.threads, publish_running=False,
@@ -101,18 +155,14 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
     try:
         common = {"time_limit_s": args.time_limit_s, "payloads": payloads}
         run_load(stack.api_url, requests=min(8, args.requests), concurrency=4, **common)  # warm-up
-        pids = {"broker": [stack.broker.pid], "api": [stack.api.pid], "workers": [w.pid for w in stack.workers],
-                "loadgen": [os.getpid()]}
-        before = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
+        before = cpu_per_request(stack, args.threads)
         loaded = run_load(stack.api_url, requests=args.requests, concurrency=args.concurrency,
                           **common)
-        cpu = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
-        done = max(1, loaded["succeeded"])
-        cpu_ms = {f"cpu_ms_per_req_{name}": round((cpu[name] - before[name]) * 1000 / done, 1) for name in cpu}
+        cpu_ms = cpu_ms_per_request(before, cpu_per_request(stack, args.threads), max(1, loaded["succeeded"]))
         low = run_load(stack.api_url, requests=args.low_load_requests, concurrency=1, **common)
     finally:
         stop_stack(stack)
-    return {"config": name, "workers": config["workers"],
+    return {"config": name, "broker": stack.broker_kind, "workers": config["workers"],
             "max_batch_size": args.batch_size if config["batching"] else 1,
             "e2e_throughput_rps": loaded["throughput_rps"], "e2e_latency_ms_p50": loaded["latency_ms_p50"],
             "e2e_latency_ms_p95": loaded["latency_ms_p95"], "e2e_latency_ms_p99": loaded["latency_ms_p99"],
@@ -161,9 +211,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("-b", "--batch-size", type=int, default=16, help="max batch size (default: 16)")
     parser.add_argument("--batch-delay-ms", type=float, default=5.0, help="max batching delay (default: 5)")
     parser.add_argument("--threads", type=int, default=2, help="threads per model (default: 2)")
-    parser.add_argument("--fetch-max-wait-ms", type=int, default=TANSU_FETCH_MAX_WAIT_MS,
-                        help="consumers' fetch wait; on Tansu the polling interval (default: "
-                        f"{TANSU_FETCH_MAX_WAIT_MS})")
+    parser.add_argument("--broker", choices=BROKER_KINDS, default="kafka",
+                        help="kafka: Apache Kafka (needs Java); tansu; auto: Kafka when Java is there "
+                        "(default: kafka)")
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=None,
+                        help="consumers' fetch wait (default: the settings' 500 ms on Apache Kafka, which answers "
+                        "a fetch when data arrives; local_stack's polling interval on Tansu)")
     parser.add_argument("--iters", type=int, default=20, help="in-process timed iterations (default: 20)")
     parser.add_argument("--log-dir", default=None, help="process logs (default: a temp dir)")
     parser.add_argument("--output", default=None, help="write the table (.md/.csv/.json) here (default: none)")

@@ -1,8 +1,11 @@
-"""Fixtures of the PR2 service tests: one real Kafka-protocol broker (Tansu) per session on a free 127.0.0.1
-port, stopped by pid; a registry pointing at the digits ResNet-18; helpers to wait for final states."""
+"""Fixtures of the PR2 service tests: one real broker per session on free 127.0.0.1 ports, stopped by pid -
+Apache Kafka 3.9.1 (what docker-compose deploys) when Java is there, else Tansu; ``PR2_BROKER=tansu`` (or
+``kafka``) picks one. A Tansu broker also serves the smoke subset marked for it, so the no-Java path keeps
+working. A registry pointing at the digits ResNet-18; helpers to wait for final states."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -13,8 +16,29 @@ import httpx
 import pytest
 
 from PR2_async_inference.kafka_queue_service import FINAL_STATES, ensure_topics
-from PR2_async_inference.local_stack import Proc, start_broker, stop_process
+from PR2_async_inference.local_stack import (
+    BROKER_NAMES,
+    TANSU_FETCH_MAX_WAIT_MS,
+    Proc,
+    choose_broker,
+    start_broker,
+    stop_process,
+)
 from PR2_async_inference.settings import Settings
+
+#: The kind of each broker the fixtures started, by bootstrap address (settings built from an address use it).
+_BROKER_KINDS: dict[str, str] = {}
+
+
+@functools.cache
+def session_broker_choice() -> tuple[str, str]:
+    """``(kind, why)`` of the session broker: ``PR2_BROKER`` (auto, kafka or tansu; default auto)."""
+    return choose_broker(os.environ.get("PR2_BROKER", "auto"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    kind, why = session_broker_choice()
+    return f"PR2 broker: {BROKER_NAMES[kind]} ({why})"
 
 
 @pytest.fixture(scope="session")
@@ -22,10 +46,33 @@ def pr2_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("pr2_logs")
 
 
+def _started_broker(kind: str, log_dir: Path, name: str) -> Proc:
+    proc = start_broker(kind, log_dir, name=name)
+    _BROKER_KINDS[proc.info["bootstrap"]] = kind
+    return proc
+
+
 @pytest.fixture(scope="session")
 def broker(pr2_logs: Path) -> Iterator[Proc]:
-    """Tansu on 127.0.0.1 with in-memory storage, for the whole session."""
-    proc = start_broker(pr2_logs, name="session-broker")
+    """The session broker (see :func:`session_broker_choice`); ``INFERENCE_BROKER_KIND`` names it to the clients
+    the tests build from the environment."""
+    kind, _ = session_broker_choice()
+    proc = _started_broker(kind, pr2_logs, "session-broker")
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("INFERENCE_BROKER_KIND", kind)
+            yield proc
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def tansu_broker(broker: Proc, pr2_logs: Path) -> Iterator[Proc]:
+    """Tansu with in-memory storage for the smoke subset: the session broker when that is Tansu."""
+    if broker.info["kind"] == "tansu":
+        yield broker
+        return
+    proc = _started_broker("tansu", pr2_logs, "tansu-broker")
     try:
         yield proc
     finally:
@@ -57,23 +104,31 @@ def pr2_registry(pr2_model: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return path
 
 
-# On Tansu the fetch wait is a polling interval; 50 ms keeps the idle CPU of the test processes low.
-TEST_FETCH_MAX_WAIT_MS = 50
+def broker_kind_of(broker: Proc | str) -> str:
+    """The kind of a started broker, or of the fixtures' broker at a bootstrap address (Apache Kafka if none)."""
+    if isinstance(broker, Proc):
+        return broker.info["kind"]
+    return _BROKER_KINDS.get(broker, "kafka")
 
 
-def suite_settings(bootstrap: str, prefix: str, registry: Path, **overrides: Any) -> Settings:
-    """Settings with topics and group of their own, so suites sharing the broker never see each other's data."""
-    overrides.setdefault("fetch_max_wait_ms", TEST_FETCH_MAX_WAIT_MS)
+def suite_settings(broker: Proc | str, prefix: str, registry: Path, **overrides: Any) -> Settings:
+    """Settings with topics and group of their own, so suites sharing the broker never see each other's data;
+    ``broker`` is a started broker or its bootstrap address. On Tansu the fetch wait is its polling interval."""
+    kind = broker_kind_of(broker)
+    bootstrap = broker.info["bootstrap"] if isinstance(broker, Proc) else broker
+    if kind == "tansu":
+        overrides.setdefault("fetch_max_wait_ms", TANSU_FETCH_MAX_WAIT_MS)
     return Settings(
-        kafka_bootstrap_servers=bootstrap, requests_topic=f"{prefix}-requests", results_topic=f"{prefix}-results",
-        dlq_topic=f"{prefix}-dlq", worker_group=f"{prefix}-workers", model_registry=registry, **overrides
+        kafka_bootstrap_servers=bootstrap, broker_kind=kind, requests_topic=f"{prefix}-requests",
+        results_topic=f"{prefix}-results", dlq_topic=f"{prefix}-dlq", worker_group=f"{prefix}-workers",
+        model_registry=registry, **overrides
     )
 
 
 def topic_overrides(prefix: str) -> dict[str, str]:
+    """Topic and group settings of a suite, for :func:`service_env` (which adds the broker's own)."""
     return {"requests_topic": f"{prefix}-requests", "results_topic": f"{prefix}-results",
-            "dlq_topic": f"{prefix}-dlq", "worker_group": f"{prefix}-workers",
-            "fetch_max_wait_ms": str(TEST_FETCH_MAX_WAIT_MS)}
+            "dlq_topic": f"{prefix}-dlq", "worker_group": f"{prefix}-workers"}
 
 
 def make_topics(settings: Settings) -> None:

@@ -1,13 +1,19 @@
-"""End to end with real processes: API (uvicorn) and worker subprocesses on a real Tansu broker.
+"""End to end with real processes: API (uvicorn) and worker subprocesses on the session's real broker
+(Apache Kafka when Java is there, see conftest.py).
 
 Round trip for images and tensors served in batches > 1, long-polling GET, a poison request dead-lettered
-after its attempts while later requests are still served, an expired request never run, graceful SIGTERM."""
+after its attempts while later requests are still served, an expired request never run, graceful SIGTERM.
+The round trip and the dead letters also run on Tansu, the broker of machines without Java."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import json
 import os
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,8 +24,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from PIL import Image
 
-from PR2_async_inference.kafka_queue_service import RequestMessage, make_producer, send_request
-from PR2_async_inference.local_stack import service_env, start_api, start_worker, stop_process
+from PR2_async_inference.kafka_queue_service import FINAL_STATES, RequestMessage, make_producer, send_request
+from PR2_async_inference.local_stack import Proc, service_env, start_api, start_worker, stop_process
 from tests.pr2.conftest import make_topics, metric_value, suite_settings, topic_overrides, wait_final
 
 pytestmark = pytest.mark.slow
@@ -27,21 +33,29 @@ pytestmark = pytest.mark.slow
 PREFIX = f"e2e-{uuid.uuid4().hex[:6]}"
 
 
-@pytest.fixture(scope="module")
-def stack(broker, pr2_registry, pr2_logs) -> Iterator[dict]:
-    settings = suite_settings(broker.info["bootstrap"], PREFIX, pr2_registry, max_attempts=3)
+@contextlib.contextmanager
+def running_stack(broker: Proc, registry, logs, prefix: str) -> Iterator[dict]:
+    """API and one worker on ``broker``, with topics and group of their own; stopped by pid on exit."""
+    settings = suite_settings(broker, prefix, registry, max_attempts=3)
     make_topics(settings)
-    env = service_env(broker.info["bootstrap"], pr2_registry, **topic_overrides(PREFIX), max_attempts=3,
-                      torch_threads=1)
-    api = start_api(pr2_logs, env, name=f"{PREFIX}-api")
-    worker = start_worker(pr2_logs, env, name=f"{PREFIX}-worker")
-    client = httpx.Client(base_url=api.info["url"], timeout=30)
+    env = service_env(broker, registry, **topic_overrides(prefix), max_attempts=3, torch_threads=1)
+    api = worker = client = None
     try:
+        api = start_api(logs, env, name=f"{prefix}-api")
+        worker = start_worker(logs, env, name=f"{prefix}-worker")
+        client = httpx.Client(base_url=api.info["url"], timeout=30)
         yield {"settings": settings, "api": api, "worker": worker, "client": client, "env": env}
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         stop_process(worker)
         stop_process(api)
+
+
+@pytest.fixture(scope="module")
+def stack(broker, pr2_registry, pr2_logs) -> Iterator[dict]:
+    with running_stack(broker, pr2_registry, pr2_logs, PREFIX) as running:
+        yield running
 
 
 def worker_metrics(stack) -> str:
@@ -55,6 +69,10 @@ def png_b64(image: np.ndarray) -> str:
 
 
 def test_round_trip_image_and_tensor_burst_in_batches(stack, digits_data):
+    check_round_trip(stack, digits_data)
+
+
+def check_round_trip(stack: dict, digits_data) -> None:
     client = stack["client"]
     images, labels = digits_data.test.tensors
     burst = 24
@@ -111,6 +129,10 @@ def test_long_poll_answers_with_the_final_state_in_one_request(stack):
 
 
 def test_poison_requests_are_dead_lettered_and_later_requests_served(stack):
+    check_poison_dead_lettered(stack)
+
+
+def check_poison_dead_lettered(stack: dict) -> None:
     settings, client = stack["settings"], stack["client"]
     producer = make_producer(settings)
     now = time.time()
@@ -181,3 +203,66 @@ def test_load_generator_is_bounded_and_reports_percentiles(stack):
     assert result["requests_sent"] == 12 and result["succeeded"] == 12 and result["errors"] == 0
     assert 0 < result["latency_ms_p50"] <= result["latency_ms_p95"] <= result["latency_ms_p99"]
     assert result["throughput_rps"] > 0
+
+
+def test_tansu_smoke_round_trip_and_dead_letters(tansu_broker, pr2_registry, pr2_logs, digits_data):
+    """The no-Java path: the same round trip and dead letters on Tansu (in-memory storage)."""
+    with running_stack(tansu_broker, pr2_registry, pr2_logs, f"{PREFIX}-tansu") as tansu_stack:
+        assert tansu_stack["settings"].broker_kind == "tansu"
+        check_round_trip(tansu_stack, digits_data)
+        check_poison_dead_lettered(tansu_stack)
+
+
+def kcat_records(bootstrap: str, topic: str) -> list[dict]:
+    """Every record of ``topic`` as Debian's ``kcat`` (librdkafka, a second client) reads it: key, headers, value."""
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        if shutil.which("apt-get") is None:
+            pytest.skip("kcat not installed and no apt-get to install it")
+        pytest.fail("kcat not installed: apt-get install -y kcat (.ci/run installs it)")
+    # Header line, then exactly %S value bytes: values are binary.
+    out = subprocess.run([kcat, "-b", bootstrap, "-C", "-t", topic, "-o", "beginning", "-e", "-q",
+                          "-f", "%k\t%S\t%h\n%s"], capture_output=True, timeout=60, check=True).stdout
+    records, pos = [], 0
+    while pos < len(out):
+        end = out.index(b"\n", pos)
+        key, size, headers = out[pos:end].decode().split("\t")
+        size = max(int(size), 0)  # kcat prints -1 for a null value
+        pairs = dict(pair.split("=", 1) for pair in headers.split(",") if pair) if headers else {}
+        records.append({"key": key, "headers": pairs, "value": out[end + 1:end + 1 + size]})
+        pos = end + 1 + size
+    return records
+
+
+def test_kcat_reads_requests_and_results_as_the_readme_documents(stack, broker):
+    if broker.info["kind"] != "kafka":
+        pytest.skip("kcat speaks to Apache Kafka; the session broker is Tansu")
+    client, settings = stack["client"], stack["settings"]
+    tensor = np.random.default_rng(1).standard_normal((3, 32, 32)).astype(np.float32)
+    tensor_id = client.post("/inference", json={"data": tensor.tolist(), "parameters": {"top_k": 3}}
+                            ).json()["request_id"]
+    pixels = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    image_id = client.post("/inference", json={"data": png_b64(pixels)}).json()["request_id"]
+    assert {d["status"] for d in wait_final(client, [tensor_id, image_id]).values()} == {"succeeded"}
+
+    requests = {r["key"]: r for r in kcat_records(settings.kafka_bootstrap_servers, settings.requests_topic)}
+    sent = requests[tensor_id]
+    assert sent["headers"]["request_id"] == tensor_id and sent["headers"]["model"] == "image_classification"
+    assert sent["headers"]["shape"] == "3,32,32" and sent["headers"]["dtype"] == "float32"
+    assert sent["headers"]["top_k"] == "3" and sent["headers"]["attempt"] == "1"
+    assert float(sent["headers"]["enqueued_at"]) < float(sent["headers"]["deadline"])
+    assert sent["value"] == tensor.tobytes()  # float32, (C, H, W), C order
+    image = requests[image_id]
+    assert image["headers"]["dtype"] == "uint8" and image["headers"]["shape"] == "3,32,32"
+    assert image["value"] == pixels.transpose(2, 0, 1).tobytes()  # the PNG's pixels, (C, H, W)
+
+    results: dict[str, list[dict]] = {}
+    for record in kcat_records(settings.kafka_bootstrap_servers, settings.results_topic):
+        results.setdefault(record["key"], []).append(json.loads(record["value"]))
+    for request_id, top_k in ((tensor_id, 3), (image_id, 5)):
+        states = [r["status"] for r in results[request_id]]
+        # The API's "queued" and the worker's states come from two producers: their order may interleave.
+        assert "queued" in states and [s for s in states if s in FINAL_STATES] == ["succeeded"], states
+        assert all(r["request_id"] == request_id for r in results[request_id])
+        final = next(r for r in results[request_id] if r["status"] == "succeeded")
+        assert len(final["result"]) == top_k and {"label", "index", "score"} <= set(final["result"][0])

