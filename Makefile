@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint serve clean
+.PHONY: setup demo test test-fast lint serve clean kafka-jars
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,15 @@ demo: setup
 # Everything, slow suites included (what CI runs). The tests run API, worker, broker and benchmark processes
 # side by side on few cores: OpenMP threads that spin while waiting would starve each other (10-25x slower).
 test demo: export OMP_WAIT_POLICY := PASSIVE
-test: setup
+test: setup kafka-jars
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "slow or not slow" -p no:cacheprovider
+
+# Apache Kafka's server jars from Maven Central into .cache/: the PR2 tests and the local stack run Apache Kafka
+# when Java is there, Tansu otherwise.
+kafka-jars: setup
+	@if command -v java >/dev/null && command -v mvn >/dev/null; then $(PY) PR2_async_inference/apache_kafka.py fetch; \
+	else echo "kafka-jars: no java or mvn here; the PR2 tests and the local stack use Tansu"; fi
 
 # The quick inner loop: skips the suites marked slow.
 test-fast: setup
