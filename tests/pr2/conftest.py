@@ -1,7 +1,7 @@
 """Fixtures of the PR2 service tests: one real broker per session on free 127.0.0.1 ports, stopped by pid -
 Apache Kafka 3.9.1 (what docker-compose deploys) when Java is there, else Tansu; ``PR2_BROKER=tansu`` (or
-``kafka``) picks one. A Tansu broker also serves the smoke subset marked for it, so the no-Java path keeps
-working. A registry pointing at the digits ResNet-18; helpers to wait for final states."""
+``kafka``) picks one. ``tansu_broker`` serves the smoke tests that keep the no-Java path working.
+A registry pointing at the digits ResNet-18; helpers to wait for final states."""
 
 from __future__ import annotations
 
