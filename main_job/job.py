@@ -140,15 +140,17 @@ class Job:
         return {name: found[name] for name in VARIANTS if name in found and found[name].exists()}
 
     def benchmark(self) -> dict:
-        from PR4_model_benchmarking.reports import SUMMARY_COLUMNS
+        from PR4_model_benchmarking.reports import summary_columns
 
         spec = ",".join(f"{name}:{path}" for name, path in self.variants().items())
         result = _run_script("PR4_model_benchmarking.benchmark_models", [
             "--models", spec, "--scenarios", "single-stream,offline", "--batch-sizes", "1,16",
             "--iters", str(self.size.bench_iters), "--report-format", "markdown,html,json,csv",
+            "--accuracy-tolerance", str(DEFAULT_MAX_ACCURACY_DROP_PTS),
             "--output-dir", str(self.out / "benchmark"), *self.common])
-        summary = [{c: row.get(c) for c in SUMMARY_COLUMNS if c in row} for row in result["models"]]
-        return {"reports": result["reports"], "summary": summary, "best_variant": best_variant(result["models"])}
+        summary = [{c: row.get(c) for c in summary_columns(result["report"]) if c in row} for row in result["models"]]
+        return {"reports": result["reports"], "summary": summary, "headline": result["report"]["headline"],
+                "best_variant": best_variant(result["models"])}
 
     def fastest_variant(self) -> str:
         """The variant to profile and serve: the benchmark stage's choice (see :func:`best_variant`)."""
