@@ -20,7 +20,8 @@ demo: setup
 
 # Everything, slow suites included (what CI runs). The tests run API, worker, broker and benchmark processes
 # side by side on few cores: OpenMP threads that spin while waiting would starve each other (10-25x slower).
-test demo: export OMP_WAIT_POLICY := PASSIVE
+# Only the tests get this: the demo reports figures, timed with every runtime's default threading.
+test: export OMP_WAIT_POLICY := PASSIVE
 test: setup kafka-jars
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "slow or not slow" -p no:cacheprovider
