@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils.data import Subset
 
 from modelops.artifact import Predictor, load_artifact, load_module, read_manifest, save_artifact
-from modelops.cli import check_positive, common_parser, run_cli, split_seed
-from modelops.data import AugmentedDataset, DatasetSplits, load_dataset, make_loader, train_augmentation
+from modelops.cli import check_positive, common_parser, load_model_dataset, run_cli
+from modelops.data import AugmentedDataset, DatasetSplits, make_loader, train_augmentation
 from modelops.errors import UsageError
 from modelops.evaluate import evaluate
 from modelops.models import check_arch, classifier_layer, count_macs, count_parameters, create_model
@@ -150,9 +150,7 @@ def build_student(args: argparse.Namespace, teacher: Predictor) -> tuple[nn.Modu
 
 
 def load_data(args: argparse.Namespace, teacher: Predictor) -> DatasetSplits:
-    image_size = args.image_size or teacher.input_shape[-1]
-    data = load_dataset(args.dataset, image_size=image_size, seed=split_seed(args, teacher.manifest),
-                        data_dir=args.data_dir)
+    data = load_model_dataset(args, teacher.manifest)  # fake data takes the teacher's classes and size
     if data.num_classes != teacher.num_classes:
         raise UsageError(f"Dataset {args.dataset} has {data.num_classes} classes but teacher {args.teacher} "
                          f"predicts {teacher.num_classes}: pass the dataset the teacher was trained on")

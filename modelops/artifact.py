@@ -4,21 +4,22 @@ Formats (``Manifest.format``):
 
 - ``state_dict``: ``torch.save({"arch", "num_classes", "state_dict"})``. Loads with ``weights_only=True``
   and rebuilds the torchvision architecture, resized to the saved shapes (so structurally pruned
-  models load too). The only format that gives back a trainable eager module.
+  models load too). A bare ``torch.save(model.state_dict())`` file loads too: its architecture is
+  ``--arch``, else identified from the parameter names and shapes (:mod:`modelops.arch_inference`).
 - ``torchscript``: ``torch.jit`` archive.
 - ``exported_program``: ``torch.export`` archive (``.pt2``), e.g. a PT2E int8 model.
 - ``onnx``: ONNX model, run with ONNX Runtime.
 - ``pickle``: a whole pickled ``nn.Module``. Loading a pickle runs arbitrary code, so it is refused
   unless the caller passes ``trust_pickle=True`` (``--trust-pickle`` on the command line).
 
-The manifest is ``<file>.json`` (``resnet18.pt`` -> ``resnet18.pt.json``). :func:`load_artifact`
+The manifest (:mod:`modelops.manifest`) is ``<file>.json`` (``resnet18.pt`` -> ``resnet18.pt.json``); a
+file without one gets one inferred, with the input shape the file declares or a forward pass accepts and the
+class count of its output (:mod:`modelops.model_probe`), recorded under ``inferred``. :func:`load_artifact`
 returns a :class:`Predictor` whose call is the same for every format: a float batch in, logits out.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import logging
 import pickle
 import zipfile
@@ -27,131 +28,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from modelops.arch_inference import command_line_arch, infer_architecture, normalise_state_dict
 from modelops.errors import ArtifactError, UsageError
+from modelops.manifest import (  # noqa: F401  (re-exported: the artifact module is where callers look)
+    FORMATS,
+    MANIFEST_SUFFIX,
+    SCHEMA_VERSION,
+    Manifest,
+    file_sha256,
+    file_size_mb,
+    manifest_path,
+    read_manifest,
+    write_manifest,
+)
 from modelops.model_probe import exported_input_shape, onnx_input_shape, probe
 from modelops.models import check_arch, create_model, resize_to_state_dict
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("state_dict", "torchscript", "exported_program", "onnx", "pickle")
 MODEL_SUFFIXES = (".pt", ".pth", ".pt2", ".onnx")
 SUFFIX_FORMAT = {".pt": "state_dict", ".pth": "state_dict", ".pt2": "exported_program", ".onnx": "onnx"}
-MANIFEST_SUFFIX = ".json"
-SCHEMA_VERSION = 1
 ONNX_INPUT_NAME = "input"
 ONNX_OUTPUT_NAME = "logits"
 FORMAT_NAMES = {"torchscript": "TorchScript", "exported_program": "torch.export ExportedProgram (.pt2)",
                 "onnx": "ONNX", "state_dict": "state_dict", "pickle": "pickled module"}
-
-
-class Manifest(BaseModel):
-    """What a model is, how it was made and what it measured. Written beside every artifact."""
-
-    model_config = ConfigDict(extra="allow")
-
-    schema_version: int = SCHEMA_VERSION
-    format: str = "state_dict"
-    file: str = ""
-    arch: str | None = None
-    num_classes: int
-    input_shape: list[int] = Field(description="one sample's shape, [C, H, W]")
-    input_dtype: str = "float32"
-    preprocessing: dict[str, Any] = Field(default_factory=dict)
-    labels: list[str] = Field(default_factory=list)
-    dataset: str | None = None
-    split_seed: int | None = Field(default=None, description="seed of the train/val/test split it was trained on")
-    parent: dict[str, Any] | None = Field(
-        default=None, description="path and sha256 of the artifact this was made from"
-    )
-    transform: dict[str, Any] = Field(default_factory=lambda: {"kind": "baseline"})
-    lineage: list[dict[str, Any]] = Field(default_factory=list, description="transforms applied since the baseline")
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    inferred: dict[str, Any] = Field(
-        default_factory=dict, description="facts the loader worked out because the file did not say them"
-    )
-    runtime: dict[str, Any] = Field(default_factory=dict, description="hints for the loader: compile, memory_format")
-    sha256: str = ""
-    size_mb: float = 0.0
-    created_at: str = ""
-    versions: dict[str, str] = Field(default_factory=dict)
-
-    def derive(self, *, parent_path: str | Path, transform: dict[str, Any], **changes: Any) -> Manifest:
-        """A manifest for a model made from this one: lineage extended, parent recorded, metrics reset."""
-        child = self.model_copy(deep=True)
-        child.parent = {"path": str(parent_path), "sha256": self.sha256, "format": self.format}
-        child.transform = dict(transform)
-        child.lineage = [*self.lineage, dict(transform)]
-        child.metrics = {}
-        child.runtime = {}
-        for key, value in changes.items():
-            setattr(child, key, value)
-        return child
-
-
-def manifest_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + MANIFEST_SUFFIX)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_size_mb(path: str | Path) -> float:
-    return Path(path).stat().st_size / 1e6
-
-
-def _versions() -> dict[str, str]:
-    versions = {"torch": torch.__version__}
-    try:
-        import onnxruntime
-
-        versions["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    return versions
-
-
-def write_manifest(path: str | Path, manifest: Manifest, *, fmt: str | None = None) -> Manifest:
-    """Fill in the file facts (format, size, hash, time) and write ``<path>.json``.
-
-    Use it directly for a model file written by another tool (e.g. ONNX Runtime's quantizer).
-    """
-    path = Path(path)
-    manifest = manifest.model_copy(deep=True)
-    if fmt is not None:
-        manifest.format = fmt
-    if manifest.format not in FORMATS:
-        raise UsageError(f"Unknown artifact format {manifest.format!r}. Choose one of: {', '.join(FORMATS)}")
-    manifest.file = path.name
-    manifest.sha256 = file_sha256(path)
-    manifest.size_mb = round(file_size_mb(path), 4)
-    manifest.metrics.setdefault("size_mb", manifest.size_mb)
-    manifest.created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    manifest.versions = _versions()
-    tmp = manifest_path(path).with_suffix(".tmp")
-    tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
-    tmp.replace(manifest_path(path))
-    return manifest
-
-
-def read_manifest(path: str | Path) -> Manifest | None:
-    """The manifest beside ``path``, or None when there is none."""
-    mpath = manifest_path(path)
-    if not mpath.exists():
-        return None
-    try:
-        return Manifest.model_validate_json(mpath.read_text())
-    except ValueError as exc:
-        raise ArtifactError(f"Manifest {mpath} is not valid: {exc.__class__.__name__}: {str(exc)[:300]}") from exc
 
 
 def _check_path(path: str | Path) -> Path:
@@ -327,7 +229,7 @@ def _infer_manifest(
     logger.warning("%s has no manifest (%s); using input %s, %d classes", path, manifest_path(path).name, shape,
                    num_classes)
     return Manifest(format=fmt, file=path.name, arch=arch, num_classes=num_classes, input_shape=shape,
-                    inferred=facts)
+                    inferred=facts, sha256=file_sha256(path), size_mb=round(file_size_mb(path), 4))
 
 
 def _load_torch_file(path: Path, trust_pickle: bool) -> Any:

@@ -1,0 +1,67 @@
+"""The PR3 scripts on the forms users save: a bare state_dict pruned on fake data, a TorchScript teacher.
+
+Fake data takes the model's class count and input size, so a model needs no dataset of its own here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modelops.artifact import load_artifact, read_manifest
+from modelops.cli import run_cli
+from modelops.models import create_model
+from PR3_model_optimization import model_distillation
+from PR3_model_optimization import model_pruning as mp
+
+NUM_CLASSES, SIDE = 7, 32
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory):
+    """A 7-class ResNet-18 saved the two common ways: torch.save(state_dict) and a TorchScript trace."""
+    folder = tmp_path_factory.mktemp("user_models")
+    torch.manual_seed(0)
+    model = create_model("resnet18", NUM_CLASSES).eval()
+    torch.save(model.state_dict(), folder / "bare.pt")
+    torch.jit.save(torch.jit.trace(model, torch.zeros(2, 3, SIDE, SIDE)), str(folder / "scripted.pt"))
+    # A small net whose head reads a 32x32 feature map: it runs only on its own input size, found by probing.
+    small = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * SIDE * SIDE, NUM_CLASSES)).eval()
+    torch.jit.save(torch.jit.trace(small, torch.zeros(2, 3, SIDE, SIDE)), str(folder / "small_scripted.pt"))
+    return folder
+
+
+def test_a_bare_state_dict_is_pruned_on_fake_data_and_the_output_says_what_was_inferred(user_files, tmp_path):
+    save = tmp_path / "pruned.pt"
+    result = mp.main(mp.get_args_parser().parse_args([
+        "--model", str(user_files / "bare.pt"), "--dataset", "fake", "--image-size", str(SIDE),
+        "--pruning-method", "structured", "--amount", "0.3", "--save-path", str(save),
+        "--output-dir", str(tmp_path / "run"), "--latency-rounds", "2", "--eval-limit", "32"]))
+    assert result["params"] < result["params_before"]
+    manifest = read_manifest(save)
+    assert (manifest.arch, manifest.num_classes) == ("resnet18", NUM_CLASSES)
+    assert manifest.inferred["arch"] == "resnet18" and "bare state_dict" in manifest.inferred["from"]
+    assert load_artifact(save)(torch.zeros(2, 3, SIDE, SIDE)).shape == (2, NUM_CLASSES)
+
+
+def test_pruning_a_torchscript_file_exits_2_naming_the_forms_it_takes(user_files, tmp_path, capsys):
+    code = run_cli(mp.main, mp.get_args_parser(), [
+        "--model", str(user_files / "scripted.pt"), "--dataset", "fake", "--save-path", str(tmp_path / "p.pt")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "inference-only" in err and "--arch" in err and "--trust-pickle" in err
+
+
+@pytest.mark.slow
+def test_a_torchscript_teacher_distils_on_fake_data_with_its_own_class_count(user_files, tmp_path):
+    save = tmp_path / "student.pt"
+    summary = model_distillation.main(model_distillation.get_args_parser().parse_args([
+        "--teacher", str(user_files / "small_scripted.pt"), "--dataset", "fake", "--save-path", str(save),
+        "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--student-arch", "resnet18", "--limit", "64",
+        "--batch-size", "32", "--no-augment", "--speed-rounds", "0", "--threads", "1"]))
+    assert "student_accuracy" in summary
+    manifest = read_manifest(save)
+    assert manifest.num_classes == NUM_CLASSES and manifest.input_shape == [3, SIDE, SIDE]
