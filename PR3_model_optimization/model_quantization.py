@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from modelops.artifact import Manifest, file_size_mb, load_artifact, load_module, write_manifest
-from modelops.cli import check_positive, common_parser, run_cli, split_seed, usable_cores
+from modelops.cli import check_positive, common_parser, load_model_dataset, run_cli, usable_cores
 from modelops.cpu import cpu_info, int8_outlook
-from modelops.data import calibration_batches, load_dataset, make_loader
+from modelops.data import calibration_batches, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import accuracy, predict_logits, top1_agreement
 from modelops.results import markdown_table, write_results
@@ -445,7 +445,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.image_size and args.image_size != image_size:
         raise UsageError(f"--image-size {args.image_size} does not match the model's input {manifest.input_shape}")
     dataset = args.dataset or manifest.dataset or "digits"
-    data = load_dataset(dataset, image_size=image_size, seed=split_seed(args, manifest), data_dir=args.data_dir)
+    data = load_model_dataset(args, manifest, dataset=dataset)  # fake data takes the model's classes and size
     if data.num_classes != manifest.num_classes:
         raise UsageError(f"Dataset {dataset!r} has {data.num_classes} classes but the model predicts "
                          f"{manifest.num_classes}; pass the --dataset the model was trained on")
