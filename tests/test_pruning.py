@@ -18,6 +18,16 @@ from modelops.artifact import Manifest, load_artifact, load_module, read_manifes
 from modelops.cli import run_cli
 from modelops.models import count_parameters, create_model
 from PR3_model_optimization import model_pruning as mp
+from PR3_model_optimization.pruning.fine_tune import fine_tune, teacher_fine_tune_step
+from PR3_model_optimization.pruning.fine_tune import test_accuracy as accuracy_on_test_split
+from PR3_model_optimization.pruning.latency import prune_to_target
+from PR3_model_optimization.pruning.structured import build_structured_pruner, structured_step
+from PR3_model_optimization.pruning.unstructured import (
+    make_permanent,
+    prunable_layers,
+    sparsity_report,
+    unstructured_prune,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "PR3_model_optimization" / "model_pruning.py"
@@ -47,8 +57,8 @@ def test_structured_pruning_removes_channels(importance: str) -> None:
     # Taylor importance scores channels by |w * dL/dw|: it needs a few batches of (images, labels).
     grads = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.randn(16, *INPUT), torch.randint(0, 10, (16,))), batch_size=8)
-    pruner = mp.build_structured_pruner(model, INPUT, amount=0.3, importance=importance, round_to=8)
-    mp.structured_step(pruner, model, importance, grads)
+    pruner = build_structured_pruner(model, INPUT, amount=0.3, importance=importance, round_to=8)
+    structured_step(pruner, model, importance, grads)
     assert all(p.grad is None for p in model.parameters())
 
     assert count_parameters(model) < 0.6 * before_params
@@ -63,10 +73,10 @@ def test_structured_pruning_removes_channels(importance: str) -> None:
 
 def test_structured_steps_prune_progressively() -> None:
     model = create_model("resnet18", 10).eval()
-    pruner = mp.build_structured_pruner(model, INPUT, amount=0.4, steps=2)
+    pruner = build_structured_pruner(model, INPUT, amount=0.4, steps=2)
     counts = [count_parameters(model)]
     for _ in range(2):
-        mp.structured_step(pruner, model, "l1")
+        structured_step(pruner, model, "l1")
         counts.append(count_parameters(model))
     assert counts[0] > counts[1] > counts[2]
 
@@ -83,7 +93,8 @@ for path in sys.argv[1:]:
     out[path] = {"params": sum(p.numel() for p in predictor.module.parameters()), "shape": list(logits.shape),
                  "logits": logits.flatten().tolist()}
 out["torch_pruning_imported"] = any(m.startswith("torch_pruning") for m in sys.modules)
-out["model_pruning_imported"] = any("model_pruning" in m for m in sys.modules)
+out["model_pruning_imported"] = any("model_pruning" in m or m.startswith("PR3_model_optimization.pruning")
+                                  for m in sys.modules)
 print(json.dumps(out))
 """
 
@@ -94,8 +105,8 @@ def test_pruned_artifacts_reload_in_fresh_process_without_torch_pruning(tmp_path
     for arch in ("resnet18", "resnet50", "mobilenet_v3_small"):
         torch.manual_seed(0)
         model = create_model(arch, 10).eval()
-        pruner = mp.build_structured_pruner(model, INPUT, amount=0.3)
-        mp.structured_step(pruner, model, "l1")
+        pruner = build_structured_pruner(model, INPUT, amount=0.3)
+        structured_step(pruner, model, "l1")
         path = tmp_path / f"{arch}_pruned.pt"
         save_artifact(model, path, Manifest(arch=arch, num_classes=10, input_shape=INPUT))
         torch.manual_seed(0)
@@ -120,11 +131,11 @@ def test_pruned_artifacts_reload_in_fresh_process_without_torch_pruning(tmp_path
 @pytest.mark.parametrize("method", ["global", "layerwise"])
 def test_unstructured_reaches_sparsity_and_leaves_plain_weights(method: str) -> None:
     model = create_model("mobilenet_v3_small", 10)
-    mp.unstructured_prune(model, 0.5, method)
+    unstructured_prune(model, 0.5, method)
     assert any(name.endswith("weight_mask") for name in model.state_dict())
-    mp.make_permanent(model)
+    make_permanent(model)
 
-    weight_sparsity, _, per_layer = mp.sparsity_report(model)
+    weight_sparsity, _, per_layer = sparsity_report(model)
     assert weight_sparsity == pytest.approx(0.5, abs=0.005)
     if method == "layerwise":
         assert all(v == pytest.approx(0.5, abs=0.01) for v in per_layer.values())
@@ -132,7 +143,7 @@ def test_unstructured_reaches_sparsity_and_leaves_plain_weights(method: str) -> 
         assert max(per_layer.values()) - min(per_layer.values()) > 0.05  # one global threshold, uneven layers
     names = list(model.state_dict())
     assert not any(n.endswith(("weight_orig", "weight_mask")) for n in names)
-    layers = [m for _, m in mp.prunable_layers(model)]
+    layers = [m for _, m in prunable_layers(model)]
     assert all(isinstance(m.weight, nn.Parameter) and not m._forward_pre_hooks for m in layers)
     assert model.eval()(torch.randn(1, *INPUT)).shape == (1, 10)
 
@@ -142,9 +153,9 @@ def test_iterative_unstructured_composes_to_the_target() -> None:
     amount, steps = 0.6, 3
     for step in range(1, steps + 1):
         done, goal = amount * (step - 1) / steps, amount * step / steps
-        mp.unstructured_prune(model, (goal - done) / (1 - done), "global")
-    mp.make_permanent(model)
-    assert mp.sparsity_report(model)[0] == pytest.approx(amount, abs=0.005)
+        unstructured_prune(model, (goal - done) / (1 - done), "global")
+    make_permanent(model)
+    assert sparsity_report(model)[0] == pytest.approx(amount, abs=0.005)
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -153,25 +164,25 @@ def test_iterative_unstructured_composes_to_the_target() -> None:
 def test_fine_tuning_recovers_accuracy(digits_resnet18: Path, digits_data, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model, _ = load_module(digits_resnet18)
-    pruner = mp.build_structured_pruner(model, INPUT, amount=0.5)
-    mp.structured_step(pruner, model, "l1")
-    pruned_accuracy = mp.test_accuracy(model, digits_data)
+    pruner = build_structured_pruner(model, INPUT, amount=0.5)
+    structured_step(pruner, model, "l1")
+    pruned_accuracy = accuracy_on_test_split(model, digits_data)
 
     small = dataclasses.replace(digits_data, train=Subset(digits_data.train, range(512)))
     args = _train_args(epochs=2, lr=0.01, batch_size=64)
-    summary = mp.fine_tune(model, small, args, output_dir=tmp_path / "ft", progress=False)
-    tuned_accuracy = mp.test_accuracy(model, digits_data)
+    summary = fine_tune(model, small, args, output_dir=tmp_path / "ft", progress=False)
+    tuned_accuracy = accuracy_on_test_split(model, digits_data)
     assert summary["epochs_run"] == 2
     assert tuned_accuracy > pruned_accuracy + 5, (pruned_accuracy, tuned_accuracy)
     assert (tmp_path / "ft" / "checkpoint.pth").is_file()
 
 
-def test_distillation_step_adds_teacher_term(digits_resnet18: Path, digits_data) -> None:
+def test_teacher_fine_tune_step_adds_teacher_term(digits_resnet18: Path, digits_data) -> None:
     teacher = load_artifact(digits_resnet18)
     student = create_model("resnet18", 10)
     images, targets = next(iter(torch.utils.data.DataLoader(digits_data.train, batch_size=16)))
-    plain = mp.distillation_step(teacher, alpha=0.0, temperature=4.0)(student, (images, targets))[0]
-    step = mp.distillation_step(teacher, alpha=0.5, temperature=4.0)
+    plain = teacher_fine_tune_step(teacher, alpha=0.0, temperature=4.0)(student, (images, targets))[0]
+    step = teacher_fine_tune_step(teacher, alpha=0.5, temperature=4.0)
     mixed_loss, logits, _ = step(student, (images, targets))
     assert logits.shape == (16, 10)
     assert torch.isfinite(mixed_loss) and not torch.isclose(mixed_loss, plain)
@@ -215,7 +226,7 @@ def test_main_global_compressed_file_is_smaller_and_loads(digits_resnet18: Path,
     assert "no faster" in result["note"]
     model, manifest = load_module(save)
     assert manifest.metrics["sparsity"] == result["sparsity"]
-    assert mp.sparsity_report(model)[0] == pytest.approx(0.5, abs=0.01)
+    assert sparsity_report(model)[0] == pytest.approx(0.5, abs=0.01)
     assert (tmp_path / "run" / "layer_sparsity.csv").is_file()
 
 
@@ -268,8 +279,8 @@ def test_prune_to_target_stops_when_measured_target_is_met() -> None:
     original.load_state_dict(model.state_dict())
     args = _train_args(target_speedup=1.2, amount_step=0.2, max_amount=0.6, memory_format="contiguous",
                        latency_batch_size=4, latency_rounds=3, importance="l1", round_to=8)
-    pruner = mp.build_structured_pruner(model, INPUT, amount=0.6, steps=3)
-    rows = mp.prune_to_target(pruner, model, original, args, INPUT)
+    pruner = build_structured_pruner(model, INPUT, amount=0.6, steps=3)
+    rows = prune_to_target(pruner, model, original, args, INPUT)
     amounts = [row["amount"] for row in rows]
     assert amounts == sorted(amounts) and 1 <= len(rows) <= 3
     assert all(row["latency_ms_p50"] > 0 and row["params_ratio"] < 1 for row in rows)

@@ -39,6 +39,15 @@ from modelops.models import count_macs, count_parameters, create_model
 from modelops.results import markdown_table, write_results
 from modelops.timing import interleaved_latency, latency_stats
 from PR3_model_optimization import model_pruning as mp
+from PR3_model_optimization.pruning.fine_tune import fine_tune, test_accuracy
+from PR3_model_optimization.pruning.latency import channels_last_fn
+from PR3_model_optimization.pruning.structured import build_structured_pruner, structured_step
+from PR3_model_optimization.pruning.unstructured import (
+    compress_in_place,
+    make_permanent,
+    sparsity_report,
+    unstructured_prune,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +80,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def _channels_last(model: nn.Module):
-    return mp.channels_last_fn(model)
+    return channels_last_fn(model)
 
 
 def speed_part(
@@ -85,10 +94,10 @@ def speed_part(
     torch.manual_seed(args.seed)
     original = create_model(args.arch, 1000).eval()
     structured = copy.deepcopy(original)
-    pruner = mp.build_structured_pruner(structured, input_shape, amount=args.amount, round_to=8)
-    mp.structured_step(pruner, structured, "l1")
+    pruner = build_structured_pruner(structured, input_shape, amount=args.amount, round_to=8)
+    structured_step(pruner, structured, "l1")
     structured.eval()
-    unstructured = mp.make_permanent(mp.unstructured_prune(copy.deepcopy(original), args.amount, "global")).eval()
+    unstructured = make_permanent(unstructured_prune(copy.deepcopy(original), args.amount, "global")).eval()
 
     models = {"original": original, "structured": structured, "unstructured": unstructured}
     facts: dict[str, dict[str, Any]] = {}
@@ -98,9 +107,9 @@ def speed_part(
         size = save_artifact(model, path, manifest).size_mb
         facts[name] = {"params_m": round(count_parameters(model) / 1e6, 3),
                        "macs_g": round(count_macs(model, input_shape) / 1e9, 3),
-                       "size_mb": round(size, 2), "sparsity": round(mp.sparsity_report(model)[0], 3)}
+                       "size_mb": round(size, 2), "sparsity": round(sparsity_report(model)[0], 3)}
         if name == "unstructured":
-            mp.compress_in_place(path)
+            compress_in_place(path)
             facts[name]["size_mb_compressed"] = round(file_size_mb(path), 2)
             load_module(path)  # the compressed file is still an ordinary loadable artifact
 
@@ -153,16 +162,16 @@ def accuracy_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     model, manifest = load_module(path)
     data = load_dataset(manifest.dataset or "digits", image_size=manifest.input_shape[-1],
                         seed=split_seed(args, manifest))
-    before = mp.test_accuracy(model, data)
-    pruner = mp.build_structured_pruner(model, manifest.input_shape, amount=args.amount, round_to=8)
+    before = test_accuracy(model, data)
+    pruner = build_structured_pruner(model, manifest.input_shape, amount=args.amount, round_to=8)
     params_before = count_parameters(model)
-    mp.structured_step(pruner, model, "l1")
-    pruned = mp.test_accuracy(model, data)
+    structured_step(pruner, model, "l1")
+    pruned = test_accuracy(model, data)
     tune_args = mp.get_args_parser().parse_args(
         ["--model", str(path), "--epochs", str(args.epochs), "--lr", str(args.lr), "--seed", str(args.seed)])
     started = time.perf_counter()
-    tuning = mp.fine_tune(model, data, tune_args, output_dir=workdir / "fine_tune", desc="fine-tune")
-    after = mp.test_accuracy(model, data)
+    tuning = fine_tune(model, data, tune_args, output_dir=workdir / "fine_tune", desc="fine-tune")
+    after = test_accuracy(model, data)
     return {"digits_model": str(path), "digits_accuracy_before": before, "digits_accuracy_pruned": pruned,
             "digits_accuracy_fine_tuned": after, "digits_top1_drop": round(before - after, 2),
             "digits_params_ratio": round(count_parameters(model) / params_before, 3),
