@@ -147,12 +147,16 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 def check_inputs(models: list[tuple[str, Path]], args: argparse.Namespace) -> Any:
     """Load the dataset at the models' input size; refuse models whose manifest says another shape."""
+    from modelops.cli import load_model_dataset
     from modelops.data import load_dataset
 
     manifests = {name: read_manifest(path) for name, path in models}
     first = next((m for m in manifests.values() if m is not None), None)
     image_size = args.image_size or (first.input_shape[-1] if first else None)
-    data = load_dataset(args.dataset, image_size=image_size, seed=split_seed(args, first), data_dir=args.data_dir)
+    if first is not None:  # fake data takes the model's class count and size; --preprocessing, --labels apply
+        data = load_model_dataset(args, first)
+    else:
+        data = load_dataset(args.dataset, image_size=image_size, seed=split_seed(args, first), data_dir=args.data_dir)
     for name, path in models:
         manifest = manifests[name]
         if manifest is None:
