@@ -16,8 +16,8 @@ from typing import Any
 from torch import nn
 
 from modelops.artifact import Manifest, load_artifact
-from modelops.cli import split_seed
-from modelops.data import DatasetSplits, load_dataset, make_loader
+from modelops.cli import load_model_dataset
+from modelops.data import DatasetSplits, make_loader
 from modelops.errors import UsageError
 from modelops.models import count_macs, count_parameters
 from modelops.training import StepFn, cross_entropy_step
@@ -80,8 +80,7 @@ def make_pruner(args: argparse.Namespace, model: nn.Module, input_shape: list[in
 
 def _resolve_dataset(args: argparse.Namespace, manifest: Manifest) -> DatasetSplits:
     name = args.dataset or manifest.dataset or "digits"
-    image_size = args.image_size or manifest.input_shape[-1]
-    data = load_dataset(name, image_size=image_size, seed=split_seed(args, manifest), data_dir=args.data_dir)
+    data = load_model_dataset(args, manifest, dataset=name)  # fake data takes the model's classes and size
     if manifest.num_classes and data.num_classes != manifest.num_classes:
         raise UsageError(f"{args.model} predicts {manifest.num_classes} classes but dataset {name!r} has "
                          f"{data.num_classes}: pass the --dataset it was trained on")
