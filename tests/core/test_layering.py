@@ -32,10 +32,7 @@ SIZE_EXCEPTIONS: dict[str, str] = {
     "modelops/artifact.py::load_artifact": "split pending",
     "modelops/training.py::fit": "split pending",
     "PR3_model_optimization/benchmarks/bench_pruning.py::speed_part": "split pending",
-    "PR3_model_optimization/benchmarks/bench_quantization.py::speed_part": "split pending",
     "PR3_model_optimization/model_distillation.py::main": "split pending",
-    "PR3_model_optimization/model_quantization.py": "split pending",
-    "PR3_model_optimization/model_quantization.py::main": "split pending",
     "PR4_model_benchmarking/benchmark_models.py::get_args_parser": "split pending",
 }
 
