@@ -16,6 +16,7 @@ import torch
 from modelops.arch_inference import set_command_line_arch
 from modelops.data import DATASET_CHOICES, DatasetSplits, load_dataset
 from modelops.errors import UsageError
+from modelops.model_probe import set_command_line_image_size
 from modelops.preprocessing import PRESETS
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def setup(args: argparse.Namespace) -> None:
     torch.set_num_threads(threads)
     # Reset on every run, so an --arch never outlives the script (or test) that passed it.
     set_command_line_arch(getattr(args, "arch", None) if getattr(args, "arch_names_input", False) else None)
+    set_command_line_image_size(getattr(args, "image_size", None))
     seed = getattr(args, "seed", 0)
     random.seed(seed)
     np.random.seed(seed)

@@ -15,8 +15,15 @@ from modelops.errors import ArtifactError
 
 logger = logging.getLogger(__name__)
 
-# Sides tried on a model that does not declare its input: ImageNet's, then the small datasets'.
+# Sides tried on a model that does not declare its input: the script's --image-size, ImageNet's, the small datasets'.
 CANDIDATE_SIDES = (224, 32)
+_command_line_side: int | None = None
+
+
+def set_command_line_image_size(side: int | None) -> None:
+    """Record the script's ``--image-size``: tried first on a model file that does not declare its input."""
+    global _command_line_side
+    _command_line_side = side
 
 
 def onnx_input_shape(session: object) -> list[int] | None:
@@ -47,10 +54,11 @@ def probe(
     Args:
         fn: the model's forward (any format).
         source: what to name in messages (the file).
-        input_shape: the shape the file declares; without it, 3 x side x side for each of
-            :data:`CANDIDATE_SIDES` is tried.
+        input_shape: the shape the file declares; without it, 3 x side x side is tried for the script's
+            ``--image-size``, then each of :data:`CANDIDATE_SIDES`.
     """
-    shapes = [list(input_shape)] if input_shape else [[3, side, side] for side in CANDIDATE_SIDES]
+    sides = dict.fromkeys([_command_line_side, *CANDIDATE_SIDES]) if _command_line_side else CANDIDATE_SIDES
+    shapes = [list(input_shape)] if input_shape else [[3, side, side] for side in sides if side]
     last_error = ""
     for shape in shapes:
         try:

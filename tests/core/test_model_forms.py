@@ -118,3 +118,16 @@ def test_a_message_says_what_the_file_is(tmp_path, make, says):
     make(path)
     with pytest.raises(ArtifactError, match=says):
         load_artifact(path)
+
+
+def test_image_size_flag_picks_the_input_of_a_torchscript_file_that_runs_at_any_size(saved):
+    from modelops.cli import common_parser
+
+    shapes = []
+
+    def main(args: argparse.Namespace) -> None:
+        shapes.append(load_artifact(saved["torchscript"]).input_shape)
+
+    assert run_cli(main, common_parser(), ["--image-size", "48"]) == 0
+    assert run_cli(main, common_parser(), []) == 0
+    assert shapes == [[3, 48, 48], [3, 224, 224]]
