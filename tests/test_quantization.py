@@ -23,6 +23,7 @@ from PR3_model_optimization.quantization.coverage import dynamic_coverage, layer
 from PR3_model_optimization.quantization.detect import quantized_reason
 from PR3_model_optimization.quantization.onnxruntime_backend import onnx_module_name, quantize_onnx
 from PR3_model_optimization.quantization.pt2e_backend import quantize_pt2e, save_pt2e
+from PR3_model_optimization.quantization.search import pick_best
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "PR3_model_optimization" / "model_quantization.py"
@@ -167,10 +168,10 @@ def test_pick_best_prefers_the_fastest_passing_trial() -> None:
         {"trial": 2, "val_accuracy": 90.0, "speedup": 4.5, "meets_budget": False},
         {"trial": 3, "config": "broken", "error": "boom"},
     ]
-    assert mq.pick_best(rows)["trial"] == 1
+    assert pick_best(rows)["trial"] == 1
     failing = [{**r, "meets_budget": False} for r in rows[:3]]
-    assert mq.pick_best(failing)["trial"] == 0  # nothing passed: the most accurate is kept
-    assert mq.pick_best([rows[3]]) is None
+    assert pick_best(failing)["trial"] == 0  # nothing passed: the most accurate is kept
+    assert pick_best([rows[3]]) is None
 
 
 def test_search_stops_at_its_budget_and_keeps_the_fastest_passing(digits_resnet18: Path, tmp_path: Path) -> None:

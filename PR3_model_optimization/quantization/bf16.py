@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from modelops.cpu import cpu_info
-from PR3_model_optimization.quantization.pt2e_backend import export_batch_dynamic
+from PR3_model_optimization.quantization.export import export_batch_dynamic
 
 
 def bf16_support() -> tuple[bool, str]:

@@ -17,21 +17,12 @@ from torch import nn
 
 from modelops.errors import UsageError
 from PR3_model_optimization.quantization.config import QuantConfig
+from PR3_model_optimization.quantization.export import export_batch_dynamic
 
 logger = logging.getLogger(__name__)
 
 PT2E_QUANT_PREFIX = "quantized_decomposed."
-_BATCH = {0: torch.export.Dim("batch", min=1, max=4096)}
 _WEIGHTED_OPS = (["conv2d"], ["linear"], ["conv1d"], ["conv3d"])
-
-
-def export_batch_dynamic(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    """``torch.export`` with a dynamic batch dimension (an example of batch 1 is widened to 2)."""
-    # strict=True: the non-strict tracer keeps in-place add_/relu_ and the x86 quantizer then fails with
-    # "Input partition has more than one output node".
-    if example.shape[0] < 2:
-        example = example.expand(2, *example.shape[1:]).contiguous()
-    return torch.export.export(model, (example,), dynamic_shapes=(_BATCH,), strict=True)
 
 
 def _x86_quantizer(config: QuantConfig):

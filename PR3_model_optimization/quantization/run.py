@@ -1,0 +1,307 @@
+"""One quantization run: the fp32 model, data and references shared by its trials (:class:`QuantizationRun`);
+each trial builds an artifact, reloads it through the shared loader and measures it; :func:`run_trials` keeps
+the best and publishes it at the user's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from modelops.artifact import Manifest, file_size_mb, load_artifact, write_manifest
+from modelops.cli import usable_cores
+from modelops.cpu import cpu_info
+from modelops.data import DatasetSplits, calibration_batches, make_loader
+from modelops.errors import UsageError
+from modelops.evaluate import accuracy, predict_logits, top1_agreement
+from modelops.results import write_results
+from modelops.timing import interleaved_latency
+from PR3_model_optimization.quantization.auto import Candidate, Selection, select
+from PR3_model_optimization.quantization.backends import REGISTRY, Quantizer
+from PR3_model_optimization.quantization.config import QuantConfig
+from PR3_model_optimization.quantization.coverage import layer_macs, mac_fraction, sensitive_layers
+from PR3_model_optimization.quantization.search import pick_best, plan_trials
+
+logger = logging.getLogger(__name__)
+
+TRIAL_COLUMNS = ("trial", "config", "val_accuracy", "accuracy_drop", "top1_agreement", "speedup",
+                 "int8_speedup", "latency_ms_p50_int8", "size_mb", "quantized_mac_fraction", "meets_budget", "error")
+
+
+class QuantizationRun:
+    """Everything one invocation shares between trials: the fp32 model, data, references, work dir.
+
+    Args:
+        model: fp32 eager model.
+        manifest: its manifest.
+        model_path: its file (recorded as the parent).
+        data: the dataset splits matching the model.
+        args: parsed flags (calibration, QAT and latency settings).
+        work_dir: where trial artifacts are built before the winner is copied to the save path.
+    """
+
+    def __init__(self, model: nn.Module, manifest: Manifest, model_path: Path, data, args: argparse.Namespace,
+                 work_dir: Path) -> None:
+        self.model = model.eval()
+        self.manifest = manifest
+        self.model_path = model_path
+        self.data = data
+        self.args = args
+        self.work_dir = work_dir
+        self.threads = args.threads or usable_cores()
+        self.input_shape = list(manifest.input_shape)
+        self.macs = layer_macs(self.model, self.input_shape)
+        self.fp32_size_mb = file_size_mb(model_path)
+        self.val_loader = make_loader(data.val, 256)
+        self._calibration: dict[int, list[torch.Tensor]] = {}
+        self._quantizers: dict[str, Quantizer] = {}
+        self._fp32_runtime: dict[str, object] = {}
+        self.latency_batch = torch.randn(args.latency_batch_size, *self.input_shape)
+        self.fp32_val_logits, self.val_targets = predict_logits(self.model, self.val_loader)
+        self.fp32_accuracy = round(accuracy(self.fp32_val_logits, self.val_targets), 4)
+
+    def calibration(self, num_batches: int) -> list[torch.Tensor]:
+        if num_batches not in self._calibration:
+            self._calibration[num_batches] = calibration_batches(
+                self.data.train, self.args.calibration_batch_size, num_batches, seed=self.args.seed)
+        return self._calibration[num_batches]
+
+    def example(self) -> torch.Tensor:
+        # Batch 2: torch.export specialises a batch dimension it sees as 1.
+        return self.calibration(1)[0][:2] if len(self.data.train) >= 2 else torch.zeros(2, *self.input_shape)
+
+    def qat_step(self, graph: torch.fx.GraphModule) -> None:
+        """Fine-tune the fake-quant graph for ``--qat-epochs`` epochs of the train split."""
+        from tqdm import tqdm
+
+        loader = make_loader(self.data.train, self.args.batch_size, shuffle=True, seed=self.args.seed)
+        steps = max(1, int(len(loader) * self.args.qat_epochs))
+        optimizer = torch.optim.SGD(graph.parameters(), lr=self.args.qat_lr, momentum=0.9)
+        done = 0
+        with tqdm(total=steps, desc="qat", leave=False) as bar:
+            while done < steps:
+                for images, labels in loader:
+                    loss = nn.functional.cross_entropy(graph(images), labels)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    done += 1
+                    bar.update()
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                    if done >= steps:
+                        break
+
+    def quantizer(self, backend: str) -> Quantizer:
+        """The backend's quantizer for this model, made on first use and shared by its trials."""
+        if backend not in self._quantizers:
+            self._quantizers[backend] = REGISTRY[backend].make_quantizer(self.model, self.example(), self.work_dir)
+        return self._quantizers[backend]
+
+    def build(self, config: QuantConfig, out: Path) -> list[str]:
+        """Write the int8 model for ``config`` at ``out``; return the quantized layer names."""
+        calibration = self.calibration(config.calibration_batches) if config.method == "static" else []
+        return self.quantizer(config.backend).build(
+            config, calibration, out, train_step=self.qat_step if config.method == "qat" else None)
+
+    def fp32_runtime_predictor(self, backend: str):
+        """The fp32 model on the backend's own runtime (loaded once), or None if the backend has none."""
+        if backend not in self._fp32_runtime:
+            path = self.quantizer(backend).fp32_artifact()
+            if path is not None:
+                write_manifest(path, self.manifest.derive(
+                    parent_path=str(self.model_path), transform={"kind": "export", "format": REGISTRY[backend].format}),
+                    fmt=REGISTRY[backend].format)
+            self._fp32_runtime[backend] = load_artifact(path, threads=self.threads) if path is not None else None
+        return self._fp32_runtime[backend]
+
+    def child_manifest(self, config: QuantConfig, metrics: dict) -> Manifest:
+        return self.manifest.derive(parent_path=str(self.model_path), transform=config.transform(),
+                                    metrics=dict(metrics),
+                                    runtime=REGISTRY[config.backend].runtime_for(config.method))
+
+    def trial(self, index: int, config: QuantConfig, budget: float | None) -> tuple[dict, Path]:
+        """Quantize with ``config``, reload the result through ``load_artifact`` and measure it."""
+        out = self.work_dir / f"trial{index}{REGISTRY[config.backend].suffix}"
+        logger.info("trial %d: %s", index, config.label)
+        started = time.perf_counter()
+        layers = self.build(config, out)
+        quantize_s = time.perf_counter() - started
+        write_manifest(out, self.child_manifest(config, {}), fmt=REGISTRY[config.backend].format)
+
+        # Accuracy from the reloaded artifact (the same path PR2's worker and PR4's benchmark take).
+        predictor = load_artifact(out, compile=False, threads=self.threads)
+        logits, _ = predict_logits(predictor, self.val_loader)
+        val_accuracy = round(accuracy(logits, self.val_targets), 4)
+        # PT2E int8 is slower than fp32 until inductor compiles it with freezing: time it as the loader runs it.
+        compiled = REGISTRY[config.backend].runtime.get("compile", False)
+        fast = load_artifact(out, threads=self.threads) if compiled else predictor
+        contenders = {"fp32": self.model, "int8": fast}
+        runtime_fp32 = self.fp32_runtime_predictor(config.backend)
+        if runtime_fp32 is not None:
+            # The same fp32 model on the backend's runtime: splits the speed-up into runtime and int8 shares.
+            contenders["fp32_runtime"] = runtime_fp32
+        samples = interleaved_latency(contenders, self.latency_batch, warmup=3, rounds=self.args.latency_rounds)
+        median = {name: float(torch.tensor(values).median()) for name, values in samples.items()}
+        fp32_ms, int8_ms = median["fp32"], median["int8"]
+        runtime_ms = median.get("fp32_runtime")
+        size_mb = file_size_mb(out)
+        drop = round(self.fp32_accuracy - val_accuracy, 4)
+        row = {
+            "trial": index, "config": config.label, "backend": config.backend, "method": config.method,
+            "per_channel": config.per_channel, "calibration_method": config.calibration_method,
+            "activation_type": config.activation_type, "calibration_batches": config.calibration_batches,
+            "keep_float": "+".join(config.keep_float),
+            "val_accuracy": val_accuracy, "fp32_accuracy": self.fp32_accuracy, "accuracy_drop": drop,
+            "top1_agreement": round(top1_agreement(logits, self.fp32_val_logits), 4),
+            "latency_ms_p50_fp32": round(fp32_ms, 3), "latency_ms_p50_int8": round(int8_ms, 3),
+            "speedup": round(fp32_ms / int8_ms, 3), "latency_batch_size": self.args.latency_batch_size,
+            "latency_ms_p50_fp32_runtime": round(runtime_ms, 3) if runtime_ms else None,
+            "runtime_speedup": round(fp32_ms / runtime_ms, 3) if runtime_ms else None,
+            "int8_speedup": round(runtime_ms / int8_ms, 3) if runtime_ms else None,
+            "size_mb": round(size_mb, 4), "fp32_size_mb": round(self.fp32_size_mb, 4),
+            "size_ratio": round(size_mb / self.fp32_size_mb, 4),
+            "quantized_layers_count": len(layers), "quantized_mac_fraction": round(mac_fraction(self.macs, layers), 4),
+            "meets_budget": budget is None or drop <= budget, "quantize_s": round(quantize_s, 2), "error": "",
+            "quantized_layers": layers,
+        }
+        return row, out
+
+    def publish(self, row: dict, artifact: Path, config: QuantConfig, save_path: Path, extra: dict) -> Manifest:
+        """Copy a trial's artifact to the user's path (atomically) and write its final manifest."""
+        save_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = save_path.with_name(save_path.name + ".partial")
+        shutil.copyfile(artifact, partial)
+        partial.replace(save_path)
+        metrics = {k: v for k, v in row.items() if k not in ("trial", "config", "error")}
+        metrics.update({"accuracy": row["val_accuracy"], "accuracy_split": "val", **extra})
+        return write_manifest(save_path, self.child_manifest(config, metrics), fmt=REGISTRY[config.backend].format)
+
+
+
+
+
+def default_save_path(model_path: Path, backend: str, method: str = "static") -> Path:
+    dtype = "bf16" if method == "bf16" else "int8"
+    return model_path.with_name(f"{model_path.stem}_{dtype}{REGISTRY[backend].suffix}")
+
+
+def write_trials(csv_path: Path, json_path: Path, rows: Sequence[dict]) -> None:
+    write_results(csv_path, [{k: r.get(k, "") for k in TRIAL_COLUMNS if k != "quantized_layers"} for r in rows])
+    write_results(json_path, [dict(r) for r in rows])
+
+
+def trials_paths(save_path: Path) -> tuple[Path, Path]:
+    return save_path.with_name(save_path.name + ".trials.csv"), save_path.with_name(save_path.name + ".trials.json")
+
+
+def finish_auto(run: QuantizationRun, built: Sequence[tuple[dict, Path, QuantConfig]], failed: Sequence[Candidate],
+                budget: float, model_path: Path, extra: dict) -> tuple[dict | None, Manifest | None, Path, Selection]:
+    """Time each backend's best trial on this host, keep the fastest within ``budget`` and publish it."""
+    args = run.args
+    selection = select(run.model, built, failed, budget, run.input_shape, [1, args.latency_batch_size],
+                       args.latency_rounds, threads=run.threads)
+    print(selection.table, file=sys.stderr)
+    logger.info("auto: %s", selection.reason)
+    chosen = selection.chosen
+    if chosen is None or chosen.artifact is None:
+        return None, None, Path(args.save_path or model_path), selection
+    save_path = Path(args.save_path) if args.save_path else \
+        default_save_path(model_path, chosen.config.backend, chosen.config.method)
+    manifest = run.publish(chosen.row, chosen.artifact, chosen.config, save_path,
+                           {**extra, "trials": len(built), "backend_selection": selection.record})
+    return chosen.row, manifest, save_path, selection
+
+
+@dataclass
+class Plan:
+    """What a run will do, settled before any trial: the fp32 model, where the result goes, what to try."""
+
+    model: nn.Module
+    manifest: Manifest
+    model_path: Path
+    save_path: Path
+    data: DatasetSplits
+    base: QuantConfig
+    auto: bool
+    searching: bool
+    budget: float | None
+    outlook: str
+    likely: bool
+
+
+@dataclass
+class Outcome:
+    """What the trials produced: every row, the kept one and its manifest, where it went."""
+
+    rows: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    best_manifest: Manifest | None = None
+    save_path: Path | None = None
+    selection: Selection | None = None
+
+
+def run_trials(plan: Plan, args: argparse.Namespace, started: float) -> Outcome:
+    """Run every planned trial; keep the best (published as soon as it leads, unless auto decides at the end)."""
+    configs, failed = plan_trials(plan.base, sensitive_layers(plan.model), args, plan.auto, plan.searching)
+    built: list[tuple[dict, Path, QuantConfig]] = []
+    outcome = Outcome(save_path=plan.save_path)
+    extra = {"cpu_int8_outlook": plan.outlook, "cpu_int8_likely": plan.likely, "cpu_model": cpu_info()["cpu_model"],
+             "max_accuracy_drop": plan.budget}
+    with tempfile.TemporaryDirectory(prefix="quantize_") as tmp:
+        run = QuantizationRun(plan.model, plan.manifest, plan.model_path, plan.data, args, Path(tmp))
+        logger.info("fp32 %s: val accuracy %.2f%% on %d samples", plan.manifest.arch, run.fp32_accuracy,
+                    len(run.val_targets))
+        for index, config in enumerate(configs):
+            # The time budget is checked between trials, so at least one trial always runs.
+            out_of_time = args.search_time_s is not None and time.perf_counter() - started > args.search_time_s
+            if plan.searching and index > 0 and out_of_time:
+                logger.warning("search time budget of %.0f s reached after %d trials", args.search_time_s, index)
+                break
+            row, artifact = one_trial(run, index, config, plan, outcome.rows, failed)
+            if row is None:
+                continue
+            built.append((row, artifact, config))
+            if pick_best(outcome.rows) is row and not plan.auto:
+                # A new best: save it now so a stopped search still leaves a usable model.
+                outcome.best = row
+                outcome.best_manifest = run.publish(row, artifact, config, plan.save_path,
+                                                    {**extra, "trials": len(outcome.rows)})
+            if plan.searching and not plan.auto:
+                write_trials(*trials_paths(plan.save_path), outcome.rows)
+        if plan.auto:
+            outcome.best, outcome.best_manifest, outcome.save_path, outcome.selection = finish_auto(
+                run, built, failed, plan.budget, plan.model_path, extra)
+            if plan.searching:
+                write_trials(*trials_paths(outcome.save_path), outcome.rows)
+    return outcome
+
+
+def one_trial(run: QuantizationRun, index: int, config: QuantConfig, plan: Plan, rows: list[dict],
+              failed: list[Candidate]) -> tuple[dict | None, Path | None]:
+    """One trial, appended to ``rows``; in a search or auto run a failing configuration becomes an error row."""
+    try:
+        row, artifact = run.trial(index, config, plan.budget)
+    except (UsageError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if not (plan.searching or plan.auto):
+            raise
+        error = str(exc).splitlines()[0][:200]
+        logger.warning("trial %d (%s) failed: %s", index, config.label, error)
+        rows.append({"trial": index, "config": config.label, "error": error})
+        failed.append(Candidate(config, error=f"failed: {error}"))
+        return None, None
+    rows.append(row)
+    logger.info("trial %d: val %.2f%% (drop %.2f), %.2fx, %.2f MB", index, row["val_accuracy"],
+                row["accuracy_drop"], row["speedup"], row["size_mb"])
+    return row, artifact

@@ -1,0 +1,61 @@
+"""Which configurations a quantization run tries, and which trial it keeps."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from modelops.errors import UsageError
+from modelops.selection import pick_best as select_best
+from PR3_model_optimization.quantization.auto import AUTO, Candidate, auto_candidates, unavailable_candidates
+from PR3_model_optimization.quantization.backends import BACKENDS, REGISTRY
+from PR3_model_optimization.quantization.config import BF16_BACKENDS, QuantConfig
+
+
+def search_space(base: QuantConfig, sensitive: Sequence[str], backends: Sequence[str]) -> list[QuantConfig]:
+    """The configurations the accuracy-aware search tries, the user's own first."""
+    trials = [base]
+    if "onnxruntime" in backends:
+        ort = base if base.backend == "onnxruntime" else base.with_(backend="onnxruntime")
+        trials += [
+            ort, ort.with_(activation_type="qint8" if ort.activation_type == "quint8" else "quint8"),
+            ort.with_(keep_float=()), ort.with_(keep_float=tuple(sensitive)),
+            ort.with_(per_channel=not ort.per_channel), ort.with_(calibration_method="percentile"),
+            ort.with_(calibration_method="entropy"), ort.with_(calibration_batches=ort.calibration_batches * 3),
+        ]
+    if "pt2e" in backends:
+        pt2e = QuantConfig(backend="pt2e", calibration_batches=base.calibration_batches, keep_float=base.keep_float)
+        trials += [pt2e, pt2e.with_(keep_float=())]
+    if "openvino" in backends:
+        openvino = base.with_(backend="openvino")
+        trials += [openvino, openvino.with_(keep_float=())]
+    allowed = [t for t in trials if t.backend in backends]
+    return list(dict.fromkeys(allowed))  # QuantConfig is frozen, hence hashable: drop repeats, keep order
+
+
+def plan_trials(base: QuantConfig, sensitive: Sequence[str], args: argparse.Namespace, auto: bool,
+                searching: bool) -> tuple[list[QuantConfig], list[Candidate]]:
+    """The configurations to try and, for ``auto``, the candidates whose backend cannot run here (with why)."""
+    if args.backend and args.backend != AUTO:
+        backends: Sequence[str] = [args.backend]
+    else:
+        backends = BF16_BACKENDS if base.method == "bf16" else BACKENDS
+    configs = search_space(base, sensitive, backends) if searching else \
+        auto_candidates(base, backends) if auto else [base]
+    if args.max_trials:
+        configs = configs[: args.max_trials]
+    if auto:
+        return unavailable_candidates(configs)
+    reason = REGISTRY[base.backend].unavailable_reason()
+    if reason:
+        raise UsageError(f"--backend {base.backend} cannot run here: {reason}; or use --backend auto")
+    return configs, []
+
+
+def pick_best(rows: Sequence[dict]) -> dict | None:
+    """The fastest trial that met the accuracy budget; if none did, the most accurate one.
+
+    Rows carry ``meets_budget``, ``speedup`` and ``val_accuracy``; rows with an ``error`` never win. The rule is
+    :func:`modelops.selection.pick_best`, shared with the pipeline and the main job.
+    """
+    return select_best(rows, speed="speedup", accuracy="val_accuracy", meets_budget=lambda r: r["meets_budget"])
