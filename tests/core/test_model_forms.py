@@ -131,3 +131,45 @@ def test_image_size_flag_picks_the_input_of_a_torchscript_file_that_runs_at_any_
     assert run_cli(main, common_parser(), ["--image-size", "48"]) == 0
     assert run_cli(main, common_parser(), []) == 0
     assert shapes == [[3, 48, 48], [3, 224, 224]]
+
+
+@pytest.mark.parametrize(("form", "kind"), [
+    ("bare_state_dict", "eager"), ("state_dict_manifest", "eager"), ("pickle", "eager"),
+    ("torchscript", "onnx"), ("onnx", "onnx"), ("exported_program", "exported_program"),
+])
+def test_every_form_gives_a_quantizer_something_to_start_from(form, kind, saved, tiny_model, tmp_path):
+    from modelops.quantization_input import load_for_quantization
+
+    start = load_for_quantization(saved[form], trust_pickle=form == "pickle", work_dir=tmp_path)
+    assert start.kind == kind and start.manifest.num_classes == NUM_CLASSES
+    batch = torch.randn(2, *start.manifest.input_shape)  # a TorchScript file's probed 224x224 is fixed in its ONNX
+    if kind == "eager":
+        out = start.module(batch)
+    elif kind == "exported_program":
+        out = start.exported.module()(batch)
+    else:
+        out = load_artifact(start.onnx_path)(batch)
+    torch.testing.assert_close(out, tiny_model(batch), rtol=1e-3, atol=1e-3)
+
+
+def test_a_torchscript_file_is_quantized_by_onnx_runtime_through_its_onnx_export(saved, tiny_model, tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+
+    from modelops.quantization_input import load_for_quantization
+
+    start = load_for_quantization(saved["torchscript"], work_dir=tmp_path)
+    calibration = [torch.randn(4, *start.manifest.input_shape).numpy()]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self) -> dict | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"input": batch}
+
+    int8 = tmp_path / "int8.onnx"
+    quantize_static(str(start.onnx_path), str(int8), Reader(), weight_type=QuantType.QInt8)
+    logits = load_artifact(int8)(torch.from_numpy(calibration[0]))
+    assert logits.shape == (4, NUM_CLASSES)
+    assert (logits.argmax(1) == tiny_model(torch.from_numpy(calibration[0])).argmax(1)).float().mean() >= 0.5
