@@ -1,0 +1,63 @@
+"""Serving binds to what the registry names: a fallback only with the same input shape and labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelops.artifact import Manifest, write_manifest
+from PR2_async_inference.registry import load_registry, model_manifest
+
+PR2 = Path(__file__).resolve().parents[2] / "PR2_async_inference"
+
+
+def artifact(path: Path, input_shape: list[int], labels: list[str]) -> Path:
+    path.write_bytes(b"weights")  # the registry reads manifests only; no model is loaded here
+    write_manifest(path, Manifest(num_classes=len(labels), input_shape=input_shape, labels=labels))
+    return path
+
+
+def registry(tmp_path: Path, **entry) -> Path:
+    path = tmp_path / "model_registry.yaml"
+    path.write_text(yaml.safe_dump({"models": {"m": {"artifact": "int8.onnx", **entry}}}))
+    return path
+
+
+def test_a_missing_artifact_without_fallback_names_its_path(tmp_path):
+    spec = load_registry(registry(tmp_path)).get("m")
+    assert spec.resolve() is None
+    assert str(tmp_path / "int8.onnx") in spec.unavailable_reason()
+    with pytest.raises(FileNotFoundError, match=r"int8\.onnx"):
+        model_manifest(spec)
+
+
+def test_a_fallback_with_other_inputs_is_never_served(tmp_path):
+    artifact(tmp_path / "resnet18.pt", [3, 32, 32], ["a", "b"])
+    spec = load_registry(registry(tmp_path, fallbacks=["resnet18.pt"], input_shape=[3, 224, 224],
+                                  labels=["a", "b"])).get("m")
+    assert spec.resolve() is None
+    assert "no fallback declares its input shape [3, 224, 224]" in spec.unavailable_reason()
+
+
+def test_a_fallback_is_not_checked_against_nothing(tmp_path):
+    artifact(tmp_path / "resnet18.pt", [3, 224, 224], ["a", "b"])
+    spec = load_registry(registry(tmp_path, fallbacks=["resnet18.pt"])).get("m")
+    assert spec.resolve() is None
+    assert "declares no input_shape and labels" in spec.unavailable_reason()
+
+
+def test_a_fallback_with_the_same_inputs_and_labels_is_served(tmp_path):
+    fallback = artifact(tmp_path / "fp32.onnx", [3, 224, 224], ["a", "b"])
+    spec = load_registry(registry(tmp_path, fallbacks=["fp32.onnx"], input_shape=[3, 224, 224],
+                                  labels=["a", "b"])).get("m")
+    assert spec.resolve() == fallback and spec.unavailable_reason() is None
+    assert model_manifest(spec)[0] == fallback
+    artifact(tmp_path / "int8.onnx", [3, 224, 224], ["a", "b"])
+    assert spec.resolve() == tmp_path / "int8.onnx"  # the named artifact wins once it exists
+
+
+def test_the_shipped_registry_does_not_fall_back_to_another_model():
+    spec = load_registry(PR2 / "model_registry.yaml").get("image_classification")
+    assert spec.fallbacks == []
