@@ -54,6 +54,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     models.add_argument("--isolation", default="process", choices=ISOLATION_CHOICES,
                         help="process: each model in its own worker process, so peak memory is its own; "
                              "none: all in this process (faster start, no per-model memory) (default: process)")
+    add_timing_flags(parser)
+    quality = parser.add_argument_group("accuracy")
+    quality.add_argument("--accuracy-samples", type=int, default=None,
+                         help="test-split samples for accuracy and top-1 agreement, 0 to skip; -b sets the "
+                              "batch size of this pass (default: 500; --quick: 200)")
+    quality.add_argument("--accuracy-tolerance", type=float, default=1.0,
+                         help="accuracy points a model may lose before its verdict is 'worse' (default: 1.0)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--report-format", default="markdown,json",
+                     help=f"comma-separated subset of {', '.join(REPORT_FORMATS)} (default: markdown,json)")
+    out.add_argument("--output-dir", default="runs/benchmark", help="where reports go (default: runs/benchmark)")
+    out.add_argument("--quick", action="store_true",
+                     help="short run: fewer warm-up calls, rounds, batch sizes and server trials (default: off)")
+    out.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    return parser
+
+
+def add_timing_flags(parser: argparse.ArgumentParser) -> None:
+    """The latency and scenario flags (shared by the benchmark's parser and scripts built on it)."""
     timing = parser.add_argument_group("latency")
     timing.add_argument("--batch-sizes", default=None,
                         help="comma-separated batch sizes to time; the first is the summary's (default: 1,16)")
@@ -88,20 +107,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                            "may take this long again to drain (default: 5; --quick: 2)")
     scen.add_argument("--server-search-steps", type=int, default=None,
                       help="server scenario: bisection steps of the max-QPS search (default: 3; --quick: 1)")
-    quality = parser.add_argument_group("accuracy")
-    quality.add_argument("--accuracy-samples", type=int, default=None,
-                         help="test-split samples for accuracy and top-1 agreement, 0 to skip; -b sets the "
-                              "batch size of this pass (default: 500; --quick: 200)")
-    quality.add_argument("--accuracy-tolerance", type=float, default=1.0,
-                         help="accuracy points a model may lose before its verdict is 'worse' (default: 1.0)")
-    out = parser.add_argument_group("output")
-    out.add_argument("--report-format", default="markdown,json",
-                     help=f"comma-separated subset of {', '.join(REPORT_FORMATS)} (default: markdown,json)")
-    out.add_argument("--output-dir", default="runs/benchmark", help="where reports go (default: runs/benchmark)")
-    out.add_argument("--quick", action="store_true",
-                     help="short run: fewer warm-up calls, rounds, batch sizes and server trials (default: off)")
-    out.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
-    return parser
 
 
 # ---------------------------------------------------------------------- argument checks

@@ -281,7 +281,8 @@ class Benchmark:
                          f"{env.get('usable_cores')} cores): compare ratios, not absolute times.")
         return {
             "tool": "PR4_model_benchmarking/benchmark_models.py", "created_at": self.created_at,
-            "interrupted": self.interrupted, "environment": env, "headline": headline(models, env),
+            "interrupted": self.interrupted, "environment": env,
+            "headline": headline(models, env, args.accuracy_tolerance),
             "config": {"models": [f"{n}:{p}" for n, p in self.models], "batch_sizes": self.batch_sizes,
                        "primary_batch_size": self.batch_sizes[0], "scenarios": self.scenarios,
                        "warmup": args.warmup, "iters": args.iters, "min_time_s": args.min_time,

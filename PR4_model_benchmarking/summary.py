@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from modelops.selection import accuracy_within, pick_best
 from modelops.timing import latency_stats
 from PR4_model_benchmarking.scenarios import offline_throughput, verdicts
 
@@ -99,25 +100,26 @@ def cpu_class(env: Mapping[str, Any]) -> str:
     return "AVX2" if env.get("has_avx2") else "no AVX2"
 
 
-def best_row(models: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The variant the report recommends: the one whose verdict is "best", else the fastest that is not worse."""
-    best = next((r for r in models if r.get("verdict") == "best"), None)
-    if best is not None:
-        return best
-    timed = [r for r in models[1:] if r.get("speedup_x") and r.get("verdict") not in ("worse", "failed")]
-    return max(timed, key=lambda r: r["speedup_x"], default=None)
+def best_row(models: Sequence[dict[str, Any]], max_drop_pt: float) -> dict[str, Any] | None:
+    """The variant the report recommends, by the project's one rule (:func:`modelops.selection.pick_best`): the
+    fastest at the primary batch size that loses at most ``max_drop_pt`` accuracy points; None if that is the
+    reference itself."""
+    ref = models[0] if models else {}
+    best = pick_best(models, speed="speedup_x", accuracy="accuracy_pct",
+                     meets_budget=accuracy_within(ref.get("accuracy_pct"), max_drop_pt, "accuracy_pct"))
+    return None if best is None or best is ref else dict(best)
 
 
-def headline(models: Sequence[dict[str, Any]], env: Mapping[str, Any]) -> dict[str, Any]:
+def headline(models: Sequence[dict[str, Any]], env: Mapping[str, Any], max_drop_pt: float) -> dict[str, Any]:
     """The figures a reader acts on, copied from the summary rows: what was done, the best variant, the CPU."""
     ref = models[0] if models else {}
-    best = best_row(models)
+    best = best_row(models, max_drop_pt)
     out: dict[str, Any] = {
         "reference": ref.get("model"), "reference_size_mb": ref.get("size_mb"),
         "reference_accuracy_pct": ref.get("accuracy_pct"),
         "variants": {r["model"]: r.get("transform") or r.get("format") for r in models[1:]},
         "cpu_model": env.get("cpu_model"), "cpu_class": cpu_class(env), "threads": env.get("threads"),
-        "best": best["model"] if best else None,
+        "best": best["model"] if best else None, "max_accuracy_drop_pt": max_drop_pt,
     }
     if best:
         out.update({"best_size_mb": best.get("size_mb"), "best_size_ratio": best.get("size_ratio"),

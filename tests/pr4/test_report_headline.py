@@ -31,7 +31,7 @@ def _report() -> dict:
     models = add_comparisons(rows, accuracy_tolerance_pt=1.0)
     return {"created_at": "2026-12-01T00:00:00+00:00", "interrupted": False, "environment": ENV,
             "config": {"batch_sizes": [1, 16], "primary_batch_size": 1}, "models": models, "per_batch": per_batch,
-            "samples_ms": SAMPLES, "server": {}, "notes": [], "headline": headline(models, ENV)}
+            "samples_ms": SAMPLES, "server": {}, "notes": [], "headline": headline(models, ENV, 1.0)}
 
 
 def _md_table(md: str) -> list[dict[str, str]]:
@@ -88,7 +88,7 @@ def test_cpu_class(flags, expected):
 def test_no_best_variant_is_said_plainly():
     report = _report()
     for row in report["models"][1:]:
-        row["verdict"] = "worse"
-    report["headline"] = headline(report["models"], ENV)
+        row["accuracy_pct"] = 90.0
+    report["headline"] = headline(report["models"], ENV, 1.0)
     assert report["headline"]["best"] is None
     assert any(re.match("Best variant: none", line) for line in headline_lines(report))
