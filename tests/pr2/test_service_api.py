@@ -1,5 +1,6 @@
-"""The API in-process (FastAPI TestClient) against a real Tansu broker: validation, 202 + Location,
-idempotency, backpressure, API key, callbacks allowlist, OIP v2, replicas sharing results, OpenAPI fuzzing."""
+"""The API in-process (FastAPI TestClient) against the session's real broker: validation, 202 + Location,
+idempotency, backpressure, API key, callbacks allowlist, OIP v2, replicas sharing results, and schemathesis with
+every check against the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from PR2_async_inference.api.schemas import EXAMPLE_IMAGE
 from PR2_async_inference.async_fastapi_server import create_app
 from PR2_async_inference.settings import Settings
 from tests.pr2.conftest import make_topics, metric_value, suite_settings
@@ -32,7 +35,7 @@ def client_for(settings: Settings) -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def api_settings(broker, pr2_registry) -> Settings:
     return suite_settings(broker.info["bootstrap"], "api", pr2_registry, max_body_bytes=200_000,
-                          callback_allowlist=["hooks.example.test"])
+                          callback_allowlist=["hooks.example.test"], callback_hmac_secret="api-tests-" + "0" * 32)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +76,12 @@ def test_image_request_is_accepted_with_default_model(api, fmt):
     assert response.json()["model_name"] == "image_classification"
 
 
+def test_the_documented_example_is_accepted(api):
+    example = api.get("/openapi.json").json()["components"]["schemas"]["InferenceRequest"]["examples"][0]
+    assert example["data"] == EXAMPLE_IMAGE
+    assert post(api, example).status_code == 202
+
+
 @pytest.mark.parametrize(
     ("body", "code", "fragment"),
     [
@@ -108,18 +117,28 @@ def test_idempotency_key_maps_repeats_to_one_request(api):
     assert second.headers.get("idempotent-replayed") == "true"
 
 
+def test_a_repeated_idempotency_key_with_a_bad_value_is_refused(api):
+    key = f"order-{uuid.uuid4()}"
+    assert post(api, {"data": tensor()}, **{"Idempotency-Key": key}).status_code == 202
+    repeat = post(api, {"data": tensor(), "parameters": {"top_k": 50}}, **{"Idempotency-Key": key})
+    assert repeat.status_code == 422 and "above the maximum" in repeat.json()["detail"]
+
+
 def test_unknown_and_malformed_ids(api):
     assert api.get(f"/inference/{uuid.uuid4()}").status_code == 404
     assert api.get("/inference/not-a-uuid").status_code == 422
+    assert api.get(f"/inference/{uuid.uuid4()}", params={"wait": 61}).status_code == 422  # over the 60 s bound
 
 
-def test_models_lists_registry_with_manifest(api):
-    models = api.get("/models").json()
+def test_models_lists_registry_with_manifest(api, pr2_model):
+    response = api.get("/models")
+    models = response.json()
     assert [m["name"] for m in models] == ["image_classification"]
     model = models[0]
     assert model["available"] and model["default"]
     assert model["input_shape"] == [3, 32, 32] and model["num_classes"] == 10
     assert model["max_batch_size"] == 8
+    assert model["artifact"] == pr2_model.name and str(pr2_model.parent) not in response.text  # no server paths
 
 
 def test_callback_host_must_be_allowlisted(api):
@@ -140,12 +159,16 @@ def test_oip_v2_infer_is_queued(api):
     wrong = api.post("/v2/models/image_classification/infer", json=body)
     assert wrong.status_code == 422 and "needs" in wrong.json()["detail"]
     assert api.post("/v2/models/nope/infer", json=body).status_code == 404
+    body["inputs"][0]["shape"] = [0, 3, 32, 32]  # the schema says dimensions are >= 1, and so does the answer
+    zero = api.post("/v2/models/image_classification/infer", json=body)
+    assert zero.status_code == 422 and zero.json()["detail"][0]["loc"][-2:] == ["shape", 0]
 
 
 def test_health_ready_and_metrics(api):
     assert api.get("/healthz").json()["status"] == "ok"
     ready = api.get("/readyz")
     assert ready.status_code == 200 and ready.json()["detail"]["broker_reachable"] is True
+    assert ready.json()["detail"]["callbacks_allowed"] is True and ready.json()["detail"]["callback_secret"] == "set"
     text = api.get("/metrics").text
     assert metric_value(text, "inference_requests_received_total", model="image_classification") >= 1
     assert metric_value(text, "inference_requests_rejected_total", reason="invalid_input") >= 1
@@ -181,21 +204,47 @@ def test_api_key_guards_everything_but_health(broker, pr2_registry):
         assert post(client, {"data": tensor()}, **{"X-API-Key": "s3cret"}).status_code == 202
 
 
-def test_openapi_schema_fuzzing_finds_no_server_error(api):
-    """Property-based run of every operation in the OpenAPI schema (bounded examples): never a 5xx."""
+SCHEMATHESIS_CONFIG = Path(__file__).resolve().parents[2] / "PR2_async_inference" / "api" / "schemathesis.toml"
+
+
+def run_schemathesis(app: Any, api_key: str | None, max_examples: int = 10) -> tuple[dict[str, set[str]], list[str]]:
+    """What ``schemathesis --config-file PR2_async_inference/api/schemathesis.toml run --checks all`` does, in
+    process against the ASGI app: every phase (examples, coverage, fuzzing, stateful), positive and negative
+    data. Returns ({phase: statuses of its scenarios}, failures as "operation: check: message")."""
     import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from schemathesis.checks import not_a_server_error
+    from schemathesis.config import SchemathesisConfig
+    from schemathesis.engine import Status, events
 
-    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app)
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 6
-    for operation in operations:
+    config = SchemathesisConfig.from_path(SCHEMATHESIS_CONFIG)
+    config.update(seed=1, max_failures=None)
+    project = config.projects.override
+    project.checks.update(included_check_names=["all"])
+    project.generation.update(max_examples=max_examples)
+    # The long poll holds a queued request's answer up to ?wait seconds and no worker runs here.
+    project.update(parameters={"query.wait": 0.1}, headers={"X-API-Key": api_key} if api_key else None)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
+    phases: dict[str, set[str]] = {}
+    failures: list[str] = []
+    for event in schemathesis.engine.from_schema(schema).execute():
+        if isinstance(event, events.FatalError | events.NonFatalError):
+            failures.append(f"{type(event).__name__}: {event.info.message}")
+        if not isinstance(event, events.ScenarioFinished):
+            continue
+        phases.setdefault(event.phase.name.lower(), set()).add(event.status.name)
+        for checks in event.recorder.checks.values():
+            failures += [f"{event.label}: {c.name}: {c.failure_info.failure}" for c in checks if c.failure_info]
+        assert event.status is not Status.ERROR or failures, event
+    return phases, failures
 
-        @settings(max_examples=15, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
-        @given(case=operation.as_strategy())
-        def run(case):
-            case.call_and_validate(checks=[not_a_server_error])
 
-        run()
+@pytest.mark.parametrize("api_key", [None, "s3cret"], ids=["no-key", "key"])
+def test_openapi_document_holds_under_every_schemathesis_check(broker, pr2_registry, api_key):
+    """The document tells the truth about status codes, bodies, headers, constraints and the API key, with and
+    without a key set: schemathesis with every check finds nothing."""
+    settings = suite_settings(broker.info["bootstrap"], f"st-{uuid.uuid4().hex[:6]}", pr2_registry,
+                              max_body_bytes=200_000, api_key=api_key)
+    for client in client_for(settings):
+        phases, failures = run_schemathesis(client.app, api_key)
+        assert not failures, "\n".join(failures[:10])
+        for phase in ("examples", "coverage", "fuzzing", "stateful_testing"):
+            assert "SUCCESS" in phases.get(phase, ()), phases
