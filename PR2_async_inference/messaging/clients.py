@@ -139,6 +139,10 @@ def make_worker_consumer(settings: Settings, listener: ConsumerRebalanceListener
         # Room for a full batch of 224x224 images in one fetch (kafka-python's default is 1 MB).
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
+    # The topic's metadata before the first join: kafka-python 3.0.12 joining without it gets an empty
+    # assignment and rejoins at once, and on Apache Kafka that second join left some consumers looping on the
+    # coordinator lookup, never polling again (2 of 8 fresh consumers in a row; 0 of 8 with the metadata first).
+    consumer.partitions_for_topic(settings.requests_topic)
     consumer.subscribe([settings.requests_topic], listener=listener)
     return consumer
 
