@@ -303,7 +303,7 @@ def _module_from_state_dict(
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)[:200]
-        raise ArtifactError(f"{path}: the weights do not fit architecture {arch!r} ({first[:200]}); "
+        raise ArtifactError(f"{path}: the weights do not fit architecture {arch!r} ({first[:120]}...); "
                             "pass the --arch it was trained as") from exc
     if manifest is None:
         manifest = _infer_manifest(path, "state_dict", model.eval(), arch=arch, inferred=inferred)

@@ -10,8 +10,8 @@ import json
 import sys
 
 from modelops.artifact import load_artifact
-from modelops.cli import common_parser, run_cli, split_seed
-from modelops.data import SPLITS, load_dataset, make_loader
+from modelops.cli import common_parser, load_model_dataset, run_cli
+from modelops.data import SPLITS, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import evaluate
 
@@ -32,9 +32,7 @@ def describe(args: argparse.Namespace) -> dict:
                "input_shape": manifest.input_shape, "num_classes": manifest.num_classes, "size_mb": manifest.size_mb,
                "transform": manifest.transform, "lineage": manifest.lineage, "metrics": manifest.metrics}
     if not args.no_eval:
-        image_size = args.image_size or manifest.input_shape[-1]
-        data = load_dataset(args.dataset, image_size=image_size, seed=split_seed(args, manifest),
-                            data_dir=args.data_dir)
+        data = load_model_dataset(args, manifest)  # fake data takes the model's classes and size
         if data.num_classes != manifest.num_classes:
             raise UsageError(f"{args.model} predicts {manifest.num_classes} classes but dataset {args.dataset!r} "
                              f"has {data.num_classes}")
