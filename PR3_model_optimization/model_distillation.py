@@ -246,7 +246,7 @@ def compare_speed(predictors: dict[str, Predictor], input_shape: list[int], roun
     out: dict[str, float] = {}
     for batch_size in batch_sizes:
         batch = torch.randn(batch_size, *input_shape)
-        samples = interleaved_latency(predictors, batch, warmup=3, rounds=rounds)
+        samples = interleaved_latency(predictors, batch, rounds=rounds)
         for name, values in samples.items():
             out[f"{name}_latency_ms_p50_b{batch_size}"] = round(float(np.median(values)), 3)
     return out

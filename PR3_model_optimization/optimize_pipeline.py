@@ -224,7 +224,7 @@ def measure(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, 
     latency: dict[str, dict[int, float]] = {name: {} for name in predictors}
     for batch_size in (1, args.large_batch):
         batch = torch.randn(batch_size, *original.input_shape)
-        samples = interleaved_latency(predictors, batch, warmup=3, rounds=args.speed_rounds)
+        samples = interleaved_latency(predictors, batch, rounds=args.speed_rounds)
         for name, values in samples.items():
             latency[name][batch_size] = float(np.median(values))
 

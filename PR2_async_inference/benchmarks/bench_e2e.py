@@ -56,8 +56,8 @@ def in_process(model: Path, batch_size: int, threads: int, iters: int) -> dict[s
     """The model alone: batched throughput (samples/s) and batch-1 p50 latency."""
     predictor = load_artifact(model, threads=threads)
     shape = predictor.input_shape
-    batched = latency_stats(measure_latency(predictor, torch.randn(batch_size, *shape), warmup=3, iters=iters))
-    single = latency_stats(measure_latency(predictor, torch.randn(1, *shape), warmup=3, iters=iters))
+    batched = latency_stats(measure_latency(predictor, torch.randn(batch_size, *shape), iters=iters))
+    single = latency_stats(measure_latency(predictor, torch.randn(1, *shape), iters=iters))
     return {"inproc_samples_per_s": batch_size / (batched["latency_ms_p50"] / 1000),
             "inproc_b1_latency_ms_p50": single["latency_ms_p50"]}
 

@@ -166,7 +166,7 @@ def speed_part(args: argparse.Namespace, arch: str, work: Path) -> list[dict[str
         batch = torch.randn(batch_size, *manifest.input_shape)
         rounds = args.rounds_batch1 if batch_size == 1 else args.rounds
         loads[batch_size] = os.getloadavg()[0]
-        samples = interleaved_latency(contenders, batch, warmup=2, rounds=rounds)
+        samples = interleaved_latency(contenders, batch, rounds=rounds)
         ms_by_batch[batch_size] = {name: _median(values) for name, values in samples.items()}
     chosen = auto_pick(ms_by_batch)
     return [speed_row(arch, b, ms, sizes, chosen, loads[b]) for b, ms in ms_by_batch.items()]

@@ -29,7 +29,7 @@ def compare_latency(fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], inpu
                     batch_size: int = 1, rounds: int = 10) -> dict[str, float]:
     """Median ms per variant, measured interleaved in one run (noise on a shared machine hits all alike)."""
     batch = torch.randn(batch_size, *input_shape)
-    samples = interleaved_latency(fns, batch, warmup=3, rounds=rounds)
+    samples = interleaved_latency(fns, batch, rounds=rounds)
     return {name: latency_stats(values)["latency_ms_p50"] for name, values in samples.items()}
 
 

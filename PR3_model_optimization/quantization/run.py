@@ -150,7 +150,7 @@ class QuantizationRun:
         if runtime_fp32 is not None:
             # The same fp32 model on the backend's runtime: splits the speed-up into runtime and int8 shares.
             contenders["fp32_runtime"] = runtime_fp32
-        samples = interleaved_latency(contenders, self.latency_batch, warmup=3, rounds=self.args.latency_rounds)
+        samples = interleaved_latency(contenders, self.latency_batch, rounds=self.args.latency_rounds)
         median = {name: float(torch.tensor(values).median()) for name, values in samples.items()}
         fp32_ms, int8_ms = median["fp32"], median["int8"]
         runtime_ms = median.get("fp32_runtime")
