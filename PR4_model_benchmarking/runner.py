@@ -155,7 +155,7 @@ def _params_and_macs(predictor: Any) -> tuple[int | None, int | None]:
             params = sum(int(np.prod(t.shape)) for t in module.state_dict().values() if hasattr(t, "shape"))
         except Exception:  # scripted/exported modules may hold packed params without a shape
             params = None
-    if params is None and predictor.backend == "onnxruntime":
+    if params is None and predictor.backend in ("onnxruntime", "openvino"):  # both run an ONNX file
         try:
             import onnx
 
