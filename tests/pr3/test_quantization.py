@@ -25,7 +25,7 @@ from PR3_model_optimization.quantization.onnxruntime_backend import onnx_module_
 from PR3_model_optimization.quantization.pt2e_backend import quantize_pt2e, save_pt2e
 from PR3_model_optimization.quantization.search import pick_best
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "PR3_model_optimization" / "model_quantization.py"
 # Small everything: 2 cores are shared by the whole suite.
 FAST = ["--threads", "1", "--calibration-batches", "4", "--latency-rounds", "3", "--latency-batch-size", "8"]

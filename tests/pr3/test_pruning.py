@@ -29,7 +29,7 @@ from PR3_model_optimization.pruning.unstructured import (
     unstructured_prune,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "PR3_model_optimization" / "model_pruning.py"
 INPUT = [3, 32, 32]
 
