@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -228,7 +229,8 @@ def kcat_records(bootstrap: str, topic: str) -> list[dict]:
         end = out.index(b"\n", pos)
         key, size, headers = out[pos:end].decode().split("\t")
         size = max(int(size), 0)  # kcat prints -1 for a null value
-        pairs = dict(pair.split("=", 1) for pair in headers.split(",") if pair) if headers else {}
+        # kcat joins headers as k1=v1,k2=v2 and a value may hold commas (shape=3,32,32): split before names.
+        pairs = dict(re.findall(r"([A-Za-z_]+)=(.*?)(?=,[A-Za-z_]+=|$)", headers))
         records.append({"key": key, "headers": pairs, "value": out[end + 1:end + 1 + size]})
         pos = end + 1 + size
     return records
