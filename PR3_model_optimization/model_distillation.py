@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from modelops.artifact import Predictor, load_artifact, load_module, read_manifest, save_artifact
+from modelops.artifact import Manifest, Predictor, load_artifact, load_module, read_manifest, save_artifact
 from modelops.cli import check_positive, common_parser, load_model_dataset, run_cli
 from modelops.data import AugmentedDataset, DatasetSplits, make_loader, train_augmentation
 from modelops.errors import UsageError
@@ -252,6 +252,56 @@ def compare_speed(predictors: dict[str, Predictor], input_shape: list[int], roun
     return out
 
 
+def baseline_student(args: argparse.Namespace, teacher: Predictor, data: DatasetSplits, arch: str,
+                     student_manifest: Any, initial_state: dict, output_dir: Path) -> tuple[nn.Module, dict]:
+    """The same student (same initial weights, data and budget) trained on the labels alone."""
+    fresh = (create_model(arch, teacher.num_classes) if student_manifest is None
+             else load_module(args.student, trust_pickle=args.trust_pickle)[0])
+    fresh.load_state_dict(initial_state)
+    return train_baseline(fresh.train(), data, args, output_dir / "baseline")
+
+
+def save_student(student: nn.Module, args: argparse.Namespace, teacher: Predictor, data: DatasetSplits, arch: str,
+                 student_manifest: Any, metrics: dict[str, Any]) -> Manifest:
+    """Write the student artifact; its manifest names the teacher and the distillation settings."""
+    parent_manifest, parent_path = (student_manifest, args.student) if student_manifest else (
+        teacher.manifest, args.teacher)
+    transform = {"kind": "distillation", "teacher": str(args.teacher), "teacher_arch": teacher.manifest.arch,
+                 "teacher_sha256": teacher.manifest.sha256, "temperature": args.temperature, "alpha": args.alpha,
+                 "hint_weight": args.hint_weight, "epochs": args.epochs,
+                 "cached_teacher_logits": bool(args.cache_teacher_logits)}
+    manifest = parent_manifest.derive(parent_path=parent_path, transform=transform, arch=arch, format="state_dict",
+                                      input_shape=data.input_shape, preprocessing=data.preprocessing,
+                                      split_seed=data.split_seed)
+    manifest.metrics = metrics
+    if student_manifest is not None:  # a pruned student keeps its measured memory-format hint
+        manifest.runtime = dict(student_manifest.runtime)
+    return save_artifact(student, Path(args.save_path), manifest)
+
+
+def save_baseline(baseline: nn.Module, args: argparse.Namespace, teacher: Predictor, data: DatasetSplits, arch: str,
+                  student_manifest: Any, accuracy: float, output_dir: Path) -> Path:
+    """Write the teacher-less student beside the run's outputs."""
+    parent_path = args.student if student_manifest else args.teacher
+    baseline_path = output_dir / "baseline_student.pt"
+    base_manifest = (student_manifest or teacher.manifest).derive(
+        parent_path=parent_path, transform={"kind": "baseline", "source": "trained", "epochs": args.epochs},
+        arch=arch, format="state_dict", input_shape=data.input_shape, preprocessing=data.preprocessing,
+        split_seed=data.split_seed)
+    base_manifest.metrics = {"accuracy": accuracy, "params": count_parameters(baseline)}
+    save_artifact(baseline, baseline_path, base_manifest)
+    return baseline_path
+
+
+def speed_summary(args: argparse.Namespace, teacher: Predictor, input_shape: list[int]) -> dict[str, Any]:
+    """Teacher and saved student timed in turns at batch 1 and 16, with the speed-ups."""
+    student_predictor = load_artifact(args.save_path, threads=args.threads)
+    speed = compare_speed({"teacher": teacher, "student": student_predictor}, input_shape, args.speed_rounds)
+    for b in (1, 16):
+        speed[f"speedup_b{b}"] = round(speed[f"teacher_latency_ms_p50_b{b}"] / speed[f"student_latency_ms_p50_b{b}"], 3)
+    return speed
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     teacher = load_artifact(args.teacher, trust_pickle=args.trust_pickle, threads=args.threads)
@@ -280,46 +330,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "best_val_accuracy": run["best_val_accuracy"], "best_epoch": run["best_epoch"],
         "epochs_run": len(run["history"]), "stopped_early": run["stopped_early"], "train_s": round(train_s, 1),
     }
-
     baseline = None
     if args.baseline_student:
-        fresh = (create_model(arch, teacher.num_classes) if student_manifest is None
-                 else load_module(args.student, trust_pickle=args.trust_pickle)[0])
-        fresh.load_state_dict(initial_state)
-        baseline, base_run = train_baseline(fresh.train(), data, args, output_dir / "baseline")
+        baseline, base_run = baseline_student(args, teacher, data, arch, student_manifest, initial_state, output_dir)
         histories["baseline (no teacher)"] = base_run["history"]
         summary["baseline_accuracy"] = evaluate(baseline, test_loader)["accuracy"]
         summary["distillation_gain_pts"] = round(student_accuracy - summary["baseline_accuracy"], 4)
 
     params = count_parameters(student)
-    parent_manifest, parent_path = (student_manifest, args.student) if student_manifest else (
-        teacher.manifest, args.teacher)
-    transform = {"kind": "distillation", "teacher": str(args.teacher), "teacher_arch": teacher.manifest.arch,
-                 "teacher_sha256": teacher.manifest.sha256, "temperature": args.temperature, "alpha": args.alpha,
-                 "hint_weight": args.hint_weight, "epochs": args.epochs,
-                 "cached_teacher_logits": bool(args.cache_teacher_logits)}
-    manifest = parent_manifest.derive(parent_path=parent_path, transform=transform, arch=arch, format="state_dict",
-                                      input_shape=data.input_shape, preprocessing=data.preprocessing,
-                                      split_seed=data.split_seed)
-    manifest.metrics = {
+    manifest = save_student(student, args, teacher, data, arch, student_manifest, {
         "accuracy": student_accuracy, "teacher_accuracy": teacher_accuracy, "params": params,
         "macs": count_macs(student, data.input_shape), "best_val_accuracy": run["best_val_accuracy"],
         "train_s": round(train_s, 1),
         **({"baseline_accuracy": summary["baseline_accuracy"]} if baseline is not None else {}),
-    }
-    if student_manifest is not None:  # a pruned student keeps its measured memory-format hint
-        manifest.runtime = dict(student_manifest.runtime)
-    manifest = save_artifact(student, save_path, manifest)
+    })
     if baseline is not None:
-        baseline_path = output_dir / "baseline_student.pt"
-        base_manifest = (student_manifest or teacher.manifest).derive(
-            parent_path=parent_path, transform={"kind": "baseline", "source": "trained", "epochs": args.epochs},
-            arch=arch, format="state_dict", input_shape=data.input_shape, preprocessing=data.preprocessing,
-            split_seed=data.split_seed)
-        base_manifest.metrics = {"accuracy": summary["baseline_accuracy"], "params": count_parameters(baseline)}
-        save_artifact(baseline, baseline_path, base_manifest)
-        summary["baseline_model"] = str(baseline_path)
-
+        summary["baseline_model"] = str(save_baseline(baseline, args, teacher, data, arch, student_manifest,
+                                                      summary["baseline_accuracy"], output_dir))
     teacher_size = teacher.manifest.size_mb or read_manifest(args.teacher).size_mb
     summary.update({
         "size_mb": manifest.size_mb, "teacher_size_mb": teacher_size,
@@ -328,13 +355,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "teacher_params_m": round(teacher.manifest.metrics.get("params", 0) / 1e6, 3) or None,
     })
     if args.speed_rounds:
-        student_predictor = load_artifact(save_path, threads=args.threads)
-        speed = compare_speed({"teacher": teacher, "student": student_predictor}, data.input_shape, args.speed_rounds)
-        summary.update(speed)
-        for b in (1, 16):
-            summary[f"speedup_b{b}"] = round(speed[f"teacher_latency_ms_p50_b{b}"]
-                                             / speed[f"student_latency_ms_p50_b{b}"], 3)
+        summary.update(speed_summary(args, teacher, data.input_shape))
+    return write_outputs(summary, histories, output_dir)
 
+
+def write_outputs(summary: dict[str, Any], histories: dict[str, list[dict[str, float]]], output_dir: Path) -> dict:
+    """metrics.csv, curves.png and summary.json in ``output_dir``; the summary is printed and returned."""
     summary["metrics_csv"] = str(write_results(output_dir / "metrics.csv", _merged_history(histories)))
     summary["curves_png"] = str(plot_curves(histories, output_dir / "curves.png"))
     summary["summary_json"] = str(output_dir / "summary.json")

@@ -125,6 +125,32 @@ class FitResult:
     stopped_early: bool = False
 
 
+def resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+           result: FitResult, best_state: dict) -> tuple[int, dict]:
+    """Load a ``checkpoint.pth`` into model, optimizer, scheduler and ``result``; the epoch to start at and the
+    best weights so far."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        raise UsageError(f"--resume {path} does not match this model: {str(exc)[:200]}") from exc
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["lr_scheduler"])
+    start_epoch = checkpoint["epoch"] + 1
+    result.history = list(checkpoint.get("history", []))
+    result.best_accuracy = checkpoint.get("best_accuracy", float("-inf"))
+    result.best_epoch = checkpoint.get("best_epoch", -1)
+    logger.info("Resumed from %s at epoch %d", path, start_epoch)
+    return start_epoch, checkpoint.get("best_state") or best_state
+
+
+def save_checkpoint(output_dir: Path, checkpoint: dict[str, Any]) -> None:
+    """Write ``checkpoint.pth`` atomically (a stopped run never leaves a half-written one)."""
+    tmp = output_dir / (CHECKPOINT_NAME + ".partial")
+    torch.save(checkpoint, tmp)
+    tmp.replace(output_dir / CHECKPOINT_NAME)
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -153,19 +179,7 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     start_epoch = 0
     if getattr(args, "resume", None):
-        checkpoint = torch.load(args.resume, map_location="cpu", weights_only=True)
-        try:
-            model.load_state_dict(checkpoint["model"])
-        except RuntimeError as exc:
-            raise UsageError(f"--resume {args.resume} does not match this model: {str(exc)[:200]}") from exc
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["lr_scheduler"])
-        start_epoch = checkpoint["epoch"] + 1
-        result.history = list(checkpoint.get("history", []))
-        result.best_accuracy = checkpoint.get("best_accuracy", float("-inf"))
-        result.best_epoch = checkpoint.get("best_epoch", -1)
-        best_state = checkpoint.get("best_state") or best_state
-        logger.info("Resumed from %s at epoch %d", args.resume, start_epoch)
+        start_epoch, best_state = resume(args.resume, model, optimizer, scheduler, result, best_state)
 
     patience = getattr(args, "patience", None)
     for epoch in range(start_epoch, args.epochs):
@@ -184,14 +198,11 @@ def fit(
         logger.info("%s epoch %d: loss %.4f train acc %.2f%% val acc %.2f%% (best %.2f%% @%d) %.1fs", desc, epoch,
                     row["train_loss"], row["train_accuracy"], row["val_accuracy"], result.best_accuracy,
                     result.best_epoch, row["epoch_s"])
-        checkpoint = {
+        save_checkpoint(output_dir, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
             "epoch": epoch, "args": _plain_args(args), "history": result.history,
             "best_accuracy": result.best_accuracy, "best_epoch": result.best_epoch, "best_state": best_state,
-        }
-        tmp = output_dir / (CHECKPOINT_NAME + ".partial")
-        torch.save(checkpoint, tmp)
-        tmp.replace(output_dir / CHECKPOINT_NAME)
+        })
         write_results(output_dir / "metrics.csv", result.history)
         if patience is not None and epoch - result.best_epoch >= patience:
             logger.info("No validation gain for %d epochs: stopping early", patience)

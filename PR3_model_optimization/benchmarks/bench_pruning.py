@@ -83,6 +83,24 @@ def _channels_last(model: nn.Module):
     return channels_last_fn(model)
 
 
+def model_facts(args: argparse.Namespace, models: dict[str, nn.Module], input_shape: list[int],
+                workdir: Path) -> dict[str, dict[str, Any]]:
+    """Parameters, MACs, file size and sparsity of each model, saved as an artifact (unstructured also compressed)."""
+    facts: dict[str, dict[str, Any]] = {}
+    for name, model in models.items():
+        manifest = Manifest(arch=args.arch, num_classes=1000, input_shape=input_shape)
+        path = workdir / f"{name}.pt"
+        size = save_artifact(model, path, manifest).size_mb
+        facts[name] = {"params_m": round(count_parameters(model) / 1e6, 3),
+                       "macs_g": round(count_macs(model, input_shape) / 1e9, 3),
+                       "size_mb": round(size, 2), "sparsity": round(sparsity_report(model)[0], 3)}
+        if name == "unstructured":
+            compress_in_place(path)
+            facts[name]["size_mb_compressed"] = round(file_size_mb(path), 2)
+            load_module(path)  # the compressed file is still an ordinary loadable artifact
+    return facts
+
+
 def speed_part(
     args: argparse.Namespace, workdir: Path, output: Path,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -100,19 +118,7 @@ def speed_part(
     unstructured = make_permanent(unstructured_prune(copy.deepcopy(original), args.amount, "global")).eval()
 
     models = {"original": original, "structured": structured, "unstructured": unstructured}
-    facts: dict[str, dict[str, Any]] = {}
-    for name, model in models.items():
-        manifest = Manifest(arch=args.arch, num_classes=1000, input_shape=input_shape)
-        path = workdir / f"{name}.pt"
-        size = save_artifact(model, path, manifest).size_mb
-        facts[name] = {"params_m": round(count_parameters(model) / 1e6, 3),
-                       "macs_g": round(count_macs(model, input_shape) / 1e9, 3),
-                       "size_mb": round(size, 2), "sparsity": round(sparsity_report(model)[0], 3)}
-        if name == "unstructured":
-            compress_in_place(path)
-            facts[name]["size_mb_compressed"] = round(file_size_mb(path), 2)
-            load_module(path)  # the compressed file is still an ordinary loadable artifact
-
+    facts = model_facts(args, models, input_shape, workdir)
     fns = {"original": original, "original_cl": _channels_last(original),
            "structured": structured, "structured_cl": _channels_last(structured), "unstructured": unstructured}
     rows: list[dict[str, Any]] = []
