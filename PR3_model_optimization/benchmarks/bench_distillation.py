@@ -1,4 +1,4 @@
-"""Benchmark: distillation and the combined pipeline on digits, against the issue's targets, in one run.
+"""Benchmark: distillation and the combined pipeline on digits, against their targets, in one run.
 
     python PR3_model_optimization/benchmarks/bench_distillation.py --teacher models/resnet50.pt --threads 2
 
@@ -11,7 +11,8 @@
    original, distilled, pruned, quantized and combined side by side.
 
 Prints both tables with each target and whether it was met; writes ``results.json`` and ``results.md``
-in ``--output-dir``. Stages whose artifacts exist are reused (``--force`` rebuilds).
+in ``--output-dir``. Stages whose summary (``stages/<stage>.json``) and artifact exist are reused (``--force``
+rebuilds).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from modelops.cli import common_parser, run_cli
 from modelops.cpu import cpu_info
 from modelops.errors import UsageError
 from modelops.results import markdown_table, write_results
+from modelops.stages import StageRunner
 from PR3_model_optimization import model_distillation, optimize_pipeline
 
 DISTILL_TARGETS = (("size_ratio", "<=", 0.5), ("speedup_b1", ">=", 2.0), ("speedup_b16", ">=", 2.0),
@@ -64,21 +66,26 @@ def check(row: dict[str, Any], targets: tuple[tuple[str, str, float], ...]) -> l
 
 
 def distill_per_seed(args: argparse.Namespace, out: Path, common: list[str]) -> list[dict[str, Any]]:
-    """One distilled and one teacher-less student per seed (reused when a run for that seed exists)."""
+    """One distilled and one teacher-less student per seed (reused when a run for that seed exists).
+
+    The stages run through :class:`modelops.stages.StageRunner` with the pipeline's summary folder
+    (``out/stages``), so the pipeline's "distilled" stage reuses the first seed's student.
+    """
+    runner = StageRunner(out / "stages", force=args.force, ready=Path.is_file)
     summaries = []
     for i, seed in enumerate(args.seeds):
-        # The first seed's student is the one the pipeline's "distilled" row reuses.
         name = "distilled" if i == 0 else f"distilled_seed{seed}"
-        save_path, summary_path = out / f"{name}.pt", out / "runs" / name / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        if args.force or not save_path.is_file() or summary.get("seed") != seed:
-            # Timed below with every other model, interleaved in one process: no separate timing here.
-            model_distillation.main(model_distillation.get_args_parser().parse_args([
-                "--teacher", args.teacher, "--save-path", str(save_path), "--output-dir", str(summary_path.parent),
+        save_path, run_dir = out / f"{name}.pt", out / "runs" / name
+        done = runner.summary_path(name)
+        if done.is_file() and json.loads(done.read_text()).get("seed") != seed:
+            done.unlink()  # made for another seed: redo it
+        # Timed below with every other model, interleaved in one process: no separate timing here.
+        argv = ["--teacher", args.teacher, "--save-path", str(save_path), "--output-dir", str(run_dir),
                 "--epochs", str(args.epochs), "--baseline-student", "--speed-rounds", "0", *common,
-                "--seed", str(seed)]))
-            summary = json.loads(summary_path.read_text())
-        summaries.append(summary)
+                "--seed", str(seed)]
+        summaries.append(runner.run(
+            name, lambda argv=argv: model_distillation.main(model_distillation.get_args_parser().parse_args(argv)),
+            outputs=[save_path]))
     return summaries
 
 
