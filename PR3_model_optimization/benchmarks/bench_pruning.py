@@ -12,7 +12,7 @@ on the test split before and after.
 
     python PR3_model_optimization/benchmarks/bench_pruning.py --threads 2 --output runs/bench_pruning
 
-Goals (issue 4): >= 1.8x at batch 16 and >= 1.6x at batch 1, <= 50% of the parameters, and at
+Goals: >= 1.8x at batch 16 and >= 1.6x at batch 1, <= 50% of the parameters, and at
 most 1 point of top-1 lost on digits after fine-tuning.
 """
 
