@@ -173,4 +173,8 @@ async def accept(
 
 
 def status_url(request: Request, request_id: str) -> str:
-    return str(request.url_for("get_inference", request_id=request_id))
+    """Where ``GET /inference/{id}`` answers for this request, as the client reached this service.
+
+    Built from the base URL rather than ``request.url_for``, which tries every route in turn on each request.
+    """
+    return f"{request.base_url}inference/{request_id}"

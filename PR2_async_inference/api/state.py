@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi.concurrency import run_in_threadpool
@@ -31,6 +32,18 @@ from PR2_async_inference.settings import Settings
 logger = logging.getLogger(__name__)
 
 Waiter = tuple[asyncio.AbstractEventLoop, asyncio.Event]
+
+#: How long a model's manifest is trusted before its file is looked at again: a request then costs no
+#: file-system calls, and a replaced artifact is still seen within a second.
+MANIFEST_RECHECK_S = 1.0
+
+
+@dataclass
+class CachedManifest:
+    path: Path
+    manifest: Manifest
+    mtime: float
+    checked_at: float  # time.monotonic() of the last look at the files
 
 
 class ResultStore:
@@ -161,28 +174,34 @@ class ServiceState:
         self.store = ResultStore(settings.result_cache_size, settings.idempotency_cache_size)
         self.producer = RequestProducer(settings)
         self.reader = ResultsReader(settings, self.store.apply)
-        self._manifests: dict[str, tuple[Path, Manifest, float]] = {}
+        self._manifests: dict[str, CachedManifest] = {}
         self.idempotency_locks: dict[str, asyncio.Lock] = {}
 
     def manifest(self, name: str) -> tuple[Path, Manifest]:
-        """The model's artifact path + manifest (re-read when the file changes; no model is loaded).
+        """The model's artifact path + manifest (no model is loaded), re-read when the artifact or its manifest
+        changes; the files are looked at again at most every :data:`MANIFEST_RECHECK_S` seconds.
 
         Raises:
             ModelUnavailable: the artifact or its manifest is missing (the full reason is logged).
         """
+        cached = self._manifests.get(name)
+        now = time.monotonic()
+        if cached is not None and now - cached.checked_at < MANIFEST_RECHECK_S:
+            return cached.path, cached.manifest
         spec = self.registry.models[name]
         path = spec.resolve()
-        cached = self._manifests.get(name)
-        if path is not None and cached and cached[0] == path:
+        if cached is not None and path == cached.path:
             with contextlib.suppress(OSError):
-                if manifest_path(path).stat().st_mtime == cached[2]:
-                    return cached[0], cached[1]
+                if manifest_path(path).stat().st_mtime == cached.mtime:
+                    cached.checked_at = now
+                    return cached.path, cached.manifest
         try:
             path, manifest = model_manifest(spec)
             mtime = manifest_path(path).stat().st_mtime
         except FileNotFoundError as exc:
+            self._manifests.pop(name, None)
             logger.warning("model %r is unavailable: %s", name, exc)
             what = "has no artifact file" if path is None else "has an artifact without its JSON manifest"
             raise ModelUnavailable(f"model {name!r} {what} on this server") from exc
-        self._manifests[name] = (path, manifest, mtime)
+        self._manifests[name] = CachedManifest(path, manifest, mtime, now)
         return path, manifest

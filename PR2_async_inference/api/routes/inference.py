@@ -53,6 +53,8 @@ async def create_inference(
     )
 
 
+STATUS_FIELDS = set(InferenceStatus.model_fields)
+
 WaitSeconds = Annotated[
     float,
     Query(
@@ -70,7 +72,7 @@ WaitSeconds = Annotated[
     response_model=InferenceStatus,
     responses=error_responses(401, 404, 422, e404="unknown (or evicted) request id"),
 )
-async def get_inference(request_id: uuid.UUID, state: StateDep, wait: WaitSeconds = 0) -> InferenceStatus:
+async def get_inference(request_id: uuid.UUID, state: StateDep, wait: WaitSeconds = 0) -> Response:
     """The request's state: queued, running, succeeded (with top-k), failed (with the error) or expired.
 
     With ``?wait=S`` a client gets the result as soon as it exists, in one request, instead of polling.
@@ -78,4 +80,5 @@ async def get_inference(request_id: uuid.UUID, state: StateDep, wait: WaitSecond
     found = await state.store.wait_final(str(request_id), wait)
     if found is None:
         raise HTTPException(404, detail=f"no request {request_id} (unknown, or older than this replica's cache)")
-    return InferenceStatus(**found.model_dump(include=set(InferenceStatus.model_fields)))
+    # The cached state is already validated: serialise its InferenceStatus fields once, without a second model.
+    return Response(found.model_dump_json(include=STATUS_FIELDS), media_type="application/json")
