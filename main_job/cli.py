@@ -11,8 +11,9 @@ from modelops.cli import common_parser, run_cli
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=(main_job.__doc__ or "").split("\n\n")[0],
-                                     parents=[common_parser()], add_help=add_help,
+    # The job trains its own models (--teacher-arch, --student-arch): no --arch for a model file.
+    parser = argparse.ArgumentParser(prog="python -m main_job", description=(main_job.__doc__ or "").split("\n\n")[0],
+                                     parents=[common_parser(loads_model=False)], add_help=add_help,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher-arch", default="resnet50", help="the original model (default: resnet50)")
     parser.add_argument("--student-arch", default="resnet18", help="the distillation student (default: resnet18)")
