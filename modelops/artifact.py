@@ -35,7 +35,11 @@ from modelops.errors import ArtifactError, UsageError
 from modelops.manifest import (  # noqa: F401  (re-exported: the artifact module is where callers look)
     FORMATS,
     MANIFEST_SUFFIX,
+    MODEL_SUFFIXES,
+    ONNX_INPUT_NAME,
+    ONNX_OUTPUT_NAME,
     SCHEMA_VERSION,
+    SUFFIX_FORMAT,
     Manifest,
     file_sha256,
     file_size_mb,
@@ -45,13 +49,10 @@ from modelops.manifest import (  # noqa: F401  (re-exported: the artifact module
 )
 from modelops.model_probe import exported_input_shape, onnx_input_shape, probe
 from modelops.models import check_arch, create_model, resize_to_state_dict
+from modelops.saving import export_onnx, save_artifact  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
-MODEL_SUFFIXES = (".pt", ".pth", ".pt2", ".onnx")
-SUFFIX_FORMAT = {".pt": "state_dict", ".pth": "state_dict", ".pt2": "exported_program", ".onnx": "onnx"}
-ONNX_INPUT_NAME = "input"
-ONNX_OUTPUT_NAME = "logits"
 FORMAT_NAMES = {"torchscript": "TorchScript", "exported_program": "torch.export ExportedProgram (.pt2)",
                 "onnx": "ONNX", "state_dict": "state_dict", "pickle": "pickled module"}
 
@@ -100,68 +101,6 @@ def detect_format(path: str | Path) -> str:
             "or truncated"
         )
     return "onnx"
-
-
-# --------------------------------------------------------------------------- saving
-
-
-def save_artifact(
-    model: nn.Module,
-    path: str | Path,
-    manifest: Manifest,
-    *,
-    fmt: str | None = None,
-    example_input: torch.Tensor | None = None,
-) -> Manifest:
-    """Save ``model`` as an artifact and write its manifest.
-
-    Args:
-        model: the model, in eval mode for traced formats.
-        path: destination; its suffix picks the format unless ``fmt`` is given.
-        manifest: the descriptive fields (arch, classes, input shape, lineage, metrics, ...).
-        fmt: one of :data:`FORMATS` (default: from the suffix; ``.pt`` means ``state_dict``).
-        example_input: a batch for tracing/export (default: zeros of batch 2 in ``manifest.input_shape``;
-            2 because ``torch.export`` specialises a dynamic batch dimension seen as 1).
-    """
-    path = Path(path)
-    if path.suffix not in MODEL_SUFFIXES:
-        raise UsageError(f"Cannot save to {path}: use one of the extensions {', '.join(MODEL_SUFFIXES)}")
-    fmt = fmt or SUFFIX_FORMAT[path.suffix]
-    if fmt not in FORMATS:
-        raise UsageError(f"Unknown artifact format {fmt!r}. Choose one of: {', '.join(FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if example_input is None:
-        example_input = torch.zeros(2, *manifest.input_shape)
-    model = model.eval()
-    tmp = path.with_name(path.name + ".partial")
-    if fmt == "state_dict":
-        if manifest.arch is None:
-            raise UsageError("A state_dict artifact needs the torchvision architecture name (manifest.arch)")
-        torch.save({"arch": manifest.arch, "num_classes": manifest.num_classes, "state_dict": model.state_dict()}, tmp)
-    elif fmt == "pickle":
-        torch.save(model, tmp)
-    elif fmt == "torchscript":
-        with torch.no_grad():
-            torch.jit.save(torch.jit.trace(model, example_input), str(tmp))
-    elif fmt == "exported_program":
-        exported = torch.export.export(
-            model, (example_input,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), strict=True
-        )
-        torch.export.save(exported, str(tmp))
-    else:
-        export_onnx(model, tmp, example_input)
-    tmp.replace(path)
-    return write_manifest(path, manifest, fmt=fmt)
-
-
-def export_onnx(model: nn.Module, path: str | Path, example_input: torch.Tensor) -> None:
-    """ONNX export with a dynamic batch dimension (TorchScript-based exporter: fast and stable for CNNs)."""
-    with torch.no_grad():
-        torch.onnx.export(
-            model.eval(), (example_input,), str(path), dynamo=False, opset_version=17,
-            input_names=[ONNX_INPUT_NAME], output_names=[ONNX_OUTPUT_NAME],
-            dynamic_axes={ONNX_INPUT_NAME: {0: "batch"}, ONNX_OUTPUT_NAME: {0: "batch"}},
-        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -365,52 +304,57 @@ def load_artifact(
     want_compile = runtime.get("compile", False) if compile is None else compile
     memory_format = torch.channels_last if runtime.get("memory_format") == "channels_last" else None
 
-    if fmt == "onnx" and manifest is not None and runtime.get("engine") == "openvino":
-        from modelops.runtimes.openvino_predictor import openvino_runner
-
-        run_openvino = openvino_runner(path, threads=threads, precision=runtime.get("precision"))
-        return Predictor(run_openvino, manifest=manifest, path=path, backend="openvino", device="cpu")
-
     if fmt == "onnx":
-        session = _onnx_session(path, threads, ort_session_config)
-        input_name = session.get_inputs()[0].name
-
-        def run_onnx(batch: torch.Tensor) -> torch.Tensor:
-            array = batch.detach().cpu().float().contiguous().numpy()
-            return torch.from_numpy(session.run(None, {input_name: array})[0])
-
-        manifest = manifest or _infer_manifest(path, fmt, run_onnx, input_shape=onnx_input_shape(session))
-
-        return Predictor(run_onnx, manifest=manifest, path=path, backend="onnxruntime", device="cpu")
-
-    declared_shape: list[int] | None = None
-    if fmt == "torchscript":
-        try:
-            module = torch.jit.load(str(path), map_location=device)
-        except RuntimeError as exc:
-            raise ArtifactError(f"{path} is not a loadable TorchScript archive: {str(exc)[:200]}") from exc
-        backend = "torchscript"
-    elif fmt == "exported_program":
-        _register_quantized_ops()
-        try:
-            exported = torch.export.load(str(path))
-        except Exception as exc:  # deserialisation raises many types; all mean a bad archive
-            raise ArtifactError(f"{path} is not a loadable torch.export archive: {str(exc)[:200]}") from exc
-        declared_shape = exported_input_shape(exported)
-        module = exported.module().to(device)
-        backend = "exported_program"
+        return _onnx_predictor(path, manifest, threads, ort_session_config)
+    if fmt in ("torchscript", "exported_program"):
+        module, backend, declared_shape = _traced_module(path, fmt, device)
+        manifest = manifest or _infer_manifest(path, fmt, module, input_shape=declared_shape)
     else:
         module, manifest = load_module(path, trust_pickle=trust_pickle, arch=arch)
         module = module.to(device)
         if memory_format is not None:
             module = module.to(memory_format=memory_format)
         backend = "torch"
-    if manifest is None:
-        manifest = _infer_manifest(path, fmt, module, input_shape=declared_shape)
     fn = compile_for_inference(module) if want_compile else module
     return Predictor(
         fn, manifest=manifest, path=path, backend=backend, module=module, device=device, memory_format=memory_format
     )
+
+
+def _onnx_predictor(
+    path: Path, manifest: Manifest | None, threads: int | None, ort_session_config: dict[str, str] | None
+) -> Predictor:
+    """An ONNX file run by OpenVINO when its manifest says so, else by ONNX Runtime."""
+    runtime = manifest.runtime if manifest else {}
+    if manifest is not None and runtime.get("engine") == "openvino":
+        from modelops.runtimes.openvino_predictor import openvino_runner
+
+        run_openvino = openvino_runner(path, threads=threads, precision=runtime.get("precision"))
+        return Predictor(run_openvino, manifest=manifest, path=path, backend="openvino", device="cpu")
+    session = _onnx_session(path, threads, ort_session_config)
+    input_name = session.get_inputs()[0].name
+
+    def run_onnx(batch: torch.Tensor) -> torch.Tensor:
+        array = batch.detach().cpu().float().contiguous().numpy()
+        return torch.from_numpy(session.run(None, {input_name: array})[0])
+
+    manifest = manifest or _infer_manifest(path, "onnx", run_onnx, input_shape=onnx_input_shape(session))
+    return Predictor(run_onnx, manifest=manifest, path=path, backend="onnxruntime", device="cpu")
+
+
+def _traced_module(path: Path, fmt: str, device: str) -> tuple[nn.Module, str, list[int] | None]:
+    """(module, backend, the input shape the file declares) of a TorchScript or ExportedProgram file."""
+    if fmt == "torchscript":
+        try:
+            return torch.jit.load(str(path), map_location=device), "torchscript", None
+        except RuntimeError as exc:
+            raise ArtifactError(f"{path} is not a loadable TorchScript archive: {str(exc)[:200]}") from exc
+    _register_quantized_ops()
+    try:
+        exported = torch.export.load(str(path))
+    except Exception as exc:  # deserialisation raises many types; all mean a bad archive
+        raise ArtifactError(f"{path} is not a loadable torch.export archive: {str(exc)[:200]}") from exc
+    return exported.module().to(device), "exported_program", exported_input_shape(exported)
 
 
 def _register_quantized_ops() -> None:

@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelops.errors import ArtifactError, UsageError
 
 FORMATS = ("state_dict", "torchscript", "exported_program", "onnx", "pickle")
+MODEL_SUFFIXES = (".pt", ".pth", ".pt2", ".onnx")
+SUFFIX_FORMAT = {".pt": "state_dict", ".pth": "state_dict", ".pt2": "exported_program", ".onnx": "onnx"}
+ONNX_INPUT_NAME = "input"
+ONNX_OUTPUT_NAME = "logits"
 MANIFEST_SUFFIX = ".json"
 SCHEMA_VERSION = 1
 
