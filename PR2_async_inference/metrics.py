@@ -33,6 +33,11 @@ LATENCY = Histogram(
     ["model"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+FORWARD_CPU = Counter(
+    "inference_forward_cpu_seconds",
+    "Process CPU time (all threads) spent in model forward passes",
+    ["model"],
+)  # inference_forward_cpu_seconds_total
 QUEUE_TIME = Histogram(
     "inference_queue_time_seconds",
     "Time from enqueue to the start of the batch",
@@ -57,6 +62,7 @@ METRIC_NAMES = {
     "requests_expired": "inference_requests_expired_total",
     "batch_size": "inference_batch_size",
     "latency": "inference_latency_seconds",
+    "forward_cpu": "inference_forward_cpu_seconds_total",
     "queue_time": "inference_queue_time_seconds",
     "consumer_lag": "inference_consumer_lag",
     "oldest_request_age": "inference_oldest_request_age_seconds",

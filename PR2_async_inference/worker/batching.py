@@ -36,6 +36,7 @@ from PR2_async_inference.settings import Settings, get_settings
 from PR2_async_inference.worker.callbacks import CallbackSender
 from PR2_async_inference.worker.health import record_backlog
 from PR2_async_inference.worker.inference import load_predictors, predict_batch
+from PR2_async_inference.worker.membership import MembershipWatch
 from PR2_async_inference.worker.retries import retry_or_dead_letter, retry_or_dead_letter_record
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class ModelWorker:
         self.batches_run = 0
         self._buffer: list[Any] = []
         self._caught_up = False
+        self.membership = MembershipWatch(self.settings.session_timeout_ms)
 
     # ------------------------------------------------------------------ set-up
     def batching(self, model: str) -> tuple[int, float]:
@@ -98,10 +100,30 @@ class ModelWorker:
     def connect(self) -> None:
         ensure_topics(self.settings)
         self.producer = make_producer(self.settings, client_id=f"worker-{self.worker_id}")
+        self._new_consumer()
+
+    def _new_consumer(self) -> None:
         listener = LoggingRebalanceListener(on_revoke=self._on_revoke, on_assign=lambda _: self.assigned.set())
         self.consumer = make_worker_consumer(self.settings, listener, client_id=f"worker-{self.worker_id}")
         self._buffer = []
         self._caught_up = False
+        self.membership.restart()
+
+    def _replace_consumer(self) -> None:
+        """Swap a consumer that stopped being a live group member (:mod:`worker.membership`) for a new one. The
+        buffered requests are dropped unanswered: their offsets are not committed, so the partitions' next owner
+        reads them again."""
+        logger.warning("consumer stalled outside the group (%s); replacing it, %d buffered requests left to be "
+                       "read again", self.membership.describe(self.consumer), len(self._buffer))
+        self._buffer = []
+        self.assigned.clear()
+        try:
+            # Nothing to commit (auto-commit is off); a bounded close so a stuck client cannot hang the worker.
+            self.consumer.close(autocommit=False, timeout_ms=self.settings.session_timeout_ms)
+        except Exception as exc:
+            logger.warning("closing the stalled consumer failed (%s)", exc)
+        self.membership.replacements += 1
+        self._new_consumer()
 
     def _on_revoke(self, revoked: list[TopicPartition]) -> None:
         # Called inside poll() before the rebalance completes: finish what we hold and commit while our
@@ -124,6 +146,10 @@ class ModelWorker:
                 polled = self.consumer.poll(timeout_ms=self._poll_timeout_ms(first_at), max_records=room)
                 for records in polled.values():
                     self._buffer.extend(records)
+                if self.membership.stalled(self.consumer):
+                    self._replace_consumer()
+                    first_at = None
+                    continue
                 if self._buffer and first_at is None:
                     first_at = time.monotonic()
                 self._update_gauges()

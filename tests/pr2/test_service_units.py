@@ -218,7 +218,23 @@ def test_metric_names_are_the_shared_ones():
     assert set(metrics.METRIC_NAMES.values()) >= {
         "inference_requests_processed_total", "inference_requests_failed_total",
         "inference_requests_expired_total", "inference_batch_size", "inference_latency_seconds",
-        "inference_queue_time_seconds"}
+        "inference_queue_time_seconds", "inference_forward_cpu_seconds_total"}
+
+
+def test_a_forward_pass_adds_its_process_cpu_time_to_the_counter(pr2_model):
+    from prometheus_client import REGISTRY
+
+    from modelops.artifact import load_artifact
+    from PR2_async_inference.worker.inference import forward
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("inference_forward_cpu_seconds_total", {"model": "unit-cpu"}) or 0.0
+
+    predictor = load_artifact(pr2_model, threads=1)
+    before = counted()
+    logits, _ = forward(predictor, [np.zeros(predictor.input_shape, dtype=np.float32)] * 4, "unit-cpu")
+    assert logits.shape[0] == 4
+    assert counted() > before
 
 
 def compose() -> dict:
