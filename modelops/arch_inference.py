@@ -24,7 +24,7 @@ from modelops.tv_compat import torchvision
 
 logger = logging.getLogger(__name__)
 
-# The --arch of the running script (set once by modelops.cli.setup); loaders use it when not given one.
+# The --arch of the running script (set by modelops.cli.run_cli for the run); loaders use it when not given one.
 _command_line_arch: str | None = None
 
 

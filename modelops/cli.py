@@ -157,4 +157,7 @@ def run_cli(main: Callable[[argparse.Namespace], Any], parser: argparse.Argument
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         print(f"error: {type(exc).__name__}: {first_line} (run with -v for the traceback)", file=sys.stderr)
         return 1
+    finally:  # the script's --arch and --image-size end with it (a test runs many scripts in one process)
+        set_command_line_arch(None)
+        set_command_line_image_size(None)
     return 0
