@@ -119,8 +119,12 @@ def fetch_jars(cache: Path | None = None, timeout_s: float = 600.0) -> Path:
 
 
 def random_cluster_id() -> str:
-    """A cluster id as ``kafka-storage random-uuid`` writes it: 16 random bytes, URL-safe base64, no padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A cluster id as ``kafka-storage random-uuid`` writes it: 16 random bytes, URL-safe base64, no padding, and
+    (as Kafka's ``Uuid.randomUuid``) never starting with "-", which StorageTool's ``-t`` would read as an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
