@@ -99,7 +99,8 @@ def as_asyncio(future: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
 
 # ---------------------------------------------------------------------------------------------- consumers
 class LoggingRebalanceListener(ConsumerRebalanceListener):
-    """Logs assignment and revocation; ``on_revoke`` lets the worker finish and commit its batch first."""
+    """Logs assignment and revocation and calls ``on_revoke`` / ``on_assign``. kafka-python 3.0.12 runs these
+    on its IO thread: they must not block nor call the consumer's blocking methods (commit, poll)."""
 
     def __init__(
         self,
@@ -139,11 +140,14 @@ def make_worker_consumer(settings: Settings, listener: ConsumerRebalanceListener
         # Room for a full batch of 224x224 images in one fetch (kafka-python's default is 1 MB).
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
-    # The topic's metadata before the first join: kafka-python 3.0.12 joining without it gets an empty
-    # assignment and rejoins at once, and on Apache Kafka that second join left some consumers looping on the
-    # coordinator lookup, never polling again (2 of 8 fresh consumers in a row; 0 of 8 with the metadata first).
-    consumer.partitions_for_topic(settings.requests_topic)
     consumer.subscribe([settings.requests_topic], listener=listener)
+    # Metadata fetched after subscribe, before the first join. kafka-python 3.0.12 builds the snapshot of the
+    # subscribed topics' partitions only from metadata that arrives while subscribed; a group leader that joins
+    # before such an update assigns with an empty snapshot, then its post-assignment refresh differs from it and
+    # it rejoins at once (~100 ms later). That needless second rebalance is where Apache Kafka members were left
+    # looping on the coordinator lookup (worker.membership replaces such a member). A blocking fetch here makes
+    # the first assignment's snapshot the real one.
+    consumer.topics()
     return consumer
 
 

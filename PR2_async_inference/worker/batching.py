@@ -126,11 +126,13 @@ class ModelWorker:
         self._new_consumer()
 
     def _on_revoke(self, revoked: list[TopicPartition]) -> None:
-        # Called inside poll() before the rebalance completes: finish what we hold and commit while our
-        # generation is still valid, so the next owner does not repeat it.
+        # kafka-python 3.0.12 calls rebalance listeners on its IO thread: a forward pass here would stop the
+        # heartbeats, and a commit here raises (a blocking call from the IO thread). The buffered requests are
+        # dropped unanswered instead: their offsets are not committed, so whoever is assigned the partitions
+        # (this worker again, or another) reads them again from the last commit.
         if self._buffer:
-            logger.info("rebalance: finishing %d buffered requests before giving up partitions", len(self._buffer))
-            self._flush()
+            logger.info("rebalance: %d buffered requests left to the partitions' next owner", len(self._buffer))
+            self._buffer = []
 
     # ------------------------------------------------------------------ main loop
     def run(self, max_seconds: float | None = None) -> None:
@@ -150,7 +152,9 @@ class ModelWorker:
                     self._replace_consumer()
                     first_at = None
                     continue
-                if self._buffer and first_at is None:
+                if not self._buffer:
+                    first_at = None  # nothing held (a rebalance may have dropped the buffer inside poll)
+                elif first_at is None:
                     first_at = time.monotonic()
                 self._update_gauges()
                 if self._buffer and self._should_flush(first_at):
