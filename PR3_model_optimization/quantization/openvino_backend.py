@@ -21,6 +21,7 @@ from modelops.artifact import ONNX_INPUT_NAME
 from modelops.errors import UsageError
 from PR3_model_optimization.quantization.config import QuantConfig
 from PR3_model_optimization.quantization.onnxruntime_backend import (
+    OnnxRuntimeQuantizer,
     onnx_nodes_for_modules,
     onnx_quantized_layers,
     prepare_onnx,
@@ -56,29 +57,20 @@ def quantize_nncf(prepared_onnx: Path, out: Path, config: QuantConfig, calibrati
     onnx.save(quantized, str(out))
 
 
-class OpenVinoQuantizer:
-    """The ``openvino`` backend: exports the fp32 model once, then writes int8 (NNCF) or bf16 ONNX files.
-
-    Args:
-        model: fp32 eager model.
-        example: an input batch for the export.
-        work_dir: where the fp32 ONNX files are written.
-    """
+class OpenVinoQuantizer(OnnxRuntimeQuantizer):
+    """The ``openvino`` backend: exports the fp32 model once (as ONNX Runtime's does), then writes int8 (NNCF) or
+    bf16 ONNX files. Takes the arguments of :class:`OnnxRuntimeQuantizer`."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, work_dir: Path) -> None:
         import openvino  # noqa: F401  (fail here, before any work, where the runtime is missing)
 
-        self.model = model
-        self.example = example
-        self.work_dir = Path(work_dir)
-        self._prepared: Path | None = None
+        super().__init__(model, example, work_dir)
 
     def build(self, config: QuantConfig, calibration: Sequence[torch.Tensor], out: Path,
               train_step: Callable | None = None) -> list[str]:
         if config.method not in ("static", "bf16"):
             raise UsageError(f"The openvino backend does static int8 or bf16, not {config.method}")
-        if self._prepared is None:
-            self._prepared = prepare_onnx(self.model, self.example, self.work_dir)
+        self._prepared = self._prepared or prepare_onnx(self.model, self.example, self.work_dir)
         if config.method == "bf16":
             shutil.copyfile(self._prepared, out)
             return []
