@@ -20,6 +20,7 @@ import argparse
 import importlib.resources
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from PR2_async_inference import apache_kafka
+from PR2_async_inference.callback_security import ensure_callback_secret
 from PR2_async_inference.processes import (  # re-exported: callers import these from here
     REPO_ROOT,
     Proc,
@@ -354,6 +356,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if os.environ.get("INFERENCE_CALLBACK_ALLOWLIST"):
+        # Callbacks are allowed: API and worker refuse the placeholder secret, so a local run makes one they share.
+        ensure_callback_secret()
     # Before the first child: SIGTERM, like Ctrl-C, interrupts start-up or serving, and start_stack or the
     # finally below stops every process started so far.
     signal.signal(signal.SIGTERM, interrupt_on_signal)
