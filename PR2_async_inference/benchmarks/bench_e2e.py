@@ -13,8 +13,8 @@ p50/p95/p99, its ratio to the in-process batched throughput, the p50 the service
 batch-1 latency at low load, and the CPU milliseconds each process (broker - the JVM on Apache Kafka -, API,
 workers, this load generator) spent per request in the loaded run: on one machine they all share its cores.
 The workers' CPU outside the forward pass is their CPU minus the forward passes' CPU, read from the workers'
-``inference_forward_cpu_seconds_total`` counter, or estimated as forward wall time x ``--threads`` when a
-worker does not expose it; the service overhead is API + broker + workers outside the forward pass.
+``inference_forward_cpu_seconds_total`` counter; the service overhead is API + broker + workers outside the
+forward pass.
 """
 
 from __future__ import annotations
@@ -80,29 +80,24 @@ def metric_sum(text: str, name: str) -> float | None:
     return sum(values) if values else None
 
 
-def forward_cpu_seconds(stack: Stack, threads: int) -> tuple[float, bool]:
-    """CPU the workers spent in forward passes so far, and whether it was measured (else forward wall x
-    ``threads``, an upper bound when the threads are not all busy)."""
+def forward_cpu_seconds(stack: Stack) -> float:
+    """CPU the workers spent in forward passes so far (their ``inference_forward_cpu_seconds_total``; a worker
+    that has run no forward pass yet has no sample of it)."""
     import httpx
 
-    total, measured = 0.0, True
+    total = 0.0
     for worker in stack.workers:
         text = httpx.get(worker.info["metrics_url"] + "/metrics", timeout=10).text
-        cpu = metric_sum(text, FORWARD_CPU_METRIC)
-        if cpu is None:
-            measured = False
-            cpu = (metric_sum(text, "inference_latency_seconds_sum") or 0.0) * threads
-        total += cpu
-    return total, measured
+        total += metric_sum(text, FORWARD_CPU_METRIC) or 0.0
+    return total
 
 
-def cpu_per_request(stack: Stack, threads: int) -> dict[str, float]:
+def cpu_per_request(stack: Stack) -> dict[str, float]:
     """Counters read before and after a run; :func:`cpu_ms_per_request` turns two readings into per request."""
     pids = {"broker": [stack.broker.pid], "api": [stack.api.pid], "workers": [w.pid for w in stack.workers],
             "loadgen": [os.getpid()]}
     reading = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
-    reading["forward"], measured = forward_cpu_seconds(stack, threads)
-    reading["forward_measured"] = float(measured)
+    reading["forward"] = forward_cpu_seconds(stack)
     return reading
 
 
@@ -114,7 +109,6 @@ def cpu_ms_per_request(before: dict[str, float], after: dict[str, float], done: 
         **{f"cpu_ms_per_req_{name}": round(value, 2) for name, value in per_req.items()},
         "cpu_ms_per_req_workers_outside_forward": round(outside, 2),
         "cpu_ms_per_req_service_overhead": round(per_req["api"] + per_req["broker"] + outside, 2),
-        "forward_cpu": "measured" if after["forward_measured"] else "wall x threads",
     }
 
 
@@ -155,10 +149,10 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
     try:
         common = {"time_limit_s": args.time_limit_s, "payloads": payloads}
         run_load(stack.api_url, requests=min(8, args.requests), concurrency=4, **common)  # warm-up
-        before = cpu_per_request(stack, args.threads)
+        before = cpu_per_request(stack)
         loaded = run_load(stack.api_url, requests=args.requests, concurrency=args.concurrency,
                           **common)
-        cpu_ms = cpu_ms_per_request(before, cpu_per_request(stack, args.threads), max(1, loaded["succeeded"]))
+        cpu_ms = cpu_ms_per_request(before, cpu_per_request(stack), max(1, loaded["succeeded"]))
         low = run_load(stack.api_url, requests=args.low_load_requests, concurrency=1, **common)
     finally:
         stop_stack(stack)
