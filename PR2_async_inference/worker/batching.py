@@ -128,10 +128,12 @@ class ModelWorker:
     def _on_revoke(self, revoked: list[TopicPartition]) -> None:
         # kafka-python 3.0.12 calls rebalance listeners on its IO thread: a forward pass here would stop the
         # heartbeats, and a commit here raises (a blocking call from the IO thread). The buffered requests are
-        # dropped unanswered instead: their offsets are not committed, so whoever is assigned the partitions
-        # (this worker again, or another) reads them again from the last commit.
+        # dropped unanswered instead; their offsets are not committed. A partition that moves is read again from
+        # the last commit by its next owner; one this worker gets back keeps its position, hence the rewind to
+        # the first dropped record (seek only sets client state, safe on the IO thread).
         if self._buffer:
-            logger.info("rebalance: %d buffered requests left to the partitions' next owner", len(self._buffer))
+            logger.info("rebalance: %d buffered requests dropped unanswered, to be read again", len(self._buffer))
+            self._rewind(self._buffer)
             self._buffer = []
 
     # ------------------------------------------------------------------ main loop
