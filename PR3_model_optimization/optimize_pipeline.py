@@ -46,7 +46,7 @@ from PR3_model_optimization.quantization.backends import BACKENDS
 
 logger = logging.getLogger(__name__)
 
-# Table rows in the order the user's README lists them; "pruned_distilled" is the step between.
+# Table rows: each technique alone, then the combinations; "pruned_distilled" is the step between.
 ROWS = ("original", "distilled", "pruned", "quantized", "pruned_distilled", "combined")
 STANDALONE = ("distilled", "quantized")
 ARTIFACT_NAMES = {"pruned": "pruned.pt", "pruned_distilled": "pruned_distilled.pt", "combined": "combined.onnx",
