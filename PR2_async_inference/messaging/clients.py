@@ -144,9 +144,9 @@ def make_worker_consumer(settings: Settings, listener: ConsumerRebalanceListener
     # Metadata fetched after subscribe, before the first join. kafka-python 3.0.12 builds the snapshot of the
     # subscribed topics' partitions only from metadata that arrives while subscribed; a group leader that joins
     # before such an update assigns with an empty snapshot, then its post-assignment refresh differs from it and
-    # it rejoins at once (~100 ms later). That needless second rebalance is where Apache Kafka members were left
-    # looping on the coordinator lookup (worker.membership replaces such a member). A blocking fetch here makes
-    # the first assignment's snapshot the real one.
+    # it rejoins at once (~100 ms later). That needless second rebalance is where members on Apache Kafka can be
+    # left looping on the coordinator lookup (worker.membership replaces such a member). A blocking fetch here
+    # makes the first assignment's snapshot the real one.
     consumer.topics()
     return consumer
 

@@ -1,12 +1,14 @@
 """The worker's watch on its own consumer-group membership: a member that has stopped being a live, joined
 member for much longer than any rebalance takes is replaced by a fresh consumer.
 
-On Apache Kafka, kafka-python 3.0.12 members can get stuck after a rebalance: a member that rejoins right after
-its first assignment sometimes never completes the join (its client loops on the coordinator lookup, sends no
-heartbeats, and the broker drops it from the group), so it owns no partitions and never polls a record again,
-while ``poll()`` keeps returning empty. A new ``KafkaConsumer`` (new connections, new member id) joins
-normally. Replacing it loses nothing: offsets are committed only after a batch's results are acknowledged, so
-whatever the stuck member held uncommitted is read again from the last commit by the partition's next owner.
+On Apache Kafka, a kafka-python 3.0.12 member can get stuck after a rebalance: a group leader that rejoins right
+after its first assignment may never finish that rejoin on its side (the broker has the new generation's
+assignment; the client never applies it, spins on the coordinator lookup, sends no heartbeats and is dropped
+from the group), so it owns no partitions and never polls a record again while ``poll()`` keeps returning
+empty. :func:`messaging.clients.make_worker_consumer` avoids that needless rejoin; this watch covers whatever
+else leaves a member stuck. A new ``KafkaConsumer`` (new connections, new member id) joins normally. Replacing
+one loses nothing: offsets are committed only after a batch's results are acknowledged, so whatever the stuck
+member held uncommitted is read again from the last commit by the partition's next owner.
 """
 
 from __future__ import annotations
