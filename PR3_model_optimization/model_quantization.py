@@ -28,17 +28,19 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from modelops.artifact import Manifest, load_module
+from modelops.artifact import FORMAT_NAMES, Manifest, load_artifact
 from modelops.cli import check_positive, common_parser, load_model_dataset, run_cli
 from modelops.cpu import int8_outlook
 from modelops.data import DatasetSplits
 from modelops.errors import UsageError
+from modelops.quantization_input import load_for_quantization
 from modelops.results import markdown_table, write_results
 from PR3_model_optimization.quantization.auto import (
     AUTO,
@@ -157,7 +159,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def check_not_quantized(path: Path) -> None:
     if not path.is_file():
-        return  # load_module gives the 'does not exist' message
+        return  # the loader gives the 'does not exist' message
     reason = quantized_reason(path)
     if reason:
         raise UsageError(f"{path} is already quantized ({reason}). Quantize the fp32 artifact it was made from.")
@@ -193,11 +195,37 @@ def check_bf16_support(method: str) -> None:
         logger.info("CPU check: %s", why)
 
 
-def load_fp32(args: argparse.Namespace, first_backend: str) -> tuple[nn.Module, Manifest, Path, Path, DatasetSplits]:
-    """The fp32 model, its manifest, its path, the save path and the data it was trained on (checked)."""
+@dataclass
+class Fp32Model:
+    """The fp32 model to quantize: the reference it is compared with, and the ONNX file ONNX backends start from.
+
+    ``model`` is an eager module (state_dict, pickle; an ExportedProgram's ``module()``) or, for ONNX and
+    TorchScript inputs, the input run as it is; ``onnx_path`` and ``onnx_form`` are set for those.
+    """
+
+    model: Callable[[torch.Tensor], torch.Tensor]
+    manifest: Manifest
+    onnx_path: Path | None = None
+    onnx_form: str | None = None
+
+
+def load_quantization_input(path: Path, trust_pickle: bool) -> Fp32Model:
+    """Any saved form, as :func:`~modelops.quantization_input.load_for_quantization` gives it."""
+    start = load_for_quantization(path, trust_pickle=trust_pickle)
+    if start.module is not None:
+        return Fp32Model(start.module, start.manifest)
+    if start.exported is not None:
+        return Fp32Model(start.exported.module(), start.manifest)
+    form = FORMAT_NAMES.get(start.manifest.format, start.manifest.format)
+    return Fp32Model(load_artifact(path, compile=False), start.manifest, onnx_path=start.onnx_path, onnx_form=form)
+
+
+def load_fp32(args: argparse.Namespace, first_backend: str) -> tuple[Fp32Model, Path, Path, DatasetSplits]:
+    """The fp32 model, its path, the save path and the data it was trained on (checked)."""
     model_path = Path(args.model)
     check_not_quantized(model_path)
-    model, manifest = load_module(model_path, trust_pickle=args.trust_pickle)
+    fp32 = load_quantization_input(model_path, args.trust_pickle)
+    manifest = fp32.manifest
     # auto names the file after the winner's format once it is known; this path only guards the fp32 file.
     save_path = Path(args.save_path) if args.save_path else \
         default_save_path(model_path, first_backend, args.quantization_method)
@@ -211,12 +239,18 @@ def load_fp32(args: argparse.Namespace, first_backend: str) -> tuple[nn.Module, 
     if data.num_classes != manifest.num_classes:
         raise UsageError(f"Dataset {dataset!r} has {data.num_classes} classes but the model predicts "
                          f"{manifest.num_classes}; pass the --dataset the model was trained on")
-    return model, manifest, model_path, save_path, data
+    return fp32, model_path, save_path, data
 
 
-def keep_float_layers(args: argparse.Namespace, model: nn.Module, manifest: Manifest) -> tuple[str, ...]:
+def keep_float_layers(args: argparse.Namespace, model: Callable, manifest: Manifest) -> tuple[str, ...]:
     """``--keep-float`` as module names, for the method at hand."""
     method = args.quantization_method
+    if not isinstance(model, nn.Module):  # an ONNX or TorchScript input: no module names to keep in float
+        if [t for t in args.keep_float if t not in ("first", "none")]:
+            form = FORMAT_NAMES.get(manifest.format, manifest.format)
+            raise UsageError(f"--keep-float names modules, which a {form} file does not have; drop it, "
+                             "or quantize the model's state_dict (with --arch)")
+        return ()
     # Dynamic int8 never touches convolutions, so the default 'first conv in float' means nothing there;
     # QAT learns its ranges, and torchao's QAT conv-bn rewrite fails on a conv left without a config.
     if method in ("dynamic", "qat") and args.keep_float == ["first"]:
@@ -228,9 +262,9 @@ def keep_float_layers(args: argparse.Namespace, model: nn.Module, manifest: Mani
     return keep_float
 
 
-def check_dynamic_coverage(args: argparse.Namespace, model: nn.Module, manifest: Manifest) -> None:
+def check_dynamic_coverage(args: argparse.Namespace, model: Callable, manifest: Manifest) -> None:
     """Refuse dynamic int8 where Linear/LSTM layers carry too little of the compute to matter."""
-    if args.quantization_method != "dynamic":
+    if args.quantization_method != "dynamic" or not isinstance(model, nn.Module):
         return
     fraction, names = dynamic_coverage(model, manifest.input_shape)
     message = (f"Dynamic int8 only quantizes Linear/LSTM layers; in this {manifest.arch} they carry "
@@ -251,7 +285,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     auto = backend == AUTO
     check_bf16_support(method)
     first_backend = (BF16_BACKENDS[0] if method == "bf16" else "onnxruntime") if auto else backend
-    model, manifest, model_path, save_path, data = load_fp32(args, first_backend)
+    fp32, model_path, save_path, data = load_fp32(args, first_backend)
+    model, manifest = fp32.model, fp32.manifest
     likely, outlook = int8_outlook()
     (logger.info if likely else logger.warning)("CPU check: %s", outlook)
     keep_float = keep_float_layers(args, model, manifest)
@@ -264,7 +299,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         budget = AUTO_DEFAULT_MAX_DROP[method]
     return Plan(model=model, manifest=manifest, model_path=model_path, save_path=save_path, data=data, base=base,
                 auto=auto, searching=args.max_accuracy_drop is not None and method == "static", budget=budget,
-                outlook=outlook, likely=likely)
+                outlook=outlook, likely=likely, onnx_path=fp32.onnx_path, onnx_form=fp32.onnx_form)
 
 
 def summarize(plan: Plan, outcome: Outcome, started: float) -> dict:

@@ -48,6 +48,7 @@ class Backend:
         runtime: the manifest's ``runtime`` hints for the loader (e.g. ``{"compile": True}``).
         method_runtime: extra hints for one method (e.g. ``{"bf16": {"precision": "bf16"}}``).
         requires: the module its runtime needs; where it does not import, the backend is unavailable.
+        takes_onnx: its quantizer also starts from an fp32 ONNX file (an ONNX or TorchScript input).
     """
 
     name: str
@@ -57,6 +58,7 @@ class Backend:
     runtime: dict[str, Any] = field(default_factory=dict)
     method_runtime: dict[str, dict[str, Any]] = field(default_factory=dict)
     requires: str = ""
+    takes_onnx: bool = False
 
     def runtime_for(self, method: str) -> dict[str, Any]:
         """The manifest's ``runtime`` hints for an artifact made with ``method``."""
@@ -68,22 +70,28 @@ class Backend:
             return f"{self.requires} is not installed (pip install {self.requires})"
         return None
 
-    def make_quantizer(self, model: nn.Module, example: torch.Tensor, work_dir: Path) -> Quantizer:
+    def make_quantizer(self, model: nn.Module | None, example: torch.Tensor, work_dir: Path,
+                       onnx_path: Path | None = None) -> Quantizer:
+        """The quantizer for ``model``, or for the fp32 ONNX file ``onnx_path`` (backends that take ONNX)."""
         module_name, _, class_name = self.quantizer.partition(":")
-        return getattr(importlib.import_module(module_name), class_name)(model, example, work_dir)
+        quantizer_class = getattr(importlib.import_module(module_name), class_name)
+        if onnx_path is not None:
+            return quantizer_class(None, example, work_dir, onnx_path=onnx_path)
+        return quantizer_class(model, example, work_dir)
 
 
 REGISTRY: dict[str, Backend] = {
     backend.name: backend for backend in (
         Backend("onnxruntime", "onnx", ".onnx",
-                "PR3_model_optimization.quantization.onnxruntime_backend:OnnxRuntimeQuantizer"),
+                "PR3_model_optimization.quantization.onnxruntime_backend:OnnxRuntimeQuantizer", takes_onnx=True),
         # PT2E int8 is fast only after inductor compiles it with weight freezing: the loader is told to.
         Backend("pt2e", "exported_program", ".pt2",
                 "PR3_model_optimization.quantization.pt2e_backend:Pt2eQuantizer", runtime={"compile": True},
                 requires="torchao"),
         # OpenVINO runs the ONNX file itself (int8 QDQ from NNCF, or fp32 executed in bf16).
         Backend("openvino", "onnx", ".onnx", "PR3_model_optimization.quantization.openvino_backend:OpenVinoQuantizer",
-                runtime={"engine": "openvino"}, method_runtime={"bf16": {"precision": "bf16"}}, requires="openvino"),
+                runtime={"engine": "openvino"}, method_runtime={"bf16": {"precision": "bf16"}}, requires="openvino",
+                takes_onnx=True),
     )
 }
 BACKENDS = tuple(REGISTRY)

@@ -73,6 +73,15 @@ def prepare_onnx(model: nn.Module, example: torch.Tensor, work_dir: str | Path) 
     return prepared
 
 
+def prepare_onnx_file(fp32: str | Path, work_dir: str | Path) -> Path:
+    """ORT's pre-processing of an fp32 ONNX file the user gave (or a TorchScript file's export)."""
+    from onnxruntime.quantization import quant_pre_process
+
+    prepared = Path(work_dir) / "fp32_prep.onnx"
+    quant_pre_process(str(fp32), str(prepared))
+    return prepared
+
+
 @contextlib.contextmanager
 def _quiet_root_logger():
     """ORT's quantizer logs one INFO line per tensor on the root logger; keep that out of the user's terminal."""
@@ -85,7 +94,17 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def _calibration_reader(batches: Sequence[torch.Tensor]):
+def onnx_input_name(path: str | Path) -> str:
+    """The graph's image input: ours is named ``input``; a user's own ONNX file may name it otherwise."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {tensor.name for tensor in graph.initializer}
+    names = [tensor.name for tensor in graph.input if tensor.name not in initializers]
+    return names[0] if names else ONNX_INPUT_NAME
+
+
+def _calibration_reader(batches: Sequence[torch.Tensor], input_name: str = ONNX_INPUT_NAME):
     from onnxruntime.quantization import CalibrationDataReader
 
     class BatchReader(CalibrationDataReader):
@@ -96,7 +115,7 @@ def _calibration_reader(batches: Sequence[torch.Tensor]):
 
         def get_next(self) -> dict | None:
             batch = next(self._batches, None)
-            return None if batch is None else {ONNX_INPUT_NAME: batch.detach().float().contiguous().numpy()}
+            return None if batch is None else {input_name: batch.detach().float().contiguous().numpy()}
 
     return BatchReader()
 
@@ -132,7 +151,7 @@ def _run_ort_quantizer(prepared_onnx: str | Path, out_path: str | Path, config: 
                      "percentile": CalibrationMethod.Percentile}[config.calibration_method]
         activation = QuantType.QUInt8 if config.activation_type == "quint8" else QuantType.QInt8
         quantize_static(
-            str(prepared_onnx), str(out_path), _calibration_reader(calibration),
+            str(prepared_onnx), str(out_path), _calibration_reader(calibration, onnx_input_name(prepared_onnx)),
             quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
             weight_type=QuantType.QInt8, activation_type=activation, calibrate_method=calibrate,
             nodes_to_exclude=excluded,
@@ -145,22 +164,30 @@ class OnnxRuntimeQuantizer:
     """The ``onnxruntime`` backend: exports the fp32 model once (on the first build) and quantizes that file.
 
     Args:
-        model: fp32 eager model.
+        model: fp32 eager model (None when ``onnx_path`` is given).
         example: an input batch for the export.
         work_dir: where the fp32 ONNX files are written.
+        onnx_path: an fp32 ONNX file to start from instead of exporting ``model``.
     """
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, work_dir: Path) -> None:
+    def __init__(self, model: nn.Module | None, example: torch.Tensor, work_dir: Path,
+                 onnx_path: Path | None = None) -> None:
         self.model = model
         self.example = example
         self.work_dir = Path(work_dir)
+        self.onnx_path = onnx_path
         self._prepared: Path | None = None
+
+    def prepared(self) -> Path:
+        """The pre-processed fp32 ONNX file every trial quantizes (made on first use)."""
+        if self._prepared is None:
+            self._prepared = prepare_onnx_file(self.onnx_path, self.work_dir) if self.onnx_path is not None \
+                else prepare_onnx(self.model, self.example, self.work_dir)
+        return self._prepared
 
     def build(self, config: QuantConfig, calibration: Sequence[torch.Tensor], out: Path,
               train_step: Callable | None = None) -> list[str]:
-        if self._prepared is None:
-            self._prepared = prepare_onnx(self.model, self.example, self.work_dir)
-        return quantize_onnx(self._prepared, out, config, calibration)
+        return quantize_onnx(self.prepared(), out, config, calibration)
 
     def fp32_artifact(self) -> Path | None:
         return self._prepared

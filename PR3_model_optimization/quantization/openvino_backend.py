@@ -17,14 +17,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from modelops.artifact import ONNX_INPUT_NAME
 from modelops.errors import UsageError
 from PR3_model_optimization.quantization.config import QuantConfig
 from PR3_model_optimization.quantization.onnxruntime_backend import (
     OnnxRuntimeQuantizer,
+    onnx_input_name,
     onnx_nodes_for_modules,
     onnx_quantized_layers,
-    prepare_onnx,
     quantize_onnx,
 )
 
@@ -48,9 +47,10 @@ def quantize_nncf(prepared_onnx: Path, out: Path, config: QuantConfig, calibrati
         raise UsageError("Calibration needs at least one batch of real data; got none")
     samples = sum(len(batch) for batch in calibration)
     ignored = onnx_nodes_for_modules(prepared_onnx, config.keep_float)
+    input_name = onnx_input_name(prepared_onnx)
     quantized = nncf.quantize(
         onnx.load(str(prepared_onnx)),
-        nncf.Dataset(list(calibration), lambda batch: {ONNX_INPUT_NAME: batch.detach().float().numpy()}),
+        nncf.Dataset(list(calibration), lambda batch: {input_name: batch.detach().float().numpy()}),
         subset_size=samples, preset=nncf.QuantizationPreset.PERFORMANCE,
         ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
     )
@@ -61,24 +61,25 @@ class OpenVinoQuantizer(OnnxRuntimeQuantizer):
     """The ``openvino`` backend: exports the fp32 model once (as ONNX Runtime's does), then writes int8 (NNCF) or
     bf16 ONNX files. Takes the arguments of :class:`OnnxRuntimeQuantizer`."""
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, work_dir: Path) -> None:
+    def __init__(self, model: nn.Module | None, example: torch.Tensor, work_dir: Path,
+                 onnx_path: Path | None = None) -> None:
         import openvino  # noqa: F401  (fail here, before any work, where the runtime is missing)
 
-        super().__init__(model, example, work_dir)
+        super().__init__(model, example, work_dir, onnx_path=onnx_path)
 
     def build(self, config: QuantConfig, calibration: Sequence[torch.Tensor], out: Path,
               train_step: Callable | None = None) -> list[str]:
         if config.method not in ("static", "bf16"):
             raise UsageError(f"The openvino backend does static int8 or bf16, not {config.method}")
-        self._prepared = self._prepared or prepare_onnx(self.model, self.example, self.work_dir)
+        prepared = self.prepared()
         if config.method == "bf16":
-            shutil.copyfile(self._prepared, out)
+            shutil.copyfile(prepared, out)
             return []
         if nncf_available():
-            quantize_nncf(self._prepared, out, config, calibration)
+            quantize_nncf(prepared, out, config, calibration)
             return onnx_quantized_layers(out)
         logger.info("nncf is not installed: ONNX Runtime's quantizer writes the QDQ file OpenVINO runs")
-        return quantize_onnx(self._prepared, out, config, calibration)
+        return quantize_onnx(prepared, out, config, calibration)
 
     def fp32_artifact(self) -> Path | None:
         return None

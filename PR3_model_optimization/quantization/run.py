@@ -11,7 +11,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,17 +42,19 @@ class QuantizationRun:
     """Everything one invocation shares between trials: the fp32 model, data, references, work dir.
 
     Args:
-        model: fp32 eager model.
+        model: the fp32 reference: an eager module, or a runnable model where the input is quantized as ONNX.
         manifest: its manifest.
         model_path: its file (recorded as the parent).
         data: the dataset splits matching the model.
         args: parsed flags (calibration, QAT and latency settings).
         work_dir: where trial artifacts are built before the winner is copied to the save path.
+        onnx_path: the fp32 ONNX file the ONNX backends start from (ONNX and TorchScript inputs), or None.
     """
 
-    def __init__(self, model: nn.Module, manifest: Manifest, model_path: Path, data, args: argparse.Namespace,
-                 work_dir: Path) -> None:
-        self.model = model.eval()
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], manifest: Manifest, model_path: Path, data,
+                 args: argparse.Namespace, work_dir: Path, onnx_path: Path | None = None) -> None:
+        self.model = model.eval() if isinstance(model, nn.Module) else model
+        self.onnx_path = onnx_path
         self.manifest = manifest
         self.model_path = model_path
         self.data = data
@@ -60,7 +62,8 @@ class QuantizationRun:
         self.work_dir = work_dir
         self.threads = args.threads or usable_cores()
         self.input_shape = list(manifest.input_shape)
-        self.macs = layer_macs(self.model, self.input_shape)
+        # An ONNX or TorchScript input has no module names to count MACs by: the MAC fraction reads 0 there.
+        self.macs = layer_macs(self.model, self.input_shape) if isinstance(self.model, nn.Module) else {}
         self.fp32_size_mb = file_size_mb(model_path)
         self.val_loader = make_loader(data.val, 256)
         self._calibration: dict[int, list[torch.Tensor]] = {}
@@ -104,7 +107,9 @@ class QuantizationRun:
     def quantizer(self, backend: str) -> Quantizer:
         """The backend's quantizer for this model, made on first use and shared by its trials."""
         if backend not in self._quantizers:
-            self._quantizers[backend] = REGISTRY[backend].make_quantizer(self.model, self.example(), self.work_dir)
+            self._quantizers[backend] = REGISTRY[backend].make_quantizer(
+                self.model if isinstance(self.model, nn.Module) else None, self.example(), self.work_dir,
+                onnx_path=self.onnx_path)
         return self._quantizers[backend]
 
     def build(self, config: QuantConfig, out: Path) -> list[str]:
@@ -224,9 +229,13 @@ def finish_auto(run: QuantizationRun, built: Sequence[tuple[dict, Path, QuantCon
 
 @dataclass
 class Plan:
-    """What a run will do, settled before any trial: the fp32 model, where the result goes, what to try."""
+    """What a run will do, settled before any trial: the fp32 model, where the result goes, what to try.
 
-    model: nn.Module
+    ``model`` is an eager module, or (with ``onnx_path`` set, for ONNX and TorchScript inputs) the input run as it
+    is, the fp32 reference the int8 trials are compared with; ``onnx_form`` then names the input's form.
+    """
+
+    model: Callable[[torch.Tensor], torch.Tensor]
     manifest: Manifest
     model_path: Path
     save_path: Path
@@ -237,6 +246,8 @@ class Plan:
     budget: float | None
     outlook: str
     likely: bool
+    onnx_path: Path | None = None
+    onnx_form: str | None = None
 
 
 @dataclass
@@ -252,13 +263,15 @@ class Outcome:
 
 def run_trials(plan: Plan, args: argparse.Namespace, started: float) -> Outcome:
     """Run every planned trial; keep the best (published as soon as it leads, unless auto decides at the end)."""
-    configs, failed = plan_trials(plan.base, sensitive_layers(plan.model), args, plan.auto, plan.searching)
+    sensitive = sensitive_layers(plan.model) if isinstance(plan.model, nn.Module) else ()
+    configs, failed = plan_trials(plan.base, sensitive, args, plan.auto, plan.searching, onnx_form=plan.onnx_form)
     built: list[tuple[dict, Path, QuantConfig]] = []
     outcome = Outcome(save_path=plan.save_path)
     extra = {"cpu_int8_outlook": plan.outlook, "cpu_int8_likely": plan.likely, "cpu_model": cpu_info()["cpu_model"],
              "max_accuracy_drop": plan.budget}
     with tempfile.TemporaryDirectory(prefix="quantize_") as tmp:
-        run = QuantizationRun(plan.model, plan.manifest, plan.model_path, plan.data, args, Path(tmp))
+        run = QuantizationRun(plan.model, plan.manifest, plan.model_path, plan.data, args, Path(tmp),
+                              onnx_path=plan.onnx_path)
         logger.info("fp32 %s: val accuracy %.2f%% on %d samples", plan.manifest.arch, run.fp32_accuracy,
                     len(run.val_targets))
         for index, config in enumerate(configs):

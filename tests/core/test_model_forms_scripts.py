@@ -13,6 +13,8 @@ from modelops.cli import run_cli
 from modelops.models import create_model
 from PR3_model_optimization import model_distillation
 from PR3_model_optimization import model_pruning as mp
+from PR3_model_optimization import model_quantization as mq
+from PR3_model_optimization.quantization.detect import quantized_reason
 
 NUM_CLASSES, SIDE = 7, 32
 
@@ -27,6 +29,8 @@ def user_files(tmp_path_factory):
     model = create_model("resnet18", NUM_CLASSES).eval()
     torch.save(model.state_dict(), folder / "bare.pt")
     torch.jit.save(torch.jit.trace(model, torch.zeros(2, 3, SIDE, SIDE)), str(folder / "scripted.pt"))
+    torch.onnx.export(model, (torch.zeros(2, 3, SIDE, SIDE),), str(folder / "model.onnx"), dynamo=False,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     # A small net whose head reads a 32x32 feature map: it runs only on its own input size, found by probing.
     small = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * SIDE * SIDE, NUM_CLASSES)).eval()
@@ -65,3 +69,29 @@ def test_a_torchscript_teacher_distils_on_fake_data_with_its_own_class_count(use
     assert "student_accuracy" in summary
     manifest = read_manifest(save)
     assert manifest.num_classes == NUM_CLASSES and manifest.input_shape == [3, SIDE, SIDE]
+
+
+QUANTIZE_FLAGS = ["--dataset", "fake", "--image-size", str(SIDE), "--threads", "1", "--calibration-batches", "1",
+                  "--calibration-batch-size", "4", "--latency-rounds", "1", "--latency-batch-size", "1"]
+
+
+@pytest.mark.parametrize("name", ["scripted.pt", "model.onnx"])
+def test_a_torchscript_or_onnx_file_is_quantized_by_onnx_runtime_from_its_onnx_graph(user_files, tmp_path, name,
+                                                                                      capsys):
+    int8 = tmp_path / "int8.onnx"
+    code = run_cli(mq.main, mq.get_args_parser(), [
+        "--model", str(user_files / name), "--save-path", str(int8), "--backend", "onnxruntime", *QUANTIZE_FLAGS])
+    assert code == 0, capsys.readouterr().err
+    assert quantized_reason(int8)  # real int8 nodes in the file written
+    int8_model = load_artifact(int8)
+    assert int8_model(torch.zeros(2, 3, SIDE, SIDE)).shape == (2, NUM_CLASSES)
+    assert read_manifest(int8).num_classes == NUM_CLASSES
+
+
+def test_quantizing_an_onnx_file_with_pt2e_exits_2_naming_the_backends_that_take_it(user_files, tmp_path, capsys):
+    code = run_cli(mq.main, mq.get_args_parser(), [
+        "--model", str(user_files / "model.onnx"), "--save-path", str(tmp_path / "q.pt2"), "--backend", "pt2e",
+        *QUANTIZE_FLAGS])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "--backend onnxruntime or openvino" in err
