@@ -23,7 +23,7 @@ from modelops.artifact import MODEL_SUFFIXES, read_manifest
 from modelops.cli import check_positive, common_parser, run_cli, set_help, split_seed
 from modelops.errors import UsageError
 from modelops.timing import POLICY
-from PR4_model_benchmarking.measure import Benchmark, check_shape, parse_choices, parse_int_list
+from PR4_model_benchmarking.measure import NO_DATASET, Benchmark, check_shape, parse_choices, parse_int_list
 from PR4_model_benchmarking.reports import REPORT_FORMATS, to_markdown, write_reports
 from PR4_model_benchmarking.scenarios import SCENARIOS
 
@@ -43,8 +43,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                     "scenarios, memory, size, accuracy) and write Markdown/HTML/CSV/JSON reports.",
         parents=[common_parser()], add_help=add_help,
     )
-    parser.set_defaults(batch_size=128)
+    parser.set_defaults(batch_size=128, dataset=None)
     set_help(parser, "batch_size", "batch size of the accuracy pass; timing uses --batch-sizes (default: 128)")
+    set_help(parser, "dataset", "dataset of the accuracy pass (default: the first manifest's; where neither names "
+                                "one, speed only: accuracy is not measured)")
     models = parser.add_argument_group("models")
     models.add_argument("--models", required=True,
                         help="comma-separated NAME:PATH pairs; the first is the reference "
@@ -151,12 +153,21 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def check_inputs(models: list[tuple[str, Path]], args: argparse.Namespace) -> Any:
-    """Load the dataset at the models' input size; refuse models whose manifest says another shape."""
+    """Load the dataset at the models' input size; refuse models whose manifest says another shape.
+
+    With no ``--dataset`` and no manifest that names one, there is nothing to load: the run is speed-only
+    (``None``), each model timed on inputs of its own shape and its accuracy marked :data:`NO_DATASET`.
+    """
     from modelops.cli import load_model_dataset
     from modelops.data import load_dataset
 
     manifests = {name: read_manifest(path) for name, path in models}
     first = next((m for m in manifests.values() if m is not None), None)
+    args.dataset = args.dataset or next((m.dataset for m in manifests.values() if m is not None and m.dataset), None)
+    if args.dataset is None:
+        logger.info("no --dataset given and none in a manifest: timing only, accuracy %s", NO_DATASET)
+        args.accuracy_samples = 0
+        return None
     image_size = args.image_size or (first.input_shape[-1] if first else None)
     if first is not None:  # fake data takes the model's class count and size; --preprocessing, --labels apply
         data = load_model_dataset(args, first)

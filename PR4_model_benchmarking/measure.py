@@ -24,6 +24,9 @@ from PR4_model_benchmarking.runner import WorkerError, start_session
 from PR4_model_benchmarking.scenarios import SCENARIOS, search_server_qps
 from PR4_model_benchmarking.summary import add_comparisons, headline, model_row, per_batch_rows
 
+# What a speed-only run (no --dataset, no manifest naming one) says in place of accuracy.
+NO_DATASET = "not measured: no dataset given and none in a manifest"
+
 logger = logging.getLogger(__name__)
 
 
@@ -138,7 +141,8 @@ class Benchmark:
             except WorkerError as exc:
                 self.fail(name, exc)
                 continue
-            check_shape(name, path, self.infos[name]["input_shape"], self.data, args.dataset)
+            if self.data is not None:  # speed-only runs time each model on its own input shape
+                check_shape(name, path, self.infos[name]["input_shape"], self.data, args.dataset)
         if not self.active():
             first = next(iter(self.usage_errors.values()), None)
             if first and len(self.usage_errors) == len(self.models):
@@ -259,8 +263,9 @@ class Benchmark:
             f"Latency: {policy.warmup} warm-up calls per model, then {stop} per batch size, taken in turns "
             f"({policy.settle_s * 1e3:.0f} ms pause, {policy.untimed_per_turn} untimed and up to "
             f"{policy.calls_per_turn} timed calls per turn); every runtime with its default threading.",
-            "Inputs for timing are seeded random tensors of each model's input shape; accuracy uses the first "
-            f"{args.accuracy_samples} samples of the {args.dataset!r} test split, after timing and memory.",
+            "Inputs for timing are seeded random tensors of each model's input shape; "
+            + (f"accuracy uses the first {args.accuracy_samples} samples of the {args.dataset!r} test split, after "
+               "timing and memory." if self.data is not None else f"accuracy: {NO_DATASET}."),
             "Memory: weights_mb is the weights' bytes in memory; each model ran in its own process, model_rss_mb "
             "is that process's peak RSS while timing over its RSS with only the runtimes imported."
             if args.isolation == "process" else
@@ -287,7 +292,8 @@ class Benchmark:
                        "primary_batch_size": self.batch_sizes[0], "scenarios": self.scenarios,
                        "warmup": args.warmup, "iters": args.iters, "min_time_s": args.min_time,
                        "timing_policy": asdict(self.policy),
-                       "dataset": args.dataset, "image_size": self.data.image_size,
+                       "dataset": args.dataset, "image_size": self.data.image_size if self.data is not None else None,
+                       "accuracy": None if self.data is not None else NO_DATASET,
                        "accuracy_samples": args.accuracy_samples, "threads": self.threads,
                        "device": args.device, "isolation": args.isolation, "seed": args.seed},
             "models": models, "per_batch": per_batch, "samples_ms": self.samples,
