@@ -50,6 +50,12 @@ class ModelSpec(BaseModel):
         """Why nothing is served under this name (names the missing path), or None when something is."""
         return self._resolve()[1]
 
+    def public_reason(self, reason: str) -> str:
+        """``reason`` with this entry's paths reduced to their file names, for answers that leave the server."""
+        for path in sorted({self.artifact, *self.fallbacks}, key=lambda p: len(str(p)), reverse=True):
+            reason = reason.replace(str(path), path.name)
+        return reason
+
     def _resolve(self) -> tuple[Path | None, str | None]:
         if self.artifact.is_file():
             return self.artifact, None

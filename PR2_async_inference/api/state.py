@@ -162,7 +162,7 @@ class RequestProducer:
 
 
 class ModelUnavailable(Exception):
-    """A registry model whose artifact or manifest is missing; the message names no server path."""
+    """A registry model whose artifact or manifest is missing; the message names the file, not its server path."""
 
 
 class ServiceState:
@@ -201,7 +201,7 @@ class ServiceState:
         except FileNotFoundError as exc:
             self._manifests.pop(name, None)
             logger.warning("model %r is unavailable: %s", name, exc)
-            what = "has no artifact file" if path is None else "has an artifact without its JSON manifest"
-            raise ModelUnavailable(f"model {name!r} {what} on this server") from exc
+            raise ModelUnavailable(f"model {name!r} is unavailable on this server: {spec.public_reason(str(exc))}") \
+                from exc
         self._manifests[name] = CachedManifest(path, manifest, mtime, now)
         return path, manifest

@@ -116,3 +116,26 @@ def test_local_runs_can_generate_a_secret(caplog):
     assert secret and env[SECRET_ENV] == secret and len(secret) == 64
     assert f"{SECRET_ENV} was not set: generated a random one" in caplog.text
     assert ensure_callback_secret(env) is None and env[SECRET_ENV] == secret  # an existing secret stays
+
+
+def test_an_unavailable_model_names_its_missing_file_but_no_server_path(tmp_path):
+    """The 503 a request gets and the /models entry both say which file is missing, by file name only."""
+    from PR2_async_inference.api.routes.models import model_info
+    from PR2_async_inference.api.state import ModelUnavailable, ServiceState
+    from PR2_async_inference.registry import ModelSpec, Registry
+
+    folder = tmp_path / "server" / "models"
+    folder.mkdir(parents=True)
+    (folder / "bare.pt").write_bytes(b"weights without a manifest")
+    registry = Registry(default_model="gone", models={
+        "gone": ModelSpec(name="gone", artifact=folder / "resnet50_int8.onnx"),
+        "no_manifest": ModelSpec(name="no_manifest", artifact=folder / "bare.pt"),
+    })
+    state = ServiceState(Settings(), registry)
+    for name, file in (("gone", "resnet50_int8.onnx"), ("no_manifest", "bare.pt.json")):
+        with pytest.raises(ModelUnavailable) as raised:
+            state.manifest(name)
+        message = str(raised.value)
+        assert file in message and str(tmp_path) not in message, message
+        info = model_info(state, name)
+        assert info.available is False and info.error == message
