@@ -38,6 +38,8 @@ class ModelSpec(BaseModel):
     fallbacks: list[Path] = Field(default_factory=list)
     input_shape: list[int] | None = Field(None, description="what a fallback must declare, (C, H, W)")
     labels: list[str] | None = Field(None, description="what a fallback must declare, in class-index order")
+    arch: str | None = Field(None, description="torchvision architecture of a bare state_dict artifact, where its "
+                                                "parameter names and shapes fit several")
     max_batch_size: int | None = Field(None, ge=1)
     max_batch_delay_ms: float | None = Field(None, ge=0)
     description: str = ""

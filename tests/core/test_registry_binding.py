@@ -61,3 +61,30 @@ def test_a_fallback_with_the_same_inputs_and_labels_is_served(tmp_path):
 def test_the_shipped_registry_does_not_fall_back_to_another_model():
     spec = load_registry(PR2 / "model_registry.yaml").get("image_classification")
     assert spec.fallbacks == []
+
+
+def test_an_entry_names_the_arch_of_a_bare_state_dict_that_fits_several(tmp_path):
+    """A pruned ResNet-50 fits resnet50, resnext50 and wide_resnet50 alike: the entry's ``arch`` picks one."""
+    import torch
+
+    from modelops.models import create_model
+    from PR2_async_inference.worker.inference import load_predictors
+
+    torch.manual_seed(0)
+    state_dict = create_model("resnet50", 3).state_dict()
+    for key in [k for k in state_dict if k.endswith("conv2.weight")]:  # half the 3x3 filters, as pruning leaves
+        conv2 = state_dict[key]
+        state_dict[key] = conv2[: conv2.shape[0] // 2].clone()
+        bn = key.replace("conv2.weight", "bn2")
+        for part in ("weight", "bias", "running_mean", "running_var"):
+            state_dict[f"{bn}.{part}"] = state_dict[f"{bn}.{part}"][: conv2.shape[0] // 2].clone()
+        conv3 = key.replace("conv2", "conv3")
+        state_dict[conv3] = state_dict[conv3][:, : conv2.shape[0] // 2].clone()
+    torch.save(state_dict, tmp_path / "pruned.pt")
+    ambiguous = load_registry(registry(tmp_path, artifact="pruned.pt"))
+    assert "fits several architectures" in load_predictors(ambiguous, threads=1)[1]["m"]
+    named = load_registry(registry(tmp_path, artifact="pruned.pt", arch="resnet50"))
+    assert named.get("m").arch == "resnet50"
+    predictors, errors = load_predictors(named, threads=1)
+    assert errors == {} and predictors["m"].manifest.arch == "resnet50"
+    assert predictors["m"](torch.zeros(1, *predictors["m"].input_shape)).shape == (1, 3)
