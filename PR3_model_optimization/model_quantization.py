@@ -197,16 +197,18 @@ def check_bf16_support(method: str) -> None:
 
 @dataclass
 class Fp32Model:
-    """The fp32 model to quantize: the reference it is compared with, and the ONNX file ONNX backends start from.
+    """The fp32 model to quantize: the reference it is compared with, and what the quantizers start from.
 
-    ``model`` is an eager module (state_dict, pickle; an ExportedProgram's ``module()``) or, for ONNX and
-    TorchScript inputs, the input run as it is; ``onnx_path`` and ``onnx_form`` are set for those.
+    ``model`` is an eager module (state_dict, pickle) or, for a traced input, the input run as it is; ``start``
+    is ``eager``, ``onnx`` (``onnx_path``: ONNX and TorchScript inputs) or ``exported_program`` (``exported``).
     """
 
     model: Callable[[torch.Tensor], torch.Tensor]
     manifest: Manifest
+    start: str = "eager"
+    form: str | None = None
     onnx_path: Path | None = None
-    onnx_form: str | None = None
+    exported: torch.export.ExportedProgram | None = None
 
 
 def load_quantization_input(path: Path, trust_pickle: bool) -> Fp32Model:
@@ -214,10 +216,11 @@ def load_quantization_input(path: Path, trust_pickle: bool) -> Fp32Model:
     start = load_for_quantization(path, trust_pickle=trust_pickle)
     if start.module is not None:
         return Fp32Model(start.module, start.manifest)
-    if start.exported is not None:
-        return Fp32Model(start.exported.module(), start.manifest)
     form = FORMAT_NAMES.get(start.manifest.format, start.manifest.format)
-    return Fp32Model(load_artifact(path, compile=False), start.manifest, onnx_path=start.onnx_path, onnx_form=form)
+    reference = load_artifact(path, compile=False)
+    if start.exported is not None:
+        return Fp32Model(reference, start.manifest, "exported_program", form, exported=start.exported)
+    return Fp32Model(reference, start.manifest, "onnx", form, onnx_path=start.onnx_path)
 
 
 def load_fp32(args: argparse.Namespace, first_backend: str) -> tuple[Fp32Model, Path, Path, DatasetSplits]:
@@ -245,7 +248,7 @@ def load_fp32(args: argparse.Namespace, first_backend: str) -> tuple[Fp32Model, 
 def keep_float_layers(args: argparse.Namespace, model: Callable, manifest: Manifest) -> tuple[str, ...]:
     """``--keep-float`` as module names, for the method at hand."""
     method = args.quantization_method
-    if not isinstance(model, nn.Module):  # an ONNX or TorchScript input: no module names to keep in float
+    if not isinstance(model, nn.Module):  # a traced input: no module names to keep in float
         if [t for t in args.keep_float if t not in ("first", "none")]:
             form = FORMAT_NAMES.get(manifest.format, manifest.format)
             raise UsageError(f"--keep-float names modules, which a {form} file does not have; drop it, "
@@ -299,7 +302,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         budget = AUTO_DEFAULT_MAX_DROP[method]
     return Plan(model=model, manifest=manifest, model_path=model_path, save_path=save_path, data=data, base=base,
                 auto=auto, searching=args.max_accuracy_drop is not None and method == "static", budget=budget,
-                outlook=outlook, likely=likely, onnx_path=fp32.onnx_path, onnx_form=fp32.onnx_form)
+                outlook=outlook, likely=likely, start=fp32.start, form=fp32.form,
+                onnx_path=fp32.onnx_path, exported=fp32.exported)
 
 
 def summarize(plan: Plan, outcome: Outcome, started: float) -> dict:

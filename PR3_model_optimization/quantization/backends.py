@@ -48,7 +48,8 @@ class Backend:
         runtime: the manifest's ``runtime`` hints for the loader (e.g. ``{"compile": True}``).
         method_runtime: extra hints for one method (e.g. ``{"bf16": {"precision": "bf16"}}``).
         requires: the module its runtime needs; where it does not import, the backend is unavailable.
-        takes_onnx: its quantizer also starts from an fp32 ONNX file (an ONNX or TorchScript input).
+        starts_from: the inputs its quantizer starts from: ``eager`` (a module), ``onnx`` (an fp32 ONNX file: ONNX
+            and TorchScript inputs), ``exported_program`` (an fp32 ``.pt2``).
     """
 
     name: str
@@ -58,7 +59,7 @@ class Backend:
     runtime: dict[str, Any] = field(default_factory=dict)
     method_runtime: dict[str, dict[str, Any]] = field(default_factory=dict)
     requires: str = ""
-    takes_onnx: bool = False
+    starts_from: tuple[str, ...] = ("eager",)
 
     def runtime_for(self, method: str) -> dict[str, Any]:
         """The manifest's ``runtime`` hints for an artifact made with ``method``."""
@@ -71,27 +72,31 @@ class Backend:
         return None
 
     def make_quantizer(self, model: nn.Module | None, example: torch.Tensor, work_dir: Path,
-                       onnx_path: Path | None = None) -> Quantizer:
-        """The quantizer for ``model``, or for the fp32 ONNX file ``onnx_path`` (backends that take ONNX)."""
+                       onnx_path: Path | None = None,
+                       exported: torch.export.ExportedProgram | None = None) -> Quantizer:
+        """The quantizer for ``model``, or for the fp32 ONNX file ``onnx_path`` or program ``exported``."""
         module_name, _, class_name = self.quantizer.partition(":")
         quantizer_class = getattr(importlib.import_module(module_name), class_name)
         if onnx_path is not None:
             return quantizer_class(None, example, work_dir, onnx_path=onnx_path)
+        if exported is not None:
+            return quantizer_class(None, example, work_dir, exported=exported)
         return quantizer_class(model, example, work_dir)
 
 
 REGISTRY: dict[str, Backend] = {
     backend.name: backend for backend in (
         Backend("onnxruntime", "onnx", ".onnx",
-                "PR3_model_optimization.quantization.onnxruntime_backend:OnnxRuntimeQuantizer", takes_onnx=True),
+                "PR3_model_optimization.quantization.onnxruntime_backend:OnnxRuntimeQuantizer",
+                starts_from=("eager", "onnx")),
         # PT2E int8 is fast only after inductor compiles it with weight freezing: the loader is told to.
         Backend("pt2e", "exported_program", ".pt2",
                 "PR3_model_optimization.quantization.pt2e_backend:Pt2eQuantizer", runtime={"compile": True},
-                requires="torchao"),
+                requires="torchao", starts_from=("eager", "exported_program")),
         # OpenVINO runs the ONNX file itself (int8 QDQ from NNCF, or fp32 executed in bf16).
         Backend("openvino", "onnx", ".onnx", "PR3_model_optimization.quantization.openvino_backend:OpenVinoQuantizer",
                 runtime={"engine": "openvino"}, method_runtime={"bf16": {"precision": "bf16"}}, requires="openvino",
-                takes_onnx=True),
+                starts_from=("eager", "onnx")),
     )
 }
 BACKENDS = tuple(REGISTRY)

@@ -71,8 +71,9 @@ def pt2e_quantized_layers(graph_module: torch.fx.GraphModule) -> list[str]:
 
 
 def quantize_pt2e(
-    model: nn.Module, example: torch.Tensor, config: QuantConfig, calibration: Sequence[torch.Tensor],
+    model: nn.Module | None, example: torch.Tensor, config: QuantConfig, calibration: Sequence[torch.Tensor],
     train_step: Callable[[torch.fx.GraphModule], None] | None = None,
+    exported: torch.export.ExportedProgram | None = None,
 ) -> torch.fx.GraphModule:
     """PT2E int8: export, insert observers (or fake-quant for QAT), calibrate/fine-tune, convert.
 
@@ -82,16 +83,24 @@ def quantize_pt2e(
         config: backend must be ``pt2e``.
         calibration: batches run through the observed model (static and QAT).
         train_step: QAT only: called with the fake-quant graph in training mode to fine-tune it.
+        exported: an fp32 ExportedProgram to start from instead of exporting ``model`` (static and dynamic only).
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
     if config.method == "static" and not calibration:
         raise UsageError("Calibration needs at least one batch of real data; got none")
     if config.method == "qat" and train_step is None:
         raise UsageError("QAT needs a training step (training data)")
-    model = copy.deepcopy(model)
     quantizer = _x86_quantizer(config)
+    if exported is not None:
+        if config.method == "qat":
+            raise UsageError("QAT fine-tunes an eager module, which a .pt2 file does not hold: use "
+                             "--quantization-method static, or quantize the model's state_dict (with --arch)")
+        prepared = prepare_pt2e(copy.deepcopy(exported).module(), quantizer)
+        _calibrate(prepared, calibration if config.method == "static" else [])
+        return _convert(prepared)
+    model = copy.deepcopy(model)
     if config.method == "qat" and train_step is not None:
         graph = export_batch_dynamic(model.train(), example).module()
         prepared = prepare_qat_pt2e(graph, quantizer)
@@ -101,23 +110,39 @@ def quantize_pt2e(
     else:
         graph = export_batch_dynamic(model.eval(), example).module()
         prepared = prepare_pt2e(graph, quantizer)
-        if config.method == "static":
-            with torch.no_grad():
-                for batch in calibration:
-                    prepared(batch)
+        _calibrate(prepared, calibration if config.method == "static" else [])
+    return _convert(prepared)
+
+
+def _calibrate(prepared: torch.fx.GraphModule, calibration: Sequence[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for batch in calibration:
+            prepared(batch)
+
+
+def _convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
     converted = convert_pt2e(prepared, fold_quantize=True)
     dropped = drop_unused_weights(converted)
     logger.debug("dropped %d unused fp32 tensors from the converted graph", dropped)
     return converted
 
 
-def save_pt2e(graph_module: torch.fx.GraphModule, path: str | Path, example: torch.Tensor) -> None:
+def save_pt2e(graph_module: torch.fx.GraphModule, path: str | Path, example: torch.Tensor,
+              batch_range_from_graph: bool = False) -> None:
     """Save a converted PT2E graph as a ``torch.export`` archive with a dynamic batch dimension.
 
     The archive would also pickle the example batch (and, for a slice, its whole calibration batch's
     storage: 4.8 MB at 224x224, which pushed a ResNet-18 to 36% of its fp32 size); nothing reads it back.
+    ``batch_range_from_graph``: the graph came from a user's ``.pt2``, whose batch range it keeps (torch.export
+    infers it) instead of this project's 1..4096.
     """
-    program = export_batch_dynamic(graph_module, example[:2].clone())
+    if batch_range_from_graph:
+        program = torch.export.export(graph_module, (example[:2].clone(),),
+                                      dynamic_shapes=({0: torch.export.Dim.AUTO},), strict=True)
+    else:
+        program = export_batch_dynamic(graph_module, example[:2].clone())
     program.example_inputs = None
     torch.export.save(program, str(path))
 
@@ -126,24 +151,31 @@ class Pt2eQuantizer:
     """The ``pt2e`` backend: one export, quantization and save per trial.
 
     Args:
-        model: fp32 eager model (left untouched).
+        model: fp32 eager model (left untouched; None when ``exported`` is given).
         example: an input batch for the export (batch >= 2).
         work_dir: unused; the artifact goes where :meth:`build` is told.
+        exported: an fp32 ExportedProgram (a ``.pt2`` input) to start from instead of exporting ``model``.
     """
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, work_dir: Path) -> None:
+    def __init__(self, model: nn.Module | None, example: torch.Tensor, work_dir: Path,
+                 exported: torch.export.ExportedProgram | None = None) -> None:
         self.model = model
         self.example = example
+        self.exported = exported
 
     def build(self, config: QuantConfig, calibration: Sequence[torch.Tensor], out: Path,
               train_step: Callable | None = None) -> list[str]:
         if config.method == "bf16":  # the same torch.export + inductor path, in bf16 instead of int8
             from PR3_model_optimization.quantization.bf16 import save_bf16_program
 
+            if self.model is None:
+                raise UsageError("bf16 is made from an eager module, which a .pt2 file does not hold: quantize "
+                                 "the model's state_dict (with --arch)")
             return save_bf16_program(self.model, self.example, out)
-        graph = quantize_pt2e(self.model, self.example, config, calibration, train_step=train_step)
+        graph = quantize_pt2e(self.model, self.example, config, calibration, train_step=train_step,
+                              exported=self.exported)
         layers = pt2e_quantized_layers(graph)
-        save_pt2e(graph, out, self.example)
+        save_pt2e(graph, out, self.example, batch_range_from_graph=self.exported is not None)
         return layers
 
     def fp32_artifact(self) -> Path | None:

@@ -42,19 +42,22 @@ class QuantizationRun:
     """Everything one invocation shares between trials: the fp32 model, data, references, work dir.
 
     Args:
-        model: the fp32 reference: an eager module, or a runnable model where the input is quantized as ONNX.
+        model: the fp32 reference: an eager module, or the input run as it is (ONNX, TorchScript, ``.pt2``).
         manifest: its manifest.
         model_path: its file (recorded as the parent).
         data: the dataset splits matching the model.
         args: parsed flags (calibration, QAT and latency settings).
         work_dir: where trial artifacts are built before the winner is copied to the save path.
         onnx_path: the fp32 ONNX file the ONNX backends start from (ONNX and TorchScript inputs), or None.
+        exported: the fp32 ExportedProgram PT2E starts from (``.pt2`` inputs), or None.
     """
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], manifest: Manifest, model_path: Path, data,
-                 args: argparse.Namespace, work_dir: Path, onnx_path: Path | None = None) -> None:
+                 args: argparse.Namespace, work_dir: Path, onnx_path: Path | None = None,
+                 exported: torch.export.ExportedProgram | None = None) -> None:
         self.model = model.eval() if isinstance(model, nn.Module) else model
         self.onnx_path = onnx_path
+        self.exported = exported
         self.manifest = manifest
         self.model_path = model_path
         self.data = data
@@ -62,7 +65,7 @@ class QuantizationRun:
         self.work_dir = work_dir
         self.threads = args.threads or usable_cores()
         self.input_shape = list(manifest.input_shape)
-        # An ONNX or TorchScript input has no module names to count MACs by: the MAC fraction reads 0 there.
+        # A traced input has no module names to count MACs by: the MAC fraction reads 0 there.
         self.macs = layer_macs(self.model, self.input_shape) if isinstance(self.model, nn.Module) else {}
         self.fp32_size_mb = file_size_mb(model_path)
         self.val_loader = make_loader(data.val, 256)
@@ -109,7 +112,7 @@ class QuantizationRun:
         if backend not in self._quantizers:
             self._quantizers[backend] = REGISTRY[backend].make_quantizer(
                 self.model if isinstance(self.model, nn.Module) else None, self.example(), self.work_dir,
-                onnx_path=self.onnx_path)
+                onnx_path=self.onnx_path, exported=self.exported)
         return self._quantizers[backend]
 
     def build(self, config: QuantConfig, out: Path) -> list[str]:
@@ -231,8 +234,9 @@ def finish_auto(run: QuantizationRun, built: Sequence[tuple[dict, Path, QuantCon
 class Plan:
     """What a run will do, settled before any trial: the fp32 model, where the result goes, what to try.
 
-    ``model`` is an eager module, or (with ``onnx_path`` set, for ONNX and TorchScript inputs) the input run as it
-    is, the fp32 reference the int8 trials are compared with; ``onnx_form`` then names the input's form.
+    ``model`` is an eager module, or for a traced input (ONNX, TorchScript, ``.pt2``) the input run as it is: the
+    fp32 reference the int8 trials are compared with. ``start`` says what the quantizers start from (``eager``,
+    ``onnx``: ``onnx_path``, ``exported_program``: ``exported``) and ``form`` names the input's form.
     """
 
     model: Callable[[torch.Tensor], torch.Tensor]
@@ -246,8 +250,10 @@ class Plan:
     budget: float | None
     outlook: str
     likely: bool
+    start: str = "eager"
+    form: str | None = None
     onnx_path: Path | None = None
-    onnx_form: str | None = None
+    exported: torch.export.ExportedProgram | None = None
 
 
 @dataclass
@@ -264,14 +270,15 @@ class Outcome:
 def run_trials(plan: Plan, args: argparse.Namespace, started: float) -> Outcome:
     """Run every planned trial; keep the best (published as soon as it leads, unless auto decides at the end)."""
     sensitive = sensitive_layers(plan.model) if isinstance(plan.model, nn.Module) else ()
-    configs, failed = plan_trials(plan.base, sensitive, args, plan.auto, plan.searching, onnx_form=plan.onnx_form)
+    configs, failed = plan_trials(plan.base, sensitive, args, plan.auto, plan.searching, start=plan.start,
+                                  form=plan.form)
     built: list[tuple[dict, Path, QuantConfig]] = []
     outcome = Outcome(save_path=plan.save_path)
     extra = {"cpu_int8_outlook": plan.outlook, "cpu_int8_likely": plan.likely, "cpu_model": cpu_info()["cpu_model"],
              "max_accuracy_drop": plan.budget}
     with tempfile.TemporaryDirectory(prefix="quantize_") as tmp:
         run = QuantizationRun(plan.model, plan.manifest, plan.model_path, plan.data, args, Path(tmp),
-                              onnx_path=plan.onnx_path)
+                              onnx_path=plan.onnx_path, exported=plan.exported)
         logger.info("fp32 %s: val accuracy %.2f%% on %d samples", plan.manifest.arch, run.fp32_accuracy,
                     len(run.val_targets))
         for index, config in enumerate(configs):

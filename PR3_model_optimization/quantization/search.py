@@ -34,33 +34,32 @@ def search_space(base: QuantConfig, sensitive: Sequence[str], backends: Sequence
 
 
 def plan_trials(base: QuantConfig, sensitive: Sequence[str], args: argparse.Namespace, auto: bool,
-                searching: bool, onnx_form: str | None = None) -> tuple[list[QuantConfig], list[Candidate]]:
+                searching: bool, start: str = "eager", form: str | None = None,
+                ) -> tuple[list[QuantConfig], list[Candidate]]:
     """The configurations to try and, for ``auto``, the candidates that cannot run here (with why).
 
-    ``onnx_form`` names the input's form (``ONNX``, ``TorchScript``) when it is quantized from an fp32 ONNX file:
-    only backends that take ONNX can start from it; auto notes the others as skipped.
+    ``start`` is what the quantizers start from (``eager``, ``onnx``, ``exported_program``) and ``form`` names the
+    input's form in messages: only backends that start from it run; auto notes the others as skipped.
     """
     if args.backend and args.backend != AUTO:
         backends: Sequence[str] = [args.backend]
     else:
         backends = BF16_BACKENDS if base.method == "bf16" else BACKENDS
-    skipped_for_onnx: list[Candidate] = []
-    if onnx_form:
-        refused = [b for b in backends if not REGISTRY[b].takes_onnx]
-        if refused and not auto:
-            raise UsageError(f"--backend {refused[0]} starts from a state_dict, pickled module or ExportedProgram "
-                             f"(.pt2), and a {onnx_form} file is quantized as ONNX: use --backend "
-                             f"{' or '.join(b for b in BACKENDS if REGISTRY[b].takes_onnx)}")
-        backends = [b for b in backends if REGISTRY[b].takes_onnx]
-        note = f"skipped: a {onnx_form} file is quantized as ONNX, which this backend does not start from"
-        skipped_for_onnx = [Candidate(c, error=note) for c in auto_candidates(base, refused)] if auto else []
+    refused = [b for b in backends if start not in REGISTRY[b].starts_from]
+    takers = [b for b in BACKENDS if start in REGISTRY[b].starts_from]
+    if refused and not auto:
+        raise UsageError(f"--backend {refused[0]} does not start from a {form or start} file: use --backend "
+                         f"{' or '.join(takers)}, or quantize the model's state_dict (with --arch)")
+    backends = [b for b in backends if b not in refused]
+    note = f"skipped: this backend does not start from a {form or start} file"
+    skipped_for_form = [Candidate(c, error=note) for c in auto_candidates(base, refused)] if auto else []
     configs = search_space(base, sensitive, backends) if searching else \
         auto_candidates(base, backends) if auto else [base]
     if args.max_trials:
         configs = configs[: args.max_trials]
     if auto:
         runnable, skipped = unavailable_candidates(configs)
-        return runnable, skipped + skipped_for_onnx
+        return runnable, skipped + skipped_for_form
     reason = REGISTRY[base.backend].unavailable_reason()
     if reason:
         raise UsageError(f"--backend {base.backend} cannot run here: {reason}; or use --backend auto")

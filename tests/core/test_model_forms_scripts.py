@@ -29,6 +29,9 @@ def user_files(tmp_path_factory):
     model = create_model("resnet18", NUM_CLASSES).eval()
     torch.save(model.state_dict(), folder / "bare.pt")
     torch.jit.save(torch.jit.trace(model, torch.zeros(2, 3, SIDE, SIDE)), str(folder / "scripted.pt"))
+    program = torch.export.export(model, (torch.zeros(2, 3, SIDE, SIDE),),
+                                  dynamic_shapes=({0: torch.export.Dim("n", max=64)},), strict=True)
+    torch.export.save(program, str(folder / "model.pt2"))
     torch.onnx.export(model, (torch.zeros(2, 3, SIDE, SIDE),), str(folder / "model.onnx"), dynamo=False,
                       input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     # A small net whose head reads a 32x32 feature map: it runs only on its own input size, found by probing.
@@ -88,10 +91,23 @@ def test_a_torchscript_or_onnx_file_is_quantized_by_onnx_runtime_from_its_onnx_g
     assert read_manifest(int8).num_classes == NUM_CLASSES
 
 
-def test_quantizing_an_onnx_file_with_pt2e_exits_2_naming_the_backends_that_take_it(user_files, tmp_path, capsys):
+@pytest.mark.parametrize(("name", "backend", "takers"), [
+    ("model.onnx", "pt2e", "--backend onnxruntime or openvino"), ("model.pt2", "onnxruntime", "--backend pt2e")])
+def test_a_backend_that_cannot_start_from_the_file_exits_2_naming_those_that_can(user_files, tmp_path, capsys, name,
+                                                                                 backend, takers):
     code = run_cli(mq.main, mq.get_args_parser(), [
-        "--model", str(user_files / "model.onnx"), "--save-path", str(tmp_path / "q.pt2"), "--backend", "pt2e",
+        "--model", str(user_files / name), "--save-path", str(tmp_path / "q.out"), "--backend", backend,
         *QUANTIZE_FLAGS])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
-    assert "--backend onnxruntime or openvino" in err
+    assert takers in err and "--arch" in err
+
+
+@pytest.mark.slow
+def test_an_exported_program_is_quantized_by_pt2e_from_the_program_itself(user_files, tmp_path, capsys):
+    int8 = tmp_path / "int8.pt2"
+    code = run_cli(mq.main, mq.get_args_parser(), [
+        "--model", str(user_files / "model.pt2"), "--save-path", str(int8), "--backend", "pt2e", *QUANTIZE_FLAGS])
+    assert code == 0, capsys.readouterr().err
+    assert quantized_reason(int8)
+    assert load_artifact(int8, compile=False)(torch.zeros(2, 3, SIDE, SIDE)).shape == (2, NUM_CLASSES)
