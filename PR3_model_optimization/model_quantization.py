@@ -17,6 +17,10 @@ fastest within ``--max-accuracy-drop`` (default 1 point for int8, 0.1 for bf16);
 candidates and records them, the CPU model and its ISA flags, the choice and why in the manifest
 (``metrics.backend_selection``). The CPU outlook printed first is only a hint: the measurement decides.
 
+Inputs: a state_dict (artifact or bare, ``--arch`` where several architectures fit) or trusted pickle goes to every
+backend; an fp32 ONNX file (and a TorchScript file, through its ONNX export) to the ONNX backends, which start from
+it; a ``.pt2`` ExportedProgram to PT2E, which starts from the program. Other pairs exit 2 naming what works.
+
 ``--max-accuracy-drop X`` also tries several configurations per backend and keeps the FASTEST one whose
 validation accuracy is within X points of fp32.
 """
@@ -82,8 +86,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     # The data must match the model: default to the dataset recorded in its manifest.
     parser.set_defaults(dataset=None)
     q = parser.add_argument_group("quantization")
-    q.add_argument("--model", required=True, help="fp32 model artifact (state_dict .pt from prepare_model.py, "
-                   "pruning or distillation)")
+    q.add_argument("--model", required=True, help="fp32 model: a state_dict (artifact or bare), a TorchScript or "
+                   "ONNX file (onnxruntime, openvino) or a .pt2 ExportedProgram (pt2e)")
     q.add_argument("--quantization-method", default="static", choices=METHODS,
                    help="static: calibrated post-training int8; dynamic: Linear/LSTM only; qat: short fine-tune "
                         "with fake quantization; bf16: bf16 execution, no calibration, on CPUs with AVX512-BF16 or "
