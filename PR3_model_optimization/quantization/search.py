@@ -48,10 +48,10 @@ def plan_trials(base: QuantConfig, sensitive: Sequence[str], args: argparse.Name
     refused = [b for b in backends if start not in REGISTRY[b].starts_from]
     takers = [b for b in BACKENDS if start in REGISTRY[b].starts_from]
     if refused and not auto:
-        raise UsageError(f"--backend {refused[0]} does not start from a {form or start} file: use --backend "
+        raise UsageError(f"--backend {refused[0]} does not start from {form or start} files: use --backend "
                          f"{' or '.join(takers)}, or quantize the model's state_dict (with --arch)")
     backends = [b for b in backends if b not in refused]
-    note = f"skipped: this backend does not start from a {form or start} file"
+    note = f"skipped: this backend does not start from {form or start} files"
     skipped_for_form = [Candidate(c, error=note) for c in auto_candidates(base, refused)] if auto else []
     configs = search_space(base, sensitive, backends) if searching else \
         auto_candidates(base, backends) if auto else [base]
