@@ -161,8 +161,8 @@ def service_env(broker: Proc | str, registry: Path | str | None = None, **overri
     bootstrap address of Apache Kafka): its address, its kind, and on Tansu the Tansu fetch wait by default."""
     kind = broker.info["kind"] if isinstance(broker, Proc) else "kafka"
     bootstrap = broker.info["bootstrap"] if isinstance(broker, Proc) else broker
-    if kind == "tansu":
-        overrides.setdefault("fetch_max_wait_ms", TANSU_FETCH_MAX_WAIT_MS)
+    if kind == "tansu" and overrides.get("fetch_max_wait_ms") is None:  # callers pass None for "the default"
+        overrides["fetch_max_wait_ms"] = TANSU_FETCH_MAX_WAIT_MS
     env = {"INFERENCE_KAFKA_BOOTSTRAP_SERVERS": bootstrap, "INFERENCE_BROKER_KIND": kind, "PYTHONUNBUFFERED": "1"}
     if registry is not None:
         env["INFERENCE_MODEL_REGISTRY"] = str(registry)

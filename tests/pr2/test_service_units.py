@@ -282,3 +282,16 @@ def test_load_generator_refuses_non_local_targets():
 
     with pytest.raises(UsageError, match=r"only target 127\.0\.0\.1"):
         run_load("http://example.com:8000", requests=1)
+
+
+def test_tansu_gets_its_fetch_wait_when_the_caller_passes_none() -> None:
+    """bench_e2e and local_stack pass fetch_max_wait_ms=None for "the default": on Tansu that is Tansu's wait."""
+    from pathlib import Path
+
+    from PR2_async_inference.local_stack import TANSU_FETCH_MAX_WAIT_MS, service_env
+    from PR2_async_inference.processes import Proc
+
+    tansu = Proc("broker", popen=None, log=Path("broker.log"), info={"kind": "tansu", "bootstrap": "127.0.0.1:1"})
+    assert service_env(tansu, fetch_max_wait_ms=None)["INFERENCE_FETCH_MAX_WAIT_MS"] == str(TANSU_FETCH_MAX_WAIT_MS)
+    assert service_env(tansu, fetch_max_wait_ms=80)["INFERENCE_FETCH_MAX_WAIT_MS"] == "80"
+    assert "INFERENCE_FETCH_MAX_WAIT_MS" not in service_env("127.0.0.1:1", fetch_max_wait_ms=None)
