@@ -19,8 +19,9 @@ import numpy as np
 
 from modelops.cli import usable_cores
 from modelops.errors import UsageError
-from modelops.timing import TimingPolicy, run_turns
-from PR4_model_benchmarking.runner import WorkerError, start_session
+from modelops.model_process import WorkerError, start_session, time_batch
+from modelops.timing import TimingPolicy
+from PR4_model_benchmarking.runner import BenchSession
 from PR4_model_benchmarking.scenarios import SCENARIOS, search_server_qps
 from PR4_model_benchmarking.summary import add_comparisons, headline, model_row, per_batch_rows
 
@@ -131,9 +132,9 @@ class Benchmark:
         args = self.args
         compile_flag = {"auto": None, "on": True, "off": False}[args.compile]
         for name, path in self.models:
-            self.sessions[name] = start_session(args.isolation, name=name, path=str(path), device=args.device,
-                                                threads=self.threads, trust_pickle=args.trust_pickle,
-                                                compile=compile_flag, seed=args.seed)
+            self.sessions[name] = start_session(args.isolation, session=BenchSession, name=name, path=str(path),
+                                                device=args.device, threads=self.threads,
+                                                trust_pickle=args.trust_pickle, compile=compile_flag, seed=args.seed)
             self.sessions[name].send("load")  # workers load in parallel; a local session loads right here
         for name, path in self.models:
             try:
@@ -152,19 +153,13 @@ class Benchmark:
     def latency(self) -> None:
         """Every batch size in turn: each model's input and peak-memory window, then interleaved turns."""
         for batch_size in self.batch_sizes:
-            for name in self.active():
-                try:
-                    self.sessions[name].begin_batch(batch_size)
-                except WorkerError as exc:
-                    self.fail(name, exc)
             names = self.active()
             bar = self._bar(None if self.args.min_time else self.args.iters * len(names), f"latency b={batch_size}")
-            taken = run_turns(
-                {n: (lambda u, t, s=self.sessions[n], b=batch_size: s.turn(b, u, t)) for n in names},
-                3 if self.args.min_time else self.args.iters, self.policy,
-                enough=self._ran_min_time if self.args.min_time else None,
+            taken = time_batch(
+                {n: self.sessions[n] for n in names}, batch_size, 3 if self.args.min_time else self.args.iters,
+                self.policy, on_error=self.fail, enough=self._ran_min_time if self.args.min_time else None,
                 max_samples=self.args.max_iters if self.args.min_time else None,
-                on_error=self.fail, on_turn=lambda _name, count, bar=bar: bar.update(count))
+                on_turn=lambda _name, count, bar=bar: bar.update(count))
             bar.close()
             for name, values in taken.items():
                 if values:

@@ -5,9 +5,10 @@ alike. Each turn is a short pause (``settle_s``), ``untimed_per_turn`` untimed c
 ``calls_per_turn`` timed calls back to back. Every runtime keeps its own default threading: idle threads
 that spin-wait (OpenMP's and ONNX Runtime's defaults) burn the cores for milliseconds after a call
 returns, and strict A B A B alternation would charge that to whichever model runs next; in turns each model
-is timed the way it runs alone. The same turns drive models in this process (:func:`interleaved_latency`)
-and models in their own worker processes (PR4's benchmark hands :func:`run_turns` one callable per worker).
-``docs/measurements/timing_policy.py`` is the experiment behind :data:`POLICY`.
+is timed the way it runs alone. The project's figures come from models in their own worker processes
+(:mod:`modelops.model_process` hands :func:`run_turns` one callable per worker); :func:`interleaved_latency`
+takes the same turns with every model in this process. ``docs/measurements/timing_policy.py`` is the
+experiment behind :data:`POLICY`.
 """
 
 from __future__ import annotations

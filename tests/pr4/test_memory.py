@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from modelops.artifact import Manifest, save_artifact
+from modelops.memory import onnx_weight_bytes, peak_rss_mb, reset_peak_rss, rss_mb, weight_bytes
 from modelops.models import create_model
 from PR4_model_benchmarking import benchmark_models
-from PR4_model_benchmarking.memory import onnx_weight_bytes, peak_rss_mb, reset_peak_rss, rss_mb, weight_bytes
 
 
 def _random_artifact(arch: str, out: Path) -> Path:
