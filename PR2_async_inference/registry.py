@@ -1,7 +1,8 @@
 """The model registry (YAML) and input decoding shared by the API and the worker.
 
-The API validates and preprocesses inputs with the artifact's manifest only (no model load); the worker
-loads the artifact with :func:`modelops.artifact.load_artifact`.
+The API validates and preprocesses inputs with the artifact's manifest (no model load when the file has one;
+for a file without one, the manifest the loader works out); the worker loads the artifact with
+:func:`modelops.artifact.load_artifact`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from modelops.artifact import Manifest, read_manifest
-from modelops.errors import UsageError
+from modelops.artifact import Manifest, manifest_path, read_manifest
+from modelops.errors import ArtifactError, UsageError
 from modelops.preprocessing import image_to_pixels, normalize
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class ModelSpec(BaseModel):
     labels: list[str] | None = Field(None, description="what a fallback must declare, in class-index order")
     arch: str | None = Field(None, description="torchvision architecture of a bare state_dict artifact, where its "
                                                 "parameter names and shapes fit several")
+    trust_pickle: bool = Field(False, description="load a whole pickled module (runs the code it holds)")
     max_batch_size: int | None = Field(None, ge=1)
     max_batch_delay_ms: float | None = Field(None, ge=0)
     description: str = ""
@@ -141,20 +143,33 @@ def write_registry(path: str | Path, models: Mapping[str, str | Path | Mapping[s
 
 
 def model_manifest(spec: ModelSpec) -> tuple[Path, Manifest]:
-    """The artifact path and manifest the registry entry points at.
+    """The artifact path and manifest the registry entry points at: the manifest beside the artifact, else the one
+    the worker's loader works out for it (:func:`derived_manifest`).
 
     Raises:
-        FileNotFoundError: no artifact to serve (the message names the path) or no manifest beside it.
+        FileNotFoundError: no artifact to serve (the message names the path).
+        ArtifactError: the artifact has no manifest and the loader cannot work one out (the message says why).
     """
     path, reason = spec._resolve()
     if path is None:
         raise FileNotFoundError(reason)
     manifest = read_manifest(path)
-    if manifest is None:
-        raise FileNotFoundError(
-            f"artifact {path} has no manifest {path}.json (needed for shapes/preprocessing)"
-        )
-    return path, manifest
+    return path, manifest if manifest is not None else derived_manifest(path, spec)
+
+
+def derived_manifest(path: Path, spec: ModelSpec) -> Manifest:
+    """The manifest of a file that has none, as the worker's loader sees it: the entry's ``arch`` (else the one
+    its parameters identify) and the head's class count for a bare state_dict, the input shape the file declares
+    or a forward pass accepts. This builds the model once; callers cache the result."""
+    # Imported here: only a file without a manifest needs the loader's model-building side.
+    from modelops.artifact import load_artifact
+
+    try:
+        return load_artifact(path, arch=spec.arch, trust_pickle=spec.trust_pickle, compile=False, threads=1).manifest
+    except Exception as exc:  # any failure to build or run the model means the same here: nothing to serve
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ArtifactError(f"artifact {path} has no manifest {manifest_path(path).name} and the loader cannot "
+                            f"work one out: {first}") from exc
 
 
 def decode_image(data: str, manifest: Manifest) -> np.ndarray:

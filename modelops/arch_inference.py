@@ -159,4 +159,5 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor], source: object) -
             "pass --trust-pickle with a whole pickled module"
         )
     names = ", ".join(f.arch for f in found)
-    raise ArtifactError(f"{source} is a bare state_dict that fits several architectures ({names}): pass --arch NAME")
+    raise ArtifactError(f"{source} is a bare state_dict that fits several architectures ({names}): pass --arch NAME "
+                        "(arch: NAME in a model registry entry)")

@@ -178,7 +178,8 @@ def _load_torch_file(path: Path, trust_pickle: bool) -> Any:
         if not trust_pickle:
             raise ArtifactError(
                 f"{path} is a pickled Python object: loading it runs arbitrary code. If you made it or trust its "
-                "source, pass --trust-pickle (trust_pickle=True); better, re-save it as a state_dict artifact."
+                "source, pass --trust-pickle (trust_pickle=True; trust_pickle: true in a model registry entry); "
+                "better, re-save it as a state_dict artifact."
             ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
         raise ArtifactError(f"{path} is corrupt or truncated: {str(exc).splitlines()[0][:200]}") from exc
@@ -243,7 +244,7 @@ def _module_from_state_dict(
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)[:200]
         raise ArtifactError(f"{path}: the weights do not fit architecture {arch!r} ({first[:120]}...); "
-                            "pass the --arch it was trained as") from exc
+                            "pass the --arch it was trained as (arch: in a model registry entry)") from exc
     if manifest is None:
         manifest = _infer_manifest(path, "state_dict", model.eval(), arch=arch, inferred=inferred)
     elif inferred:

@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from kafka import KafkaProducer
 
 from modelops.artifact import Manifest, manifest_path
+from modelops.errors import UsageError
 from PR2_async_inference.kafka_queue_service import (
     FINAL_STATES,
     STATUS_RANK,
@@ -42,8 +43,17 @@ MANIFEST_RECHECK_S = 1.0
 class CachedManifest:
     path: Path
     manifest: Manifest
-    mtime: float
+    mtimes: tuple[float, float | None]  # the artifact's and its manifest's (None: none, the manifest was derived)
     checked_at: float  # time.monotonic() of the last look at the files
+
+
+def file_mtimes(path: Path) -> tuple[float, float | None]:
+    """(the artifact's mtime, its manifest's or None): a change to either, or a manifest appearing, is seen."""
+    try:
+        manifest_mtime: float | None = manifest_path(path).stat().st_mtime
+    except FileNotFoundError:
+        manifest_mtime = None
+    return path.stat().st_mtime, manifest_mtime
 
 
 class ResultStore:
@@ -178,11 +188,14 @@ class ServiceState:
         self.idempotency_locks: dict[str, asyncio.Lock] = {}
 
     def manifest(self, name: str) -> tuple[Path, Manifest]:
-        """The model's artifact path + manifest (no model is loaded), re-read when the artifact or its manifest
-        changes; the files are looked at again at most every :data:`MANIFEST_RECHECK_S` seconds.
+        """The model's artifact path + manifest, re-read when the artifact or its manifest changes; the files are
+        looked at again at most every :data:`MANIFEST_RECHECK_S` seconds. No model is loaded when the artifact has
+        a manifest beside it; one without (e.g. a bare state_dict) gets the manifest the worker's loader works out,
+        built once per version of the file.
 
         Raises:
-            ModelUnavailable: the artifact or its manifest is missing (the full reason is logged).
+            ModelUnavailable: the artifact is missing or has no manifest the loader can work out (the full reason
+                is logged).
         """
         cached = self._manifests.get(name)
         now = time.monotonic()
@@ -192,16 +205,17 @@ class ServiceState:
         path = spec.resolve()
         if cached is not None and path == cached.path:
             with contextlib.suppress(OSError):
-                if manifest_path(path).stat().st_mtime == cached.mtime:
+                if file_mtimes(path) == cached.mtimes:
                     cached.checked_at = now
                     return cached.path, cached.manifest
         try:
-            path, manifest = model_manifest(spec)
-            mtime = manifest_path(path).stat().st_mtime
-        except FileNotFoundError as exc:
+            before = file_mtimes(path) if path is not None else None  # taken first: a change while reading is seen
+            served, manifest = model_manifest(spec)
+            mtimes = before if before is not None and served == path else file_mtimes(served)
+        except (OSError, UsageError) as exc:  # UsageError: an ArtifactError naming what the file lacks
             self._manifests.pop(name, None)
             logger.warning("model %r is unavailable: %s", name, exc)
             raise ModelUnavailable(f"model {name!r} is unavailable on this server: {spec.public_reason(str(exc))}") \
                 from exc
-        self._manifests[name] = CachedManifest(path, manifest, mtime, now)
-        return path, manifest
+        self._manifests[name] = CachedManifest(served, manifest, mtimes, now)
+        return served, manifest

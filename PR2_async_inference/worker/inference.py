@@ -32,7 +32,7 @@ def load_predictors(registry: Registry, threads: int | None) -> tuple[dict[str, 
         try:
             # ONNX Runtime's idle threads spin by default: that burns CPU the worker's Kafka threads need
             # and inflates the CPU utilisation PR1's autoscaler reads.
-            predictor = load_artifact(path, threads=threads, arch=spec.arch,
+            predictor = load_artifact(path, threads=threads, arch=spec.arch, trust_pickle=spec.trust_pickle,
                                       ort_session_config={"session.intra_op.allow_spinning": "0"})
             predictor(torch.zeros(1, *predictor.input_shape))  # warm-up: first call allocates
             predictors[name] = predictor
