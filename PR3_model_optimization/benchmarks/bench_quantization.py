@@ -5,11 +5,12 @@ quantized with the script's static config (per-channel int8 weights, first conv 
 backend: ONNX Runtime (QDQ), OpenVINO (NNCF int8 of the same ONNX file, compiled by OpenVINO) and, with
 ``--pt2e``, torchao PT2E run through torch.compile. Where the CPU has AVX512-BF16 or AMX-BF16, the fp32
 ONNX file on OpenVINO in bf16 (and, with ``--pt2e``, the bf16 model compiled by inductor) runs beside
-them. All are loaded through the shared loader and timed interleaved at batch 1 and 16; the ``auto``
-columns are the int8 contender ``--backend auto`` keeps on speed (best geometric-mean speed-up over the
-batch sizes). Each contender's cold start (load, compile, first call) is reported apart from its
-steady-state latency. The fp32 ONNX Runtime column splits ONNX Runtime's speed-up into the runtime's
-share and int8's share.
+them. Every contender, fp32 eager included, is an artifact file loaded by the shared loader only in its own
+process and timed there, all in the project's interleaved turns at batch 1 and 16
+(:func:`modelops.model_process.time_artifacts`); the ``auto`` columns are the int8 contender
+``--backend auto`` keeps on speed (best geometric-mean speed-up over the batch sizes). Each contender's cold
+start (load, compile, first call) is reported apart from its steady-state latency. The fp32 ONNX Runtime
+column splits ONNX Runtime's speed-up into the runtime's share and int8's share.
 
 Part 2 (accuracy): a ResNet-18 trained on ``digits`` (``--digits-model``), quantized by
 model_quantization.py with its defaults (auto int8), with the accuracy-aware search, and in bf16:
@@ -44,10 +45,10 @@ from modelops.cpu import cpu_info
 from modelops.data import load_dataset, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import accuracy, predict_logits
+from modelops.model_process import ProcessTimes, time_artifacts
 from modelops.models import create_model
 from modelops.results import markdown_table, write_results
 from modelops.runtimes.openvino_predictor import openvino_available
-from modelops.timing import interleaved_latency
 from PR3_model_optimization import model_quantization as mq
 from PR3_model_optimization.quantization.bf16 import bf16_support, save_bf16_program
 from PR3_model_optimization.quantization.config import QuantConfig
@@ -69,8 +70,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=224, help="input side (default: 224)")
     parser.add_argument("--batch-sizes", default="1,16", help="comma-separated batch sizes (default: 1,16)")
     parser.add_argument("--rounds", type=int, default=6,
-                        help="interleaved timed rounds at batch > 1, after 2 warm-up calls (default: 6)")
-    parser.add_argument("--rounds-batch1", type=int, default=20, help="timed rounds at batch 1 (default: 20)")
+                        help="timed calls per contender at batch > 1, taken in interleaved turns (default: 6)")
+    parser.add_argument("--rounds-batch1", type=int, default=20, help="timed calls at batch 1 (default: 20)")
     parser.add_argument("--calibration-batches", type=int, default=4,
                         help="random calibration batches of 8 for the random-weight models (default: 4)")
     parser.add_argument("--pt2e", action="store_true", help="also time torchao PT2E int8 (and bf16 with --bf16) "
@@ -91,13 +92,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def _median(values: list[float]) -> float:
-    return float(torch.tensor(values).median())
-
-
 def build_contenders(args: argparse.Namespace, arch: str, model: torch.nn.Module, manifest: Manifest, work: Path,
-                     ) -> tuple[dict[str, Any], dict[str, float]]:
-    """fp32 and int8/bf16 artifacts of one model, loaded the way the shared loader serves them; their sizes."""
+                     ) -> dict[str, Path]:
+    """fp32 eager and every int8/bf16 artifact file of one model, each with its manifest, by contender name."""
     shape = manifest.input_shape
     fp32_path = work / f"{arch}.pt"
     save_artifact(model, fp32_path, manifest)
@@ -130,21 +127,13 @@ def build_contenders(args: argparse.Namespace, arch: str, model: torch.nn.Module
             save_bf16_program(model, calibration[0][:2], work / f"{arch}_bf16.pt2")
             paths["bf16 inductor"] = artifact(work / f"{arch}_bf16.pt2", "exported_program", compile=True)
     logger.info("%s: export, quantization and bf16 builds took %.0f s", arch, time.perf_counter() - started)
-    contenders: dict[str, Any] = {"fp32 eager": model}
-    cold_s: dict[str, float] = {}
-    for name, path in paths.items():
-        started = time.perf_counter()
-        contenders[name] = load_artifact(path, threads=args.threads)
-        with torch.inference_mode():
-            contenders[name](calibration[0][:1])  # the cold start: load + compile + first call
-        cold_s[name] = round(time.perf_counter() - started, 2)
-    sizes = {"fp32_mb": file_size_mb(fp32_path), **{name: file_size_mb(path) for name, path in paths.items()}}
-    return contenders, {**sizes, **{f"cold {name}": s for name, s in cold_s.items()}}
+    return {"fp32 eager": fp32_path, **paths}
 
 
 def auto_pick(ms_by_batch: dict[int, dict[str, float]]) -> str:
     """The int8 contender that ``--backend auto`` keeps on speed: best geometric-mean speed-up over fp32 eager."""
-    names = [n for n in next(iter(ms_by_batch.values())) if n.startswith("int8 ")]
+    names = [n for n in next(iter(ms_by_batch.values()))
+             if n.startswith("int8 ") and all(n in ms for ms in ms_by_batch.values())]
 
     def geomean(name: str) -> float:
         ratios = [ms["fp32 eager"] / ms[name] for ms in ms_by_batch.values()]
@@ -159,23 +148,33 @@ def speed_part(args: argparse.Namespace, arch: str, work: Path) -> list[dict[str
     model = create_model(arch, 1000).eval()
     manifest = Manifest(arch=arch, num_classes=1000, input_shape=[3, args.image_size, args.image_size],
                         dataset="fake", transform={"kind": "baseline", "source": "random"})
-    contenders, sizes = build_contenders(args, arch, model, manifest, work)
-    ms_by_batch: dict[int, dict[str, float]] = {}
-    loads: dict[int, float] = {}
-    for batch_size in args.batch_sizes:
-        batch = torch.randn(batch_size, *manifest.input_shape)
-        rounds = args.rounds_batch1 if batch_size == 1 else args.rounds
-        loads[batch_size] = os.getloadavg()[0]
-        samples = interleaved_latency(contenders, batch, rounds=rounds)
-        ms_by_batch[batch_size] = {name: _median(values) for name, values in samples.items()}
+    paths = build_contenders(args, arch, model, manifest, work)
+    load = os.getloadavg()[0]
+    times = time_artifacts(paths, args.batch_sizes,
+                           {b: args.rounds_batch1 if b == 1 else args.rounds for b in args.batch_sizes},
+                           threads=args.threads)
+    if "fp32 eager" not in times.infos or times.errors.get("fp32 eager"):
+        raise RuntimeError(f"fp32 eager could not be timed: {times.errors.get('fp32 eager')}")
+    for name, error in times.errors.items():
+        logger.warning("%s %s: no column (%s)", arch, name, error)
+    ms_by_batch = {b: times.median_ms(b) for b in args.batch_sizes}
     chosen = auto_pick(ms_by_batch)
-    return [speed_row(arch, b, ms, sizes, chosen, loads[b]) for b, ms in ms_by_batch.items()]
+    sizes = contender_sizes(paths, times)
+    return [speed_row(arch, b, ms, sizes, chosen, load) for b, ms in ms_by_batch.items()]
+
+
+def contender_sizes(paths: dict[str, Path], times: ProcessTimes) -> dict[str, float]:
+    """File sizes (``fp32_mb`` for fp32 eager, each contender's by name) and cold starts (``cold NAME``)."""
+    sizes = {"fp32_mb": file_size_mb(paths["fp32 eager"]),
+             **{name: file_size_mb(path) for name, path in paths.items() if name != "fp32 eager"}}
+    cold = {f"cold {name}": info["cold_start_s"] for name, info in times.infos.items() if name != "fp32 eager"}
+    return {**sizes, **cold}
 
 
 def speed_row(arch: str, batch_size: int, ms: dict[str, float], sizes: dict[str, float], chosen: str,
               load: float) -> dict[str, Any]:
     """One (model, batch size) row: every contender's median ms and speed-up over fp32 eager, sizes, cold starts."""
-    eager, runtime, int8 = ms["fp32 eager"], ms["fp32 onnxruntime"], ms["int8 onnxruntime"]
+    eager, runtime, int8 = ms["fp32 eager"], ms.get("fp32 onnxruntime"), ms.get("int8 onnxruntime")
     goal = (GOALS_AMX if cpu_info()["has_amx_int8"] else GOALS_OTHER).get((arch, batch_size))
     row: dict[str, Any] = {"arch": arch, "batch_size": batch_size, "fp32_eager_ms_p50": round(eager, 2)}
     for name, value in ms.items():
@@ -184,7 +183,8 @@ def speed_row(arch: str, batch_size: int, ms: dict[str, float], sizes: dict[str,
             row[f"{key}_ms_p50"] = round(value, 2)
             row[f"{key}_speedup"] = round(eager / value, 2)
     row.update({
-        "runtime_share": round(eager / runtime, 2), "int8_share": round(runtime / int8, 2),
+        "runtime_share": round(eager / runtime, 2) if runtime else None,
+        "int8_share": round(runtime / int8, 2) if runtime and int8 else None,
         "auto_choice": chosen, "auto_ms_p50": round(ms[chosen], 2), "auto_speedup": round(eager / ms[chosen], 2),
         "fp32_size_mb": round(sizes["fp32_mb"], 2),
         "auto_size_ratio": round(sizes[chosen] / sizes["fp32_mb"], 3),
