@@ -1,9 +1,10 @@
 """``--backend auto``: quantize with every backend available here, measure them on this host, keep the fastest.
 
-Each candidate is one backend's default configuration. The candidates that built are loaded the way the
-shared loader serves them (PT2E compiled by inductor, OpenVINO compiled for the CPU), timed side by side
-with the fp32 eager model in the project's interleaved turns at every measured batch size, and the one with
-the best speed-up (geometric mean over those batch sizes) among those within the accuracy budget wins. A
+Each candidate is one backend's default configuration. The artifact file of every candidate that built and
+the fp32 eager model's file are each loaded only in their own process, the way the shared loader serves them
+(PT2E compiled by inductor, OpenVINO compiled for the CPU), and timed side by side in the project's
+interleaved turns at every measured batch size (:func:`modelops.model_process.time_artifacts`); the one
+with the best speed-up (geometric mean over those batch sizes) among those within the accuracy budget wins. A
 backend that is not installed or fails is a row with an ``error`` and the next one wins. The CPU outlook
 (:mod:`modelops.cpu`) is only a hint printed before the measurement; the measurement decides.
 """
@@ -11,17 +12,13 @@ backend that is not installed or fails is a row with an ``error`` and the next o
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from modelops.artifact import load_artifact
 from modelops.cpu import ISA_FLAGS, cpu_info
+from modelops.model_process import ProcessTimes, time_artifacts
 from modelops.results import markdown_table
-from modelops.timing import interleaved_latency
 from PR3_model_optimization.quantization.config import QuantConfig
 
 AUTO = "auto"
@@ -30,7 +27,9 @@ AUTO = "auto"
 AUTO_DEFAULT_MAX_DROP = {"static": 1.0, "bf16": 0.1}
 CANDIDATE_COLUMNS = ("backend", "method", "val_accuracy", "accuracy_drop", "meets_budget", "cold_start_s",
                      "speedup_geomean", "size_mb", "chosen", "error")
-Timer = Callable[..., Mapping[str, list[float]]]
+# (label -> artifact file, batch sizes, timed calls per model, threads=) -> what each model measured.
+Timer = Callable[..., ProcessTimes]
+FP32 = "fp32"
 
 
 def auto_candidates(base: QuantConfig, backends: Sequence[str]) -> list[QuantConfig]:
@@ -61,38 +60,31 @@ class Candidate:
         return f"{self.config.backend}-{self.config.method}"
 
 
-def load_timed(candidate: Candidate, batch: torch.Tensor, threads: int | None) -> Callable[[torch.Tensor], object]:
-    """Load the candidate as the loader serves it and run one batch; record that cold start (load + first call)."""
-    started = time.perf_counter()
-    predictor = load_artifact(candidate.artifact, threads=threads)
-    with torch.inference_mode():
-        predictor(batch)
-    candidate.cold_start_s = round(time.perf_counter() - started, 3)
-    return predictor
-
-
-def time_candidates(fp32: Callable[[torch.Tensor], object], candidates: Sequence[Candidate],
-                    input_shape: Sequence[int], batch_sizes: Sequence[int], rounds: int, *,
-                    threads: int | None = None, timer: Timer = interleaved_latency) -> dict[int, float]:
+def time_candidates(fp32: Path, candidates: Sequence[Candidate], batch_sizes: Sequence[int], rounds: int, *,
+                    threads: int | None = None, timer: Timer = time_artifacts) -> dict[int, float]:
     """Median latency of every built candidate (into ``latency_ms``) and of fp32 eager (returned) per batch size.
 
-    A candidate that fails to load or run gets an ``error`` and drops out.
+    ``fp32`` is the fp32 eager model's artifact file. A candidate that fails to load or run gets an ``error``
+    and drops out; its cold start (load and first call) goes into ``cold_start_s``.
     """
     live = [c for c in candidates if not c.error]
-    predictors: dict[str, Callable[[torch.Tensor], object]] = {}
+    times = timer({FP32: fp32, **{c.name: c.artifact for c in live}}, list(batch_sizes), rounds, threads=threads)
+    if FP32 in times.errors:
+        raise RuntimeError(f"the fp32 reference could not be timed: {times.errors[FP32]}")
     for candidate in live:
-        try:
-            predictors[candidate.name] = load_timed(candidate, torch.randn(batch_sizes[0], *input_shape), threads)
-        except Exception as exc:  # a runtime that cannot load its own artifact here loses, the others go on
-            candidate.error = f"load failed: {str(exc).splitlines()[0][:200]}"
+        error = times.errors.get(candidate.name)
+        if candidate.name in times.infos:
+            candidate.cold_start_s = times.infos[candidate.name].get("cold_start_s")
+        if error:  # a runtime that cannot load or run its own artifact here loses, the others go on
+            stage = "timing" if candidate.name in times.infos else "load"
+            candidate.error = f"{stage} failed: {error.splitlines()[0][:200]}"
     fp32_ms: dict[int, float] = {}
     for batch_size in batch_sizes:
-        batch = torch.randn(batch_size, *input_shape)
-        samples = timer({"fp32": fp32, **predictors}, batch, rounds=rounds)
-        fp32_ms[batch_size] = float(torch.tensor(samples["fp32"]).median())
+        medians = times.median_ms(batch_size)
+        fp32_ms[batch_size] = medians[FP32]
         for candidate in live:
-            if candidate.name in predictors:
-                candidate.latency_ms[batch_size] = float(torch.tensor(samples[candidate.name]).median())
+            if not candidate.error and candidate.name in medians:
+                candidate.latency_ms[batch_size] = medians[candidate.name]
     return fp32_ms
 
 
@@ -200,25 +192,24 @@ class Selection:
     table: str
 
 
-def select(fp32: Callable[[torch.Tensor], object], built: Sequence[tuple[dict, Path, QuantConfig]],
-           failed: Sequence[Candidate], budget: float, input_shape: Sequence[int], batch_sizes: Sequence[int],
-           rounds: int, *, threads: int | None = None, timer: Timer = interleaved_latency) -> Selection:
+def select(fp32: Path, built: Sequence[tuple[dict, Path, QuantConfig]], failed: Sequence[Candidate], budget: float,
+           batch_sizes: Sequence[int], rounds: int, *, threads: int | None = None, timer: Timer = time_artifacts,
+           ) -> Selection:
     """Time each backend's best trial against fp32 eager at every batch size and choose (see :func:`choose`).
 
     Args:
-        fp32: the fp32 eager model (the reference every speed-up is over).
+        fp32: the fp32 eager model's artifact file (the reference every speed-up is over).
         built: (trial row, artifact, config) of every trial that built and measured.
         failed: candidates that could not run (not installed, failed to build), with their error.
         budget: accuracy budget in points.
-        input_shape: one sample's shape.
         batch_sizes: the batch sizes timed (all of them weigh in the choice).
         rounds: timed calls per model and batch size.
         threads: intra-op threads for the runtimes that take them.
-        timer: the timing function, :func:`modelops.timing.interleaved_latency` (tests inject their own).
+        timer: the timing function, :func:`modelops.model_process.time_artifacts` (tests inject their own).
     """
     candidates = [*best_per_backend(built, budget), *failed]
-    fp32_ms = time_candidates(fp32, candidates, input_shape, list(dict.fromkeys(batch_sizes)), rounds,
-                              threads=threads, timer=timer)
+    fp32_ms = time_candidates(fp32, candidates, list(dict.fromkeys(batch_sizes)), rounds, threads=threads,
+                              timer=timer)
     chosen, reason = choose(candidates, fp32_ms, budget)
     rows = candidate_rows(candidates, fp32_ms, chosen)
     return Selection(chosen, reason, rows, selection_record(rows, fp32_ms, chosen, reason, budget),

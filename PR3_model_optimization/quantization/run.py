@@ -6,6 +6,7 @@ the best and publishes it at the user's path.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import shutil
 import sys
@@ -24,6 +25,7 @@ from modelops.cpu import cpu_info
 from modelops.data import DatasetSplits, calibration_batches, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import accuracy, predict_logits, top1_agreement
+from modelops.model_process import time_artifacts
 from modelops.results import write_results
 from modelops.timing import interleaved_latency
 from PR3_model_optimization.quantization.auto import Candidate, Selection, select
@@ -212,12 +214,23 @@ def trials_paths(save_path: Path) -> tuple[Path, Path]:
     return save_path.with_name(save_path.name + ".trials.csv"), save_path.with_name(save_path.name + ".trials.json")
 
 
+def fp32_reference_file(run: QuantizationRun) -> Path:
+    """The fp32 reference as an artifact file for per-process timing: a copy of the input whose manifest runs it
+    the way the run's reference runs (without torch.compile)."""
+    path = run.work_dir / f"fp32_reference{run.model_path.suffix}"
+    shutil.copyfile(run.model_path, path)
+    runtime = {k: v for k, v in run.manifest.runtime.items() if k != "compile"}
+    write_manifest(path, run.manifest.model_copy(update={"runtime": runtime}))
+    return path
+
+
 def finish_auto(run: QuantizationRun, built: Sequence[tuple[dict, Path, QuantConfig]], failed: Sequence[Candidate],
                 budget: float, model_path: Path, extra: dict) -> tuple[dict | None, Manifest | None, Path, Selection]:
     """Time each backend's best trial on this host, keep the fastest within ``budget`` and publish it."""
     args = run.args
-    selection = select(run.model, built, failed, budget, run.input_shape, [1, args.latency_batch_size],
-                       args.latency_rounds, threads=run.threads)
+    timer = functools.partial(time_artifacts, trust_pickle=args.trust_pickle)
+    selection = select(fp32_reference_file(run), built, failed, budget, [1, args.latency_batch_size],
+                       args.latency_rounds, threads=run.threads, timer=timer)
     print(selection.table, file=sys.stderr)
     logger.info("auto: %s", selection.reason)
     chosen = selection.chosen

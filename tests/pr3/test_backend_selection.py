@@ -11,6 +11,7 @@ import torch
 from modelops.artifact import load_artifact, read_manifest, write_manifest
 from modelops.cli import run_cli
 from modelops.errors import UsageError
+from modelops.model_process import ProcessTimes
 from modelops.runtimes.openvino_predictor import OpenVinoRunner
 from PR3_model_optimization import model_quantization as mq
 from PR3_model_optimization.quantization import auto
@@ -29,19 +30,30 @@ def quantize(model: Path, save: Path, *extra: str) -> dict:
 
 
 class FakeTimer:
-    """Stands in for interleaved_latency: each model 'takes' a set number of ms; records the batch sizes asked."""
+    """Stands in for time_artifacts: each model 'takes' a set number of ms; records the batch sizes asked.
+
+    The real artifacts still load and run once here: a candidate that cannot fails as it would in its worker.
+    """
 
     def __init__(self, ms: dict[str, float]) -> None:
         self.ms = ms
         self.batch_sizes: list[int] = []
         self.models: list[set[str]] = []
 
-    def __call__(self, fns, batch: torch.Tensor, *, rounds: int) -> dict[str, list[float]]:
-        self.batch_sizes.append(batch.shape[0])
-        self.models.append(set(fns))
-        for fn in fns.values():
-            fn(batch)  # the real models still run: a candidate that cannot would fail here
-        return {name: [self.ms[name] * batch.shape[0]] * rounds for name in fns}
+    def __call__(self, artifacts, batch_sizes, rounds: int, *, threads: int | None = None) -> ProcessTimes:
+        self.batch_sizes = list(batch_sizes)
+        self.models.append(set(artifacts))
+        times = ProcessTimes()
+        for name, path in artifacts.items():
+            try:
+                predictor = load_artifact(path, threads=threads)
+                predictor(torch.zeros(batch_sizes[0], *predictor.input_shape))
+            except Exception as exc:
+                times.errors[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            times.infos[name] = {"cold_start_s": 0.0}
+            times.samples_ms[name] = {b: [self.ms[name] * b] * rounds for b in batch_sizes}
+        return times
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +72,12 @@ def built(digits_resnet18: Path, tmp_path_factory: pytest.TempPathFactory) -> li
 
 
 def select(built, fp32, timer, budget: float = 1.0, failed=()) -> auto.Selection:
-    return auto.select(fp32, built, list(failed), budget, [3, 32, 32], [1, 4], rounds=2, threads=1, timer=timer)
+    return auto.select(fp32, built, list(failed), budget, [1, 4], rounds=2, threads=1, timer=timer)
 
 
 @pytest.fixture(scope="module")
-def fp32(digits_resnet18: Path):
-    return load_artifact(digits_resnet18)
+def fp32(digits_resnet18: Path) -> Path:
+    return digits_resnet18
 
 
 def test_openvino_artifact_runs_on_openvino_and_agrees(built, digits_resnet18: Path, digits_data) -> None:
