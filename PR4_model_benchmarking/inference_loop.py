@@ -23,6 +23,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=30.0, help="stop after this long (default: 30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before 'ready' (default: 3)")
     parser.add_argument("--trust-pickle", action="store_true", help="allow pickled modules (default: off)")
+    parser.add_argument("--arch", default=None, help="architecture of a bare state_dict (default: identified)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input side tried first on a file that does not declare its input (default: none)")
     return parser
 
 
@@ -40,10 +43,13 @@ def main(args: argparse.Namespace) -> dict:
 
     from modelops.artifact import load_artifact
     from modelops.cli import usable_cores
+    from modelops.model_probe import probe_side
 
     threads = args.threads or usable_cores()
     torch.set_num_threads(threads)
-    predictor = load_artifact(args.model, device=args.device, trust_pickle=args.trust_pickle, threads=threads)
+    with probe_side(args.image_size):
+        predictor = load_artifact(args.model, device=args.device, trust_pickle=args.trust_pickle, threads=threads,
+                                  arch=args.arch)
     batch = torch.randn(args.batch_size, *predictor.input_shape)
     for _ in range(args.warmup):
         predictor(batch)

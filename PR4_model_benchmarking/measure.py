@@ -134,7 +134,8 @@ class Benchmark:
         for name, path in self.models:
             self.sessions[name] = start_session(args.isolation, session=BenchSession, name=name, path=str(path),
                                                 device=args.device, threads=self.threads,
-                                                trust_pickle=args.trust_pickle, compile=compile_flag, seed=args.seed)
+                                                trust_pickle=args.trust_pickle, compile=compile_flag, seed=args.seed,
+                                                arch=args.arch, image_size=args.image_size)
             self.sessions[name].send("load")  # workers load in parallel; a local session loads right here
         for name, path in self.models:
             try:

@@ -78,11 +78,13 @@ def find_py_spy(explicit: str | None = None) -> str:
 
 def record_flamegraph(model: str | Path, svg_path: Path, *, duration: float, rate: int, native: bool,
                       threads: int, batch_size: int, device: str = "cpu", trust_pickle: bool = False,
-                      py_spy: str | None = None) -> dict[str, Any]:
+                      py_spy: str | None = None, arch: str | None = None,
+                      image_size: int | None = None) -> dict[str, Any]:
     """Run inference in a child process and let py-spy sample it for ``duration`` seconds into ``svg_path``.
 
     The child loads and warms up first and says ``ready``; only then does py-spy attach (by pid), so
-    the flamegraph holds inference frames, not imports and loading.
+    the flamegraph holds inference frames, not imports and loading. ``arch`` and ``image_size`` reach its
+    loader, so it runs the model on the input the operator profile used.
     """
     exe = find_py_spy(py_spy)
     svg_path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +93,8 @@ def record_flamegraph(model: str | Path, svg_path: Path, *, duration: float, rat
            "--seconds", str(duration + 60)]
     if trust_pickle:
         cmd.append("--trust-pickle")
+    cmd += ["--arch", arch] if arch else []
+    cmd += ["--image-size", str(image_size)] if image_size else []
     # The child inherits this environment: each runtime keeps its default threading, as when it is timed.
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -223,10 +227,13 @@ def profile_model(path: str | Path, args: argparse.Namespace, output_dir: Path) 
     import torch
 
     from modelops.artifact import load_artifact
+    from modelops.model_probe import probe_side
 
     threads = args.threads or usable_cores()
     name = Path(path).name.replace(".", "_")
-    predictor = load_artifact(path, device=args.device, trust_pickle=args.trust_pickle, threads=threads)
+    with probe_side(args.image_size):  # as the child's: main() may be called without the script's setup
+        predictor = load_artifact(path, device=args.device, trust_pickle=args.trust_pickle, threads=threads,
+                                  arch=args.arch)
     batch = torch.randn(args.batch_size, *predictor.input_shape)
     predictor.check_input(batch)
     trace = output_dir / f"{name}_trace.json"
@@ -250,7 +257,8 @@ def profile_model(path: str | Path, args: argparse.Namespace, output_dir: Path) 
         result.update(record_flamegraph(path, output_dir / f"{name}_flame.svg", duration=args.duration,
                                         rate=args.rate, native=args.native, threads=threads,
                                         batch_size=args.batch_size, device=args.device,
-                                        trust_pickle=args.trust_pickle, py_spy=args.py_spy))
+                                        trust_pickle=args.trust_pickle, py_spy=args.py_spy, arch=args.arch,
+                                        image_size=args.image_size))
     return result
 
 

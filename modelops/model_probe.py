@@ -7,7 +7,8 @@ tried. The class count is read from one forward pass on zeros, which every forma
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -24,6 +25,19 @@ def set_command_line_image_size(side: int | None) -> None:
     """Record the script's ``--image-size``: tried first on a model file that does not declare its input."""
     global _command_line_side
     _command_line_side = side
+
+
+@contextmanager
+def probe_side(side: int | None) -> Iterator[None]:
+    """``side`` tried first inside the block (the script's ``--image-size`` where None): for loads in a process
+    the script's own setup did not run in (a spawned worker), or by a caller of ``main`` that skipped it."""
+    global _command_line_side
+    previous = _command_line_side
+    _command_line_side = side or previous
+    try:
+        yield
+    finally:
+        _command_line_side = previous
 
 
 def onnx_input_shape(session: object) -> list[int] | None:

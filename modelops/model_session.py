@@ -27,11 +27,16 @@ class ModelSession:
         trust_pickle: allow whole pickled modules.
         compile: force torch.compile on or off (default: the manifest's ``runtime.compile``).
         seed: seed of the random input batches.
+        arch: the architecture of a bare state_dict (default: identified from its parameters).
+        image_size: the input side tried first on a file that does not declare its input (``--image-size``).
     """
 
     def __init__(self, name: str, path: str, *, device: str = "cpu", threads: int | None = None,
-                 trust_pickle: bool = False, compile: bool | None = None, seed: int = 0) -> None:
+                 trust_pickle: bool = False, compile: bool | None = None, seed: int = 0, arch: str | None = None,
+                 image_size: int | None = None) -> None:
         self.name = name
+        self.arch = arch
+        self.image_size = image_size
         self.path = path
         self.device = device
         self.threads = threads
@@ -49,12 +54,14 @@ class ModelSession:
 
         from modelops.artifact import file_size_mb, load_artifact
         from modelops.cli import usable_cores
+        from modelops.model_probe import probe_side
 
         torch.set_num_threads(self.threads or usable_cores())
         self.baseline_mb = runtime_baseline_mb()
         started = time.perf_counter()
-        self.predictor = load_artifact(self.path, device=self.device, trust_pickle=self.trust_pickle,
-                                       compile=self.compile, threads=self.threads or usable_cores())
+        with probe_side(self.image_size):  # a spawned worker has none of the script's flags but these
+            self.predictor = load_artifact(self.path, device=self.device, trust_pickle=self.trust_pickle,
+                                           compile=self.compile, threads=self.threads or usable_cores(), arch=self.arch)
         load_s = time.perf_counter() - started
         load_rss = rss_mb() - self.baseline_mb
         manifest = self.predictor.manifest
