@@ -167,6 +167,24 @@ def end_offsets(consumer: KafkaConsumer, partitions: Iterable[TopicPartition], b
     return {tp: end for tp, end in ends.items() if end is not None}
 
 
+def fetched_to_end(consumer: KafkaConsumer) -> bool:
+    """True when every assigned partition's position has reached the high-water mark of its last fetch
+    response: nothing more is queued for this consumer as of that fetch. Costs no request (the fetch responses
+    carry the mark), so it can be asked on every poll; False while any mark or position is unknown."""
+    assignment = consumer.assignment()
+    if not assignment:
+        return False
+    for tp in assignment:
+        highwater = consumer.highwater(tp)
+        try:
+            position = consumer.position(tp, timeout_ms=0)
+        except Exception:  # position unknown right after a rebalance
+            return False
+        if highwater is None or position is None or position < highwater:
+            return False
+    return True
+
+
 def consumer_lag(consumer: KafkaConsumer, broker_kind: BrokerKind = "kafka") -> dict[TopicPartition, int]:
     """Per assigned partition: end offset minus position (partitions whose end or position is unknown are
     skipped)."""

@@ -25,6 +25,7 @@ from PR2_async_inference.messaging.admin import ensure_topics
 from PR2_async_inference.messaging.clients import (
     LoggingRebalanceListener,
     consumer_lag,
+    fetched_to_end,
     make_producer,
     make_worker_consumer,
     send_status,
@@ -40,6 +41,9 @@ from PR2_async_inference.worker.membership import MembershipWatch
 from PR2_async_inference.worker.retries import retry_or_dead_letter, retry_or_dead_letter_record
 
 logger = logging.getLogger(__name__)
+
+#: How often the consumer-lag and oldest-request gauges are refreshed (seconds; Prometheus scrapes every 15 s).
+LAG_REFRESH_S = 1.0
 
 #: Final states to hand to the callback client once their results are committed: (callback URL or "", status).
 Finals = list[tuple[str, StatusMessage]]
@@ -75,6 +79,7 @@ class ModelWorker:
         self.batches_run = 0
         self._buffer: list[Any] = []
         self._caught_up = False
+        self._lag_refreshed_at = float("-inf")
         self.membership = MembershipWatch(self.settings.session_timeout_ms)
 
     # ------------------------------------------------------------------ set-up
@@ -107,6 +112,7 @@ class ModelWorker:
         self.consumer = make_worker_consumer(self.settings, listener, client_id=f"worker-{self.worker_id}")
         self._buffer = []
         self._caught_up = False
+        self._lag_refreshed_at = float("-inf")  # a new assignment: the gauges at the first poll
         self.membership.restart()
 
     def _replace_consumer(self) -> None:
@@ -192,11 +198,14 @@ class ModelWorker:
         return any(n >= self.batching(m)[0] or waited >= self.batching(m)[1] for m, n in counts.items())
 
     def _update_gauges(self) -> None:
-        lags = consumer_lag(self.consumer, self.settings.broker_kind)
-        record_backlog(lags, self._buffer)
-        # Caught up = every assigned partition's position is at its end offset.
-        assignment = self.consumer.assignment()
-        self._caught_up = bool(assignment) and len(lags) == len(assignment) and not any(lags.values())
+        # Caught up = every assigned partition's position is at the high-water mark of its last fetch response:
+        # asked on every poll, it costs no request. The lag gauge (what PR1's autoscaler reads) asks the broker
+        # for end offsets, a round trip that would otherwise add to every poll: at most every LAG_REFRESH_S.
+        self._caught_up = fetched_to_end(self.consumer)
+        now = time.monotonic()
+        if now - self._lag_refreshed_at >= LAG_REFRESH_S:
+            self._lag_refreshed_at = now
+            record_backlog(consumer_lag(self.consumer, self.settings.broker_kind), self._buffer)
 
     def _flush(self) -> None:
         self._process(self._buffer)

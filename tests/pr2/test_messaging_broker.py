@@ -1,5 +1,5 @@
 """The messaging clients against the session's real broker: consumer lag as the worker computes it for the
-broker kind the suite runs on (``INFERENCE_BROKER_KIND``)."""
+broker kind the suite runs on (``INFERENCE_BROKER_KIND``), and the "read to the end" check of adaptive batching."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from PR2_async_inference.local_stack import Proc
 from PR2_async_inference.messaging.admin import ensure_topics
-from PR2_async_inference.messaging.clients import consumer_lag, end_offsets, make_producer
+from PR2_async_inference.messaging.clients import consumer_lag, end_offsets, fetched_to_end, make_producer
 from PR2_async_inference.settings import Settings
 
 
@@ -39,5 +39,12 @@ def test_consumer_lag_is_end_offset_minus_position(broker: Proc):
         assert [r.offset for r in polled] == [0, 1]
         assert end_offsets(consumer, [tp], settings.broker_kind) == {tp: 5}
         assert consumer_lag(consumer, settings.broker_kind) == {tp: 3}
+        assert not fetched_to_end(consumer)  # 3 records left: the worker keeps filling its batch
+        for _ in range(50):
+            polled += consumer.poll(timeout_ms=200, max_records=5 - len(polled)).get(tp, [])
+            if len(polled) == 5:
+                break
+        assert [r.offset for r in polled] == [0, 1, 2, 3, 4]
+        assert fetched_to_end(consumer)  # all read: a partial batch runs at once (adaptive batching)
     finally:
         consumer.close()
