@@ -11,11 +11,12 @@ import base64
 import binascii
 import io
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
@@ -203,6 +204,14 @@ def normalize_pixels(pixels: np.ndarray, manifest: Manifest) -> np.ndarray:
 def model_input(tensor: np.ndarray, manifest: Manifest) -> np.ndarray:
     """What the model consumes: image pixels (uint8) are normalised here; float tensors pass unchanged."""
     return normalize_pixels(tensor, manifest) if tensor.dtype == np.uint8 else tensor
+
+
+def model_batch(tensors: Sequence[np.ndarray], manifest: Manifest) -> torch.Tensor:
+    """The model's input batch (N, C, H, W) from request samples: a batch of image pixels is stacked as uint8 and
+    normalised in one pass (a quarter of the bytes to stack); mixed or float samples go one by one."""
+    if all(t.dtype == np.uint8 for t in tensors):
+        return normalize(np.stack(tensors), manifest.preprocessing or {})
+    return torch.from_numpy(np.stack([model_input(t, manifest) for t in tensors]))
 
 
 def decode_tensor(data: Any, manifest: Manifest) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 from modelops.artifact import Predictor, load_artifact
 from PR2_async_inference import metrics
 from PR2_async_inference.messaging.messages import RequestMessage
-from PR2_async_inference.registry import Registry, model_input
+from PR2_async_inference.registry import Registry, model_batch
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def forward(predictor: Predictor, tensors: list[np.ndarray], model: str = "") ->
     """(logits as float32 numpy, seconds of the forward pass) for a batch of request tensors. The process CPU
     time the pass took (every thread: the model's intra-op threads do the work) is added to
     ``inference_forward_cpu_seconds_total{model}``."""
-    batch = torch.from_numpy(np.stack([model_input(t, predictor.manifest) for t in tensors]))
+    batch = model_batch(tensors, predictor.manifest)
     predictor.check_input(batch)
     cpu0 = time.process_time()
     t0 = time.perf_counter()
