@@ -42,7 +42,9 @@ def image_to_pixels(image: Any, preprocessing: Mapping[str, Any], input_shape: S
     from torchvision.transforms.v2 import functional as F
 
     channels, height, width = (int(d) for d in input_shape)
-    image = image.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode != mode:  # convert() copies even to the same mode
+        image = image.convert(mode)
     pixels = F.pil_to_tensor(image)
     resize = preprocessing.get("resize")
     if resize:
