@@ -4,9 +4,10 @@
         --requests 160 --concurrency 16 --low-load-requests 30 --output runs/pr2_bench/e2e.md
 
 For each configuration (batching on/off, 1 and 2 workers) it starts a local stack (``--broker``: Apache Kafka by
-default, at the clients' default fetch settings; Tansu on request; API and workers on 127.0.0.1), sends a
-bounded closed-loop burst of JPEG photos (``--concurrency`` clients, at most ``--requests`` requests and
-``--time-limit-s`` seconds), then a low-load run (one client), and stops the stack.
+default, at the clients' default fetch settings; Tansu on request; API and workers on 127.0.0.1), sends an
+untimed warm-up (``--warmup-requests``), then a bounded closed-loop burst of JPEG photos (``--concurrency``
+clients, at most ``--requests`` requests and ``--time-limit-s`` seconds), then a low-load run (one client), and
+stops the stack.
 Before each configuration it times the model in-process (batch ``--batch-size`` throughput and batch-1 latency)
 so both figures come from the same minutes of a shared machine. Reported per row: e2e throughput and
 p50/p95/p99, its ratio to the in-process batched throughput, the p50 the service adds over in-process
@@ -148,7 +149,9 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
                         fetch_max_wait_ms=args.fetch_max_wait_ms)
     try:
         common = {"time_limit_s": args.time_limit_s, "payloads": payloads}
-        run_load(stack.api_url, requests=min(8, args.requests), concurrency=4, **common)  # warm-up
+        # Untimed warm-up at the loaded run's concurrency: the broker's JVM compiles its hot paths and the
+        # worker's first batches allocate; a serving stack runs warm.
+        run_load(stack.api_url, requests=args.warmup_requests, concurrency=args.concurrency, **common)
         before = cpu_per_request(stack)
         loaded = run_load(stack.api_url, requests=args.requests, concurrency=args.concurrency,
                           **common)
@@ -199,6 +202,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "no-batching-1w batching-2w)")
     parser.add_argument("--requests", type=int, default=160, help="requests per loaded run (default: 160)")
     parser.add_argument("--concurrency", type=int, default=16, help="clients in the loaded run (default: 16)")
+    parser.add_argument("--warmup-requests", type=int, default=64,
+                        help="untimed requests before each loaded run (default: 64)")
     parser.add_argument("--low-load-requests", type=int, default=30,
                         help="requests of the one-client run (default: 30)")
     parser.add_argument("--time-limit-s", type=float, default=60.0, help="time limit per run (default: 60)")
@@ -218,7 +223,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    for name in ("requests", "concurrency", "low_load_requests", "batch_size", "threads", "iters"):
+    for name in ("requests", "warmup_requests", "concurrency", "low_load_requests", "batch_size", "threads",
+                 "iters"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     rows = run_benchmark(args)
