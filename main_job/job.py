@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,8 +175,6 @@ class Job:
         served = {"original": variants["original"], "optimized": variants.get(fastest, variants["original"])}
         registry = self.out / "serve_registry.yaml"
         write_registry(registry, served)
-        # API, worker and load generator share the cores: spinning OpenMP threads would starve each other.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         stack = start_stack(registry=registry, workers=1, log_dir=self.out / "serve_logs")
         try:
             load = {}
