@@ -31,6 +31,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -215,9 +216,10 @@ class Fp32Model:
     exported: torch.export.ExportedProgram | None = None
 
 
-def load_quantization_input(path: Path, trust_pickle: bool) -> Fp32Model:
-    """Any saved form, as :func:`~modelops.quantization_input.load_for_quantization` gives it."""
-    start = load_for_quantization(path, trust_pickle=trust_pickle)
+def load_quantization_input(path: Path, trust_pickle: bool, work_dir: Path | None = None) -> Fp32Model:
+    """Any saved form, as :func:`~modelops.quantization_input.load_for_quantization` gives it; a TorchScript
+    file's ONNX conversion is written in ``work_dir``."""
+    start = load_for_quantization(path, trust_pickle=trust_pickle, work_dir=work_dir)
     if start.module is not None:
         return Fp32Model(start.module, start.manifest)
     form = FORMAT_NAMES.get(start.manifest.format, start.manifest.format)
@@ -227,11 +229,12 @@ def load_quantization_input(path: Path, trust_pickle: bool) -> Fp32Model:
     return Fp32Model(reference, start.manifest, "onnx", form, onnx_path=start.onnx_path)
 
 
-def load_fp32(args: argparse.Namespace, first_backend: str) -> tuple[Fp32Model, Path, Path, DatasetSplits]:
+def load_fp32(args: argparse.Namespace, first_backend: str,
+              work_dir: Path | None = None) -> tuple[Fp32Model, Path, Path, DatasetSplits]:
     """The fp32 model, its path, the save path and the data it was trained on (checked)."""
     model_path = Path(args.model)
     check_not_quantized(model_path)
-    fp32 = load_quantization_input(model_path, args.trust_pickle)
+    fp32 = load_quantization_input(model_path, args.trust_pickle, work_dir)
     manifest = fp32.manifest
     # auto names the file after the winner's format once it is known; this path only guards the fp32 file.
     save_path = Path(args.save_path) if args.save_path else \
@@ -285,14 +288,15 @@ def check_dynamic_coverage(args: argparse.Namespace, model: Callable, manifest: 
         logger.warning("%s: expect no speed-up; writing it because --allow-partial-dynamic was given", message)
 
 
-def make_plan(args: argparse.Namespace) -> Plan:
-    """Check everything that can be checked before the first trial, and settle what to try."""
+def make_plan(args: argparse.Namespace, work_dir: Path | None = None) -> Plan:
+    """Check everything that can be checked before the first trial, and settle what to try; a TorchScript input's
+    ONNX conversion is written in ``work_dir``, which must outlive the trials."""
     method = args.quantization_method
     backend = resolve_backend(args)
     auto = backend == AUTO
     check_bf16_support(method)
     first_backend = (BF16_BACKENDS[0] if method == "bf16" else "onnxruntime") if auto else backend
-    fp32, model_path, save_path, data = load_fp32(args, first_backend)
+    fp32, model_path, save_path, data = load_fp32(args, first_backend, work_dir)
     model, manifest = fp32.model, fp32.manifest
     likely, outlook = int8_outlook()
     (logger.info if likely else logger.warning)("CPU check: %s", outlook)
@@ -346,8 +350,10 @@ def main(args: argparse.Namespace) -> dict:
     check_args(args)
     if args.threads:  # run_cli does this for the command line; callers of main() (pipeline, tests) get it too
         torch.set_num_threads(args.threads)
-    plan = make_plan(args)
-    outcome = run_trials(plan, args, started)
+    # A TorchScript input is quantized from its ONNX export, written here and removed with the folder when done.
+    with tempfile.TemporaryDirectory(prefix="torchscript_onnx_") as conversion_dir:
+        plan = make_plan(args, Path(conversion_dir))
+        outcome = run_trials(plan, args, started)
     summary = summarize(plan, outcome, started)
     print(json.dumps(summary, indent=2))
     if args.results:

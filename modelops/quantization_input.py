@@ -3,12 +3,15 @@
 Quantization needs one of: an eager module (eager and FX quantization, PT2E after ``torch.export``, ONNX
 export), an fp32 ``torch.export`` ExportedProgram (PT2E starts from one), or an fp32 ONNX file (ONNX Runtime
 quantizes it directly). :func:`load_for_quantization` gives the one a file holds; a TorchScript file only
-runs, so it is converted to ONNX (the TorchScript-based ONNX exporter reads scripted and traced modules).
+runs, so it is converted to ONNX (the TorchScript-based ONNX exporter reads scripted and traced modules) in the
+caller's ``work_dir``, else in a temporary folder that :meth:`QuantizationInput.close` (or leaving a ``with``
+block) removes.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +43,7 @@ class QuantizationInput:
         module: an eager module (``state_dict`` and ``pickle`` files).
         exported: an fp32 ExportedProgram (``.pt2`` files), for PT2E.
         onnx_path: an fp32 ONNX file (``.onnx`` files, and TorchScript converted), for ONNX Runtime.
+        temp_dir: the temporary folder made for a TorchScript file's conversion (None when the caller gave one).
     """
 
     manifest: Manifest
@@ -47,10 +51,23 @@ class QuantizationInput:
     module: nn.Module | None = None
     exported: torch.export.ExportedProgram | None = None
     onnx_path: Path | None = None
+    temp_dir: Path | None = None
 
     @property
     def kind(self) -> str:
         return "eager" if self.module is not None else "exported_program" if self.exported is not None else "onnx"
+
+    def close(self) -> None:
+        """Remove the temporary folder of a conversion (``onnx_path`` goes with it); the caller's files stay."""
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None
+
+    def __enter__(self) -> QuantizationInput:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def load_for_quantization(
@@ -62,7 +79,8 @@ def load_for_quantization(
         path: any model file the shared loader reads.
         trust_pickle: allow whole pickled modules.
         arch: the architecture of a bare state_dict (default: ``--arch``, else identified).
-        work_dir: where a TorchScript file's ONNX conversion is written (default: a new temporary folder).
+        work_dir: where a TorchScript file's ONNX conversion is written (default: a new temporary folder, removed
+            by the result's :meth:`~QuantizationInput.close`).
     """
     path = Path(path)
     manifest = read_manifest(path) if path.is_file() else None
@@ -73,9 +91,15 @@ def load_for_quantization(
             return QuantizationInput(predictor.manifest, path, onnx_path=path)
         if fmt == "exported_program":
             return QuantizationInput(predictor.manifest, path, exported=torch.export.load(str(path)))
-        onnx_path = Path(work_dir or tempfile.mkdtemp(prefix="torchscript_onnx_")) / f"{path.stem}.fp32.onnx"
-        torchscript_to_onnx(predictor.module, onnx_path, predictor.manifest.input_shape, path)
-        return QuantizationInput(predictor.manifest, path, onnx_path=onnx_path)
+        temp_dir = None if work_dir else Path(tempfile.mkdtemp(prefix="torchscript_onnx_"))
+        onnx_path = Path(work_dir or temp_dir) / f"{path.stem}.fp32.onnx"
+        try:
+            torchscript_to_onnx(predictor.module, onnx_path, predictor.manifest.input_shape, path)
+        except BaseException:
+            if temp_dir is not None:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
+        return QuantizationInput(predictor.manifest, path, onnx_path=onnx_path, temp_dir=temp_dir)
     module, manifest = load_module(path, trust_pickle=trust_pickle, arch=arch)
     return QuantizationInput(manifest, path, module=module)
 

@@ -152,6 +152,21 @@ def test_every_form_gives_a_quantizer_something_to_start_from(form, kind, saved,
     torch.testing.assert_close(out, tiny_model(batch), rtol=1e-3, atol=1e-3)
 
 
+def test_the_onnx_export_of_a_torchscript_file_goes_with_its_temporary_folder(saved, tmp_path, monkeypatch):
+    import tempfile
+
+    from modelops.quantization_input import load_for_quantization
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the temp root it uses
+    with load_for_quantization(saved["torchscript"]) as start:
+        assert start.onnx_path.is_file() and start.onnx_path.parent.parent == tmp_path
+    assert list(tmp_path.iterdir()) == []
+    start.close()  # a second close is a no-op
+    with load_for_quantization(saved["torchscript"], work_dir=tmp_path / "mine") as start:
+        pass
+    assert start.onnx_path.is_file()  # a folder the caller gave stays
+
+
 def test_a_torchscript_file_is_quantized_by_onnx_runtime_through_its_onnx_export(saved, tiny_model, tmp_path):
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
 

@@ -5,6 +5,8 @@ Fake data takes the model's class count and input size, so a model needs no data
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 import torch
 
@@ -80,11 +82,15 @@ QUANTIZE_FLAGS = ["--dataset", "fake", "--image-size", str(SIDE), "--threads", "
 
 @pytest.mark.parametrize("name", ["scripted.pt", "model.onnx"])
 def test_a_torchscript_or_onnx_file_is_quantized_by_onnx_runtime_from_its_onnx_graph(user_files, tmp_path, name,
-                                                                                      capsys):
+                                                                                      capsys, monkeypatch):
     int8 = tmp_path / "int8.onnx"
+    temp_root = tmp_path / "temp"
+    temp_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_root))  # where the run's temporary folders go
     code = run_cli(mq.main, mq.get_args_parser(), [
         "--model", str(user_files / name), "--save-path", str(int8), "--backend", "onnxruntime", *QUANTIZE_FLAGS])
     assert code == 0, capsys.readouterr().err
+    assert list(temp_root.iterdir()) == []  # the TorchScript file's ONNX export and the trials are gone
     assert quantized_reason(int8)  # real int8 nodes in the file written
     int8_model = load_artifact(int8)
     assert int8_model(torch.zeros(2, 3, SIDE, SIDE)).shape == (2, NUM_CLASSES)
