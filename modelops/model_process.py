@@ -233,6 +233,11 @@ class ProcessTimes:
 
 def _load_all(sessions: Mapping[str, Proxy], first_batch: int, times: ProcessTimes) -> None:
     """Load the models one at a time, each followed by its first call, so every cold start is its own."""
+    for session in sessions.values():  # the workers start up side by side, before any cold start is timed
+        session.send("ping")
+    for session in sessions.values():
+        with contextlib.suppress(WorkerError):  # a worker that cannot start fails its load below
+            session.receive()
     for name, session in sessions.items():
         try:
             info = session.load()
