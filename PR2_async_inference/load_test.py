@@ -6,7 +6,8 @@
 ``concurrency`` closed-loop clients each POST a request and wait for its final state, until ``requests`` are
 done or ``time_limit_s`` passes. End-to-end latency is POST start -> the API answering the long-polling
 ``GET /inference/{id}?wait=S`` with the final state: what a client sees, with no polling interval of the
-client's own added. Importable: :func:`run_load` returns throughput and latency percentiles as a flat dict.
+client's own added. Importable: :func:`run_load` returns throughput, latency percentiles and the median of
+each hop of a request's way (:data:`HOPS`) as a flat dict.
 """
 
 from __future__ import annotations
@@ -53,11 +54,31 @@ async def _wait_final(client: httpx.AsyncClient, request_id: str, timeout_s: flo
     return None
 
 
+#: Where a request's time goes, from the client's clock and the timestamps of its final state (one host, one
+#: clock): the API taking it in (HTTP, parsing, decoding), its produce being acknowledged (the 202), the wait
+#: until a worker's batch starts (produce, fetch, batching), the forward pass, and the result reaching the
+#: client (result produce, the API's results reader, the long-polling GET).
+HOPS = ("hop_ms_api_intake", "hop_ms_api_produce", "hop_ms_queue", "hop_ms_forward", "hop_ms_result")
+
+
+def request_hops(final: dict[str, Any], posted_at: float, accepted_at: float, done_at: float) -> dict[str, float]:
+    """:data:`HOPS` of one succeeded request (ms); the queue hop overlaps the produce hop."""
+    created, queue_s, forward_s = final["created_at"], final["queue_time_s"] or 0.0, final["inference_time_s"] or 0.0
+    return {
+        "hop_ms_api_intake": (created - posted_at) * 1000,
+        "hop_ms_api_produce": (accepted_at - created) * 1000,
+        "hop_ms_queue": queue_s * 1000,
+        "hop_ms_forward": forward_s * 1000,
+        "hop_ms_result": (done_at - final["updated_at"]) * 1000,
+    }
+
+
 async def _run(url: str, requests: int, concurrency: int, time_limit_s: float,
                payloads: list[dict[str, Any]]) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     batch_sizes: list[int] = []
+    hops: list[dict[str, float]] = []
     errors: dict[str, int] = {}
     issued = 0
     stop_at = time.perf_counter() + time_limit_s
@@ -71,7 +92,9 @@ async def _run(url: str, requests: int, concurrency: int, time_limit_s: float,
             body = bodies[issued % len(bodies)]
             issued += 1
             start = time.perf_counter()
+            posted_at = time.time()
             response = await client.post("/inference", content=body, headers=headers)
+            accepted_at = time.time()
             if response.status_code != 202:
                 key = f"http_{response.status_code}"
                 errors[key] = errors.get(key, 0) + 1
@@ -88,6 +111,7 @@ async def _run(url: str, requests: int, concurrency: int, time_limit_s: float,
             if final["status"] == "succeeded":
                 latencies.append((done_at - start) * 1000)
                 batch_sizes.append(final.get("batch_size") or 1)
+                hops.append(request_hops(final, posted_at, accepted_at, time.time()))
 
     # One single-connection client per simulated user: httpcore's shared pool rescans every connection for
     # every request, which cost the generator ~10 ms of CPU per request at 16 users (profiled).
@@ -110,6 +134,7 @@ async def _run(url: str, requests: int, concurrency: int, time_limit_s: float,
         "latency_ms_p50": stats.get("latency_ms_p50"), "latency_ms_p95": stats.get("latency_ms_p95"),
         "latency_ms_p99": stats.get("latency_ms_p99"), "latency_ms_mean": stats.get("latency_ms_mean"),
         "batch_size_mean": round(float(np.mean(batch_sizes)), 2) if batch_sizes else None,
+        **{f"{name}_p50": round(float(np.median([h[name] for h in hops])), 2) if hops else None for name in HOPS},
     }
 
 

@@ -11,7 +11,8 @@ stops the stack.
 Before each configuration it times the model in-process (batch ``--batch-size`` throughput and batch-1 latency)
 so both figures come from the same minutes of a shared machine. Reported per row: e2e throughput and
 p50/p95/p99, its ratio to the in-process batched throughput, the p50 the service adds over in-process
-batch-1 latency at low load, and the CPU milliseconds each process (broker - the JVM on Apache Kafka -, API,
+batch-1 latency at low load with the median of each hop of a request's way there (``load_test.HOPS``), and
+the CPU milliseconds each process (broker - the JVM on Apache Kafka -, API,
 workers, this load generator) spent per request in the loaded run: on one machine they all share its cores.
 The workers' CPU outside the forward pass is their CPU minus the forward passes' CPU, read from the workers'
 ``inference_forward_cpu_seconds_total`` counter; the service overhead is API + broker + workers outside the
@@ -40,7 +41,7 @@ from modelops.artifact import load_artifact, read_manifest
 from modelops.errors import UsageError
 from modelops.results import markdown_table, write_results
 from modelops.timing import latency_stats, measure_latency
-from PR2_async_inference.load_test import run_load
+from PR2_async_inference.load_test import HOPS, run_load
 from PR2_async_inference.local_stack import BROKER_KINDS, Stack, start_stack, stop_stack
 
 logger = logging.getLogger(__name__)
@@ -164,7 +165,8 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
             "e2e_throughput_rps": loaded["throughput_rps"], "e2e_latency_ms_p50": loaded["latency_ms_p50"],
             "e2e_latency_ms_p95": loaded["latency_ms_p95"], "e2e_latency_ms_p99": loaded["latency_ms_p99"],
             "e2e_batch_size_mean": loaded["batch_size_mean"], "succeeded": loaded["succeeded"],
-            "errors": loaded["errors"], "low_load_latency_ms_p50": low["latency_ms_p50"], **cpu_ms}
+            "errors": loaded["errors"], "low_load_latency_ms_p50": low["latency_ms_p50"],
+            **{f"low_load_{hop}_p50": low[f"{hop}_p50"] for hop in HOPS}, **cpu_ms}
 
 
 def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -198,12 +198,15 @@ def test_sigterm_finishes_and_leaves_the_group(stack, pr2_logs):
 
 
 def test_load_generator_is_bounded_and_reports_percentiles(stack):
-    from PR2_async_inference.load_test import run_load
+    from PR2_async_inference.load_test import HOPS, run_load
 
     result = run_load(stack["api"].info["url"], requests=12, concurrency=3, time_limit_s=60, input_shape=[3, 32, 32])
     assert result["requests_sent"] == 12 and result["succeeded"] == 12 and result["errors"] == 0
     assert 0 < result["latency_ms_p50"] <= result["latency_ms_p95"] <= result["latency_ms_p99"]
     assert result["throughput_rps"] > 0
+    # Every hop of a request's way is reported; each is a duration within the request's own latency.
+    hops = [result[f"{hop}_p50"] for hop in HOPS]
+    assert all(0 <= hop <= result["latency_ms_p99"] for hop in hops), dict(zip(HOPS, hops, strict=True))
 
 
 def test_tansu_smoke_round_trip_and_dead_letters(tansu_broker, pr2_registry, pr2_logs, digits_data):
