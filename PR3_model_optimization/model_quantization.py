@@ -19,7 +19,8 @@ candidates and records them, the CPU model and its ISA flags, the choice and why
 
 Inputs: a state_dict (artifact or bare, ``--arch`` where several architectures fit) or trusted pickle goes to every
 backend; an fp32 ONNX file (and a TorchScript file, through its ONNX export) to the ONNX backends, which start from
-it; a ``.pt2`` ExportedProgram to PT2E, which starts from the program. Other pairs exit 2 naming what works.
+it; a ``.pt2`` ExportedProgram to PT2E, which starts from the program, and to the ONNX backends through its ONNX
+export (the dynamo exporter). Other pairs exit 2 naming what works.
 
 ``--max-accuracy-drop X`` also tries several configurations per backend and keeps the FASTEST one whose
 validation accuracy is within X points of fp32.
@@ -88,7 +89,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.set_defaults(dataset=None)
     q = parser.add_argument_group("quantization")
     q.add_argument("--model", required=True, help="fp32 model: a state_dict (artifact or bare), a TorchScript or "
-                   "ONNX file (onnxruntime, openvino) or a .pt2 ExportedProgram (pt2e)")
+                   "ONNX file (onnxruntime, openvino) or a .pt2 ExportedProgram (every backend)")
     q.add_argument("--quantization-method", default="static", choices=METHODS,
                    help="static: calibrated post-training int8; dynamic: Linear/LSTM only; qat: short fine-tune "
                         "with fake quantization; bf16: bf16 execution, no calibration, on CPUs with AVX512-BF16 or "

@@ -2,8 +2,9 @@
 
 Quantization needs one of: an eager module (eager and FX quantization, PT2E after ``torch.export``, ONNX
 export), an fp32 ``torch.export`` ExportedProgram (PT2E starts from one), or an fp32 ONNX file (ONNX Runtime
-quantizes it directly). :func:`load_for_quantization` gives the one a file holds; a TorchScript file only
-runs, so it is converted to ONNX (the TorchScript-based ONNX exporter reads scripted and traced modules) in the
+quantizes it directly). :func:`load_for_quantization` gives the one a file holds; an ExportedProgram goes to the
+ONNX quantizers through its ONNX export (:func:`exported_to_onnx`); a TorchScript file only runs, so it is
+converted to ONNX (the TorchScript-based ONNX exporter reads scripted and traced modules) in the
 caller's ``work_dir``, else in a temporary folder that :meth:`QuantizationInput.close` (or leaving a ``with``
 block) removes.
 """
@@ -120,3 +121,37 @@ def torchscript_to_onnx(module: torch.jit.ScriptModule, out: Path, input_shape: 
             "quantize the model's state_dict (with --arch) or an ONNX file instead"
         ) from exc
     logger.info("%s: TorchScript converted to ONNX for quantization (%s)", source, out)
+
+
+def exported_to_onnx(exported: torch.export.ExportedProgram, out: Path) -> Path:
+    """The fp32 ONNX file of an ExportedProgram, for the quantizers that start from ONNX; written once at ``out``
+    (the dynamo exporter takes the program as it is, its dynamic batch dimension included), then reused."""
+    if out.is_file():
+        return out
+    batch = _batch_dim(exported)
+    if isinstance(batch, int):
+        raise ArtifactError(
+            f"the ExportedProgram fixes its batch size at {batch}, and the ONNX quantizers calibrate and time other "
+            "batch sizes: export it with a dynamic batch (dynamic_shapes={0: torch.export.Dim('batch')}), use "
+            "--backend pt2e, or quantize the model's state_dict (with --arch)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.onnx.export(exported, f=str(out), dynamo=True, input_names=[ONNX_INPUT_NAME],
+                          output_names=[ONNX_OUTPUT_NAME], external_data=False, verbose=False)
+    except Exception as exc:  # the exporter raises many types for ops it cannot map
+        out.unlink(missing_ok=True)
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ArtifactError(f"the ExportedProgram's ONNX export, which the ONNX quantizers start from, failed "
+                            f"({first}); use --backend pt2e, or quantize the model's state_dict (with --arch)") from exc
+    logger.info("ExportedProgram exported to ONNX for quantization (%s)", out)
+    return out
+
+
+def _batch_dim(exported: torch.export.ExportedProgram) -> object:
+    """The first user input's batch dimension: an int when the program fixes it, else a symbol."""
+    user_inputs = set(exported.graph_signature.user_inputs)
+    for node in exported.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            shape = getattr(node.meta.get("val"), "shape", None)
+            return shape[0] if shape else None
+    return None

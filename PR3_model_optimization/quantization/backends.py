@@ -49,7 +49,8 @@ class Backend:
         method_runtime: extra hints for one method (e.g. ``{"bf16": {"precision": "bf16"}}``).
         requires: the module its runtime needs; where it does not import, the backend is unavailable.
         starts_from: the inputs its quantizer starts from: ``eager`` (a module), ``onnx`` (an fp32 ONNX file: ONNX
-            and TorchScript inputs), ``exported_program`` (an fp32 ``.pt2``).
+            and TorchScript inputs), ``exported_program`` (an fp32 ``.pt2``; a backend that also starts from
+            ``onnx`` is given the program's ONNX export).
     """
 
     name: str
@@ -77,6 +78,10 @@ class Backend:
         """The quantizer for ``model``, or for the fp32 ONNX file ``onnx_path`` or program ``exported``."""
         module_name, _, class_name = self.quantizer.partition(":")
         quantizer_class = getattr(importlib.import_module(module_name), class_name)
+        if onnx_path is None and exported is not None and "onnx" in self.starts_from:
+            from modelops.quantization_input import exported_to_onnx
+
+            onnx_path = exported_to_onnx(exported, Path(work_dir) / "exported_fp32.onnx")  # shared by the backends
         if onnx_path is not None:
             return quantizer_class(None, example, work_dir, onnx_path=onnx_path)
         if exported is not None:
@@ -88,7 +93,7 @@ REGISTRY: dict[str, Backend] = {
     backend.name: backend for backend in (
         Backend("onnxruntime", "onnx", ".onnx",
                 "PR3_model_optimization.quantization.onnxruntime_backend:OnnxRuntimeQuantizer",
-                starts_from=("eager", "onnx")),
+                starts_from=("eager", "onnx", "exported_program")),
         # PT2E int8 is fast only after inductor compiles it with weight freezing: the loader is told to.
         Backend("pt2e", "exported_program", ".pt2",
                 "PR3_model_optimization.quantization.pt2e_backend:Pt2eQuantizer", runtime={"compile": True},
@@ -96,7 +101,7 @@ REGISTRY: dict[str, Backend] = {
         # OpenVINO runs the ONNX file itself (int8 QDQ from NNCF, or fp32 executed in bf16).
         Backend("openvino", "onnx", ".onnx", "PR3_model_optimization.quantization.openvino_backend:OpenVinoQuantizer",
                 runtime={"engine": "openvino"}, method_runtime={"bf16": {"precision": "bf16"}}, requires="openvino",
-                starts_from=("eager", "onnx")),
+                starts_from=("eager", "onnx", "exported_program")),
     )
 }
 BACKENDS = tuple(REGISTRY)

@@ -167,6 +167,18 @@ def test_the_onnx_export_of_a_torchscript_file_goes_with_its_temporary_folder(sa
     assert start.onnx_path.is_file()  # a folder the caller gave stays
 
 
+def test_an_exported_program_goes_to_the_onnx_quantizers_through_its_onnx_export(saved, tiny_model, tmp_path):
+    from modelops.quantization_input import exported_to_onnx
+
+    onnx_path = exported_to_onnx(torch.export.load(str(saved["exported_program"])), tmp_path / "fp32.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx"]  # one file, weights inside
+    batch = torch.randn(3, 3, SIDE, SIDE)  # the program's dynamic batch is kept
+    torch.testing.assert_close(load_artifact(onnx_path)(batch), tiny_model(batch), rtol=1e-3, atol=1e-3)
+    fixed = torch.export.export(tiny_model, (torch.zeros(1, 3, SIDE, SIDE),), strict=True)
+    with pytest.raises(ArtifactError, match=r"fixes its batch size at 1.*dynamic_shapes.*--backend pt2e"):
+        exported_to_onnx(fixed, tmp_path / "fixed.onnx")
+
+
 def test_a_torchscript_file_is_quantized_by_onnx_runtime_through_its_onnx_export(saved, tiny_model, tmp_path):
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
 

@@ -80,9 +80,9 @@ QUANTIZE_FLAGS = ["--dataset", "fake", "--image-size", str(SIDE), "--threads", "
                   "--calibration-batch-size", "4", "--latency-rounds", "1", "--latency-batch-size", "1"]
 
 
-@pytest.mark.parametrize("name", ["scripted.pt", "model.onnx"])
-def test_a_torchscript_or_onnx_file_is_quantized_by_onnx_runtime_from_its_onnx_graph(user_files, tmp_path, name,
-                                                                                      capsys, monkeypatch):
+@pytest.mark.parametrize("name", ["scripted.pt", "model.onnx", "model.pt2"])
+def test_a_traced_file_is_quantized_by_onnx_runtime_from_its_onnx_graph(user_files, tmp_path, name, capsys,
+                                                                        monkeypatch):
     int8 = tmp_path / "int8.onnx"
     temp_root = tmp_path / "temp"
     temp_root.mkdir()
@@ -90,23 +90,31 @@ def test_a_torchscript_or_onnx_file_is_quantized_by_onnx_runtime_from_its_onnx_g
     code = run_cli(mq.main, mq.get_args_parser(), [
         "--model", str(user_files / name), "--save-path", str(int8), "--backend", "onnxruntime", *QUANTIZE_FLAGS])
     assert code == 0, capsys.readouterr().err
-    assert list(temp_root.iterdir()) == []  # the TorchScript file's ONNX export and the trials are gone
+    assert list(temp_root.iterdir()) == []  # the ONNX export of a TorchScript or .pt2 file and the trials are gone
     assert quantized_reason(int8)  # real int8 nodes in the file written
     int8_model = load_artifact(int8)
     assert int8_model(torch.zeros(2, 3, SIDE, SIDE)).shape == (2, NUM_CLASSES)
     assert read_manifest(int8).num_classes == NUM_CLASSES
 
 
-@pytest.mark.parametrize(("name", "backend", "takers"), [
-    ("model.onnx", "pt2e", "--backend onnxruntime or openvino"), ("model.pt2", "onnxruntime", "--backend pt2e")])
-def test_a_backend_that_cannot_start_from_the_file_exits_2_naming_those_that_can(user_files, tmp_path, capsys, name,
-                                                                                 backend, takers):
+def test_a_backend_that_cannot_start_from_the_file_exits_2_naming_those_that_can(user_files, tmp_path, capsys):
     code = run_cli(mq.main, mq.get_args_parser(), [
-        "--model", str(user_files / name), "--save-path", str(tmp_path / "q.out"), "--backend", backend,
+        "--model", str(user_files / "model.onnx"), "--save-path", str(tmp_path / "q.out"), "--backend", "pt2e",
         *QUANTIZE_FLAGS])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
-    assert takers in err and "--arch" in err
+    assert "--backend onnxruntime or openvino" in err and "--arch" in err
+
+
+@pytest.mark.slow
+def test_an_exported_program_is_quantized_by_openvino_from_its_onnx_export(user_files, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    int8 = tmp_path / "int8.onnx"
+    code = run_cli(mq.main, mq.get_args_parser(), [
+        "--model", str(user_files / "model.pt2"), "--save-path", str(int8), "--backend", "openvino", *QUANTIZE_FLAGS])
+    assert code == 0, capsys.readouterr().err
+    assert read_manifest(int8).runtime["engine"] == "openvino"
+    assert load_artifact(int8)(torch.zeros(2, 3, SIDE, SIDE)).shape == (2, NUM_CLASSES)
 
 
 @pytest.mark.slow
