@@ -117,9 +117,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     q.add_argument("--allow-partial-dynamic", action="store_true",
                    help="write a dynamic int8 model even when Linear/LSTM layers carry under "
                         f"{DYNAMIC_MIN_MAC_FRACTION:.0%}% of the MACs (default: refuse)")
+    q.add_argument("--no-aoti", action="store_true", help="pt2e int8: write no AOTInductor package "
+                   "(<save-path>.aoti.pt2; the loader then compiles on the first call) (default: write one)")
     qat = parser.add_argument_group("quantization-aware training")
-    qat.add_argument("--qat-epochs", type=float, default=1.0, help="fine-tuning epochs, may be fractional "
-                     "(default: 1)")
+    qat.add_argument("--qat-epochs", type=float, default=1.0, help="fine-tuning epochs, may be fractional (default: 1)")
     qat.add_argument("--qat-lr", type=float, default=1e-3, help="SGD learning rate for QAT (default: 0.001)")
     search = parser.add_argument_group("accuracy-aware search")
     search.add_argument("--max-accuracy-drop", type=float, default=None,
@@ -133,8 +134,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="batch size of the quick before/after latency check (default: 16)")
     report.add_argument("--latency-rounds", type=int, default=10,
                         help="interleaved timing rounds of that check (default: 10)")
-    report.add_argument("--results", default=None, help="also write the summary to this .json/.csv/.md "
-                        "(default: none)")
+    report.add_argument("--results", default=None, help="also write the summary to this .json/.csv/.md (default: none)")
     return parser
 
 

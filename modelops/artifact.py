@@ -292,7 +292,10 @@ def load_artifact(
         path: the model file (its manifest ``<path>.json`` is read when present).
         device: ``cpu`` or ``cuda`` (ONNX Runtime artifacts run on CPU here).
         trust_pickle: allow whole pickled modules (runs arbitrary code; off by default).
-        compile: run torch models through ``torch.compile`` (default: the manifest's ``runtime.compile``).
+        compile: run torch models through ``torch.compile`` (default: the manifest's ``runtime.compile``); an
+            ExportedProgram whose manifest names an AOTInductor package (``runtime.aoti``) runs that package
+            instead, already compiled (:mod:`modelops.runtimes.aoti`; without one, or where it cannot run,
+            ``torch.compile`` with the reason logged).
         threads: ONNX Runtime intra-op threads (torch uses ``torch.set_num_threads``).
         ort_session_config: extra ONNX Runtime session config entries, e.g.
             ``{"session.intra_op.allow_spinning": "0"}`` so idle threads do not spin (a server sharing its cores).
@@ -316,10 +319,22 @@ def load_artifact(
         if memory_format is not None:
             module = module.to(memory_format=memory_format)
         backend = "torch"
-    fn = compile_for_inference(module) if want_compile else module
+    fn = _aoti_or_compiled(path, module, runtime, fmt, device) if want_compile else module
     return Predictor(
         fn, manifest=manifest, path=path, backend=backend, module=module, device=device, memory_format=memory_format
     )
+
+
+def _aoti_or_compiled(path: Path, module: nn.Module, runtime: dict[str, Any], fmt: str,
+                      device: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The artifact's AOTInductor package where it has one that runs here, else ``torch.compile``."""
+    if fmt == "exported_program":
+        from modelops.runtimes.aoti import load_package
+
+        packaged = load_package(path, runtime.get("aoti"), device)
+        if packaged is not None:
+            return packaged
+    return compile_for_inference(module)
 
 
 def _onnx_predictor(

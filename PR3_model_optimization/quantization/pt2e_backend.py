@@ -1,14 +1,17 @@
 """PT2E int8 with torchao: export, observe or fake-quantize, calibrate or fine-tune, convert, save.
 
-The ``X86InductorQuantizer`` graph is fast only after ``torch.compile`` with freezing, so its manifest asks
-the loader to compile it. ``torch.ao.quantization`` is deprecated and announced for removal; nothing here
-uses it.
+The ``X86InductorQuantizer`` graph is fast only after inductor compiles it with weight freezing. The published
+artifact is therefore compiled once more, ahead of time, into an AOTInductor package beside it
+(:func:`package_for_serving`, :mod:`modelops.runtimes.aoti`), which the loader runs without compiling; its
+manifest also asks the loader to ``torch.compile`` the program where the package cannot run.
+``torch.ao.quantization`` is deprecated and announced for removal; nothing here uses it.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 from modelops.errors import UsageError
+from modelops.runtimes.aoti import package_exported, package_path
 from PR3_model_optimization.quantization.config import QuantConfig
 from PR3_model_optimization.quantization.export import export_batch_dynamic
 
@@ -145,6 +149,24 @@ def save_pt2e(graph_module: torch.fx.GraphModule, path: str | Path, example: tor
         program = export_batch_dynamic(graph_module, example[:2].clone())
     program.example_inputs = None
     torch.export.save(program, str(path))
+
+
+def package_for_serving(artifact: Path, example: torch.Tensor) -> dict | None:
+    """Compile the saved int8 program ``artifact`` ahead of time into ``<artifact>.aoti.pt2``; the manifest's
+    ``runtime.aoti`` entry, or None (logged) when AOTInductor fails, and the loader compiles it instead."""
+    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers the int8 ops the program calls)
+
+    out = package_path(artifact)
+    out.unlink(missing_ok=True)  # a package of an earlier model at this path must not outlive it
+    started = time.perf_counter()
+    try:
+        entry = package_exported(torch.export.load(str(artifact)), out, example[:2].clone())
+    except Exception as exc:  # inductor and the C++ toolchain raise many types; serving still works without it
+        logger.warning("AOTInductor could not package %s (%s: %s); the loader will compile it with torch.compile",
+                       artifact, type(exc).__name__, (str(exc).splitlines() or [""])[0][:300])
+        return None
+    logger.info("AOTInductor package %s written in %.1f s", out, time.perf_counter() - started)
+    return entry
 
 
 class Pt2eQuantizer:

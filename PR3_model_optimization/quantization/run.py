@@ -32,6 +32,7 @@ from PR3_model_optimization.quantization.auto import Candidate, Selection, selec
 from PR3_model_optimization.quantization.backends import REGISTRY, Quantizer
 from PR3_model_optimization.quantization.config import QuantConfig
 from PR3_model_optimization.quantization.coverage import layer_macs, mac_fraction, sensitive_layers
+from PR3_model_optimization.quantization.pt2e_backend import package_for_serving
 from PR3_model_optimization.quantization.search import pick_best, plan_trials
 
 logger = logging.getLogger(__name__)
@@ -134,10 +135,10 @@ class QuantizationRun:
             self._fp32_runtime[backend] = load_artifact(path, threads=self.threads) if path is not None else None
         return self._fp32_runtime[backend]
 
-    def child_manifest(self, config: QuantConfig, metrics: dict) -> Manifest:
+    def child_manifest(self, config: QuantConfig, metrics: dict, runtime: dict | None = None) -> Manifest:
         return self.manifest.derive(parent_path=str(self.model_path), transform=config.transform(),
                                     metrics=dict(metrics),
-                                    runtime=REGISTRY[config.backend].runtime_for(config.method))
+                                    runtime={**REGISTRY[config.backend].runtime_for(config.method), **(runtime or {})})
 
     def trial(self, index: int, config: QuantConfig, budget: float | None) -> tuple[dict, Path]:
         """Quantize with ``config``, reload the result through ``load_artifact`` and measure it."""
@@ -194,7 +195,13 @@ class QuantizationRun:
         partial.replace(save_path)
         metrics = {k: v for k, v in row.items() if k not in ("trial", "config", "error")}
         metrics.update({"accuracy": row["val_accuracy"], "accuracy_split": "val", **extra})
-        return write_manifest(save_path, self.child_manifest(config, metrics), fmt=REGISTRY[config.backend].format)
+        runtime = {}
+        if config.backend == "pt2e" and config.method != "bf16" and not getattr(self.args, "no_aoti", False):
+            # Compiled once here, so a served model's first request does not pay inductor's compile.
+            aoti = package_for_serving(save_path, self.example())
+            runtime = {"aoti": aoti} if aoti else {}
+        return write_manifest(save_path, self.child_manifest(config, metrics, runtime),
+                              fmt=REGISTRY[config.backend].format)
 
 
 

@@ -198,7 +198,8 @@ def test_pt2e_static_round_trip_compiled(digits_resnet18: Path, digits_data, tmp
     save = tmp_path / "pt2e.pt"
     summary = quantize(digits_resnet18, save, "--backend", "pt2e")
     manifest = read_manifest(save)
-    assert manifest.format == "exported_program" and manifest.runtime == {"compile": True}
+    assert manifest.format == "exported_program" and manifest.runtime["compile"] is True
+    assert manifest.runtime["aoti"]["file"] == "pt2e.pt.aoti.pt2" and (tmp_path / "pt2e.pt.aoti.pt2").is_file()
     assert summary["size_ratio"] <= 0.30 and summary["quantized_layers"] == 20
     assert agreement_with_fp32(save, digits_resnet18, digits_data, compile=False) >= 98.0
     # The int8 ops live in the saved graph itself, not in code: the archive reloads standalone.
