@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 def load_predictors(registry: Registry, threads: int | None) -> tuple[dict[str, Predictor], dict[str, str]]:
-    """({model: predictor}, {model: load error}): every model whose artifact exists and loads, warmed up; a
-    missing or broken one only fails its own requests."""
+    """({model: predictor}, {model: load error}): every model whose artifact exists and loads, warmed up
+    (:func:`warm_up`); a missing or broken one only fails its own requests."""
     predictors: dict[str, Predictor] = {}
     errors: dict[str, str] = {}
     for name, spec in registry.models.items():
@@ -34,13 +34,26 @@ def load_predictors(registry: Registry, threads: int | None) -> tuple[dict[str, 
             # and inflates the CPU utilisation PR1's autoscaler reads.
             predictor = load_artifact(path, threads=threads, arch=spec.arch, trust_pickle=spec.trust_pickle,
                                       ort_session_config={"session.intra_op.allow_spinning": "0"})
-            predictor(torch.zeros(1, *predictor.input_shape))  # warm-up: first call allocates
+            warm_s = warm_up(predictor, spec.max_batch_size)
             predictors[name] = predictor
-            logger.info("loaded model %s from %s (%s)", name, path, predictor.backend)
+            logger.info("loaded model %s from %s (%s), warmed up in %.2f s", name, path, predictor.backend, warm_s)
         except Exception as exc:
             errors[name] = f"cannot load {path}: {exc}"
             logger.error(errors[name])
     return predictors, errors
+
+
+def warm_up(predictor: Predictor, max_batch_size: int | None = None) -> float:
+    """Run ``predictor`` once at batch 1 and once at ``max_batch_size``; the seconds it took.
+
+    The worker calls this before it joins the consumer group, so no request pays a first call: allocation, a
+    torch.compile'd model's compile (done per batch size: the two the batcher produces most), OpenVINO's and
+    ONNX Runtime's first-run set-up.
+    """
+    started = time.perf_counter()
+    for batch_size in sorted({1, max_batch_size or 1}):
+        predictor(torch.zeros(batch_size, *predictor.input_shape))
+    return time.perf_counter() - started
 
 
 def forward(predictor: Predictor, tensors: list[np.ndarray], model: str = "") -> tuple[np.ndarray, float]:
