@@ -124,12 +124,18 @@ async def _run(url: str, requests: int, concurrency: int, time_limit_s: float,
         wall = time.perf_counter() - began
     finally:
         await asyncio.gather(*(client.aclose() for client in clients))
+    return {"requests_sent": issued, "concurrency": concurrency, "wall_s": round(wall, 3),
+            **summary(latencies, statuses, errors, batch_sizes, hops, wall)}
+
+
+def summary(latencies: list[float], statuses: dict[str, int], errors: dict[str, int], batch_sizes: list[int],
+            hops: list[dict[str, float]], wall: float) -> dict[str, Any]:
+    """The flat result of a run: counts, throughput, latency percentiles, mean batch, median of each hop."""
     stats = latency_stats(latencies) if latencies else {}
     return {
-        "requests_sent": issued, "succeeded": statuses.get("succeeded", 0),
+        "succeeded": statuses.get("succeeded", 0),
         "failed": statuses.get("failed", 0), "expired": statuses.get("expired", 0),
         "errors": sum(errors.values()), "error_kinds": json.dumps(errors) if errors else "",
-        "concurrency": concurrency, "wall_s": round(wall, 3),
         "throughput_rps": round(statuses.get("succeeded", 0) / wall, 2) if wall else 0.0,
         "latency_ms_p50": stats.get("latency_ms_p50"), "latency_ms_p95": stats.get("latency_ms_p95"),
         "latency_ms_p99": stats.get("latency_ms_p99"), "latency_ms_mean": stats.get("latency_ms_mean"),
