@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 
 from PR2_async_inference.api.middleware import BodyLimitMiddleware
 from PR2_async_inference.api.openapi import fitted_openapi
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ServiceState(settings, registry)
         app.state.service = state
+        await run_in_threadpool(state.warm_manifests)
         if start_kafka:
             state.reader.start()
         try:

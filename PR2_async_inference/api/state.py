@@ -187,6 +187,14 @@ class ServiceState:
         self._manifests: dict[str, CachedManifest] = {}
         self.idempotency_locks: dict[str, asyncio.Lock] = {}
 
+    def warm_manifests(self) -> None:
+        """Read (or derive) every registry model's manifest once, at start-up: a model saved without a manifest
+        is loaded to derive one, which must not happen on a request's event loop. A missing model stays
+        unavailable until its file appears."""
+        for name in self.registry.models:
+            with contextlib.suppress(ModelUnavailable):
+                self.manifest(name)
+
     def manifest(self, name: str) -> tuple[Path, Manifest]:
         """The model's artifact path + manifest, re-read when the artifact or its manifest changes; the files are
         looked at again at most every :data:`MANIFEST_RECHECK_S` seconds. No model is loaded when the artifact has
