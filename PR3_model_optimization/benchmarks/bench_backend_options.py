@@ -45,7 +45,7 @@ from modelops.cpu import cpu_info
 from modelops.errors import UsageError
 from modelops.models import create_model
 from modelops.results import markdown_table, write_results
-from modelops.runtimes.aoti import package_exported
+from modelops.runtimes.aoti import open_package, package_exported
 from modelops.runtimes.openvino_predictor import compile_config, openvino_available
 from modelops.timing import interleaved_latency
 from PR3_model_optimization.quantization.config import QuantConfig
@@ -155,7 +155,7 @@ def aoti_package(path: Path, example: torch.Tensor) -> Fn:
     package = path.with_name(path.name + ".aoti.pt2")
     with inductor_settings():
         package_exported(torch.export.load(str(path)), package, example)
-    return torch._inductor.aoti_load_package(str(package))
+    return open_package(package)
 
 
 def pt2e_variants(path: Path, example: torch.Tensor, aoti: bool) -> Variants:

@@ -5,7 +5,7 @@ into oneDNN int8 kernels with the weights frozen. ``torch.compile`` does that on
 takes tens of seconds at 224x224. :func:`package_exported` does the same compile once, when the artifact is
 made, and writes a package beside it (``<artifact>.aoti.pt2``: a shared library plus the frozen weights, with
 the program's dynamic batch range); :func:`load_package` loads it in about a second and its first call runs at
-full speed.
+full speed (:func:`open_package`).
 
 A package runs only where it can: on the CPU, with the torch release that built it, on a CPU with the vector
 ISA inductor chose (AVX512, AVX2, ...; the wrong one would die on an illegal instruction, which no ``except``
@@ -16,6 +16,7 @@ does not load, :func:`load_package` logs why and returns None, and the loader co
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,11 +46,43 @@ def host_isa() -> str:
     return str(pick_vec_isa())
 
 
-def host_isas() -> list[str]:
-    """Every vector ISA this host runs code for."""
-    from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+def runs_isa(isa: str) -> bool:
+    """Whether this CPU runs code built for the vector ISA ``isa`` (e.g. ``avx512 avx512_vnni``).
 
-    return [str(isa) for isa in valid_vec_isa_list()]
+    On x86 this reads the CPU's flags. inductor's own check (``valid_vec_isa_list``, which
+    ``aoti_load_package`` calls) also compiles a probe program per ISA, seconds on a fresh host, to learn what
+    the compiler can build, which does not matter for a package that is already built.
+    """
+    from torch._inductor import cpu_vec_isa
+
+    if platform.machine() in ("x86_64", "AMD64"):
+        return set(isa.split()) <= set(cpu_vec_isa.x86_isa_checker())
+    return isa in [str(valid) for valid in cpu_vec_isa.valid_vec_isa_list()]
+
+
+class PackagedModel:
+    """A loaded package: ``model(batch) -> logits``. The output structure is read once, not at every call as
+    torch's ``AOTICompiledModel`` does."""
+
+    def __init__(self, loader: Any) -> None:
+        from torch.utils import _pytree as pytree
+
+        self._loader = loader
+        self._unflatten = pytree.tree_unflatten
+        self._out_spec = pytree.treespec_loads(loader.get_call_spec()[1])
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._unflatten(self._loader.boxed_run([batch]), self._out_spec)
+
+
+def open_package(path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Load the package at ``path`` for the CPU without inductor's ISA probe compiles (see :func:`runs_isa`);
+    through ``aoti_load_package`` where torch's loader class is not where this torch release keeps it."""
+    loader_class = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+    if loader_class is None:
+        return torch._inductor.aoti_load_package(str(path))
+    # (package, model name, run single-threaded, runners, device index): as aoti_load_package passes them.
+    return PackagedModel(loader_class(str(path), "model", False, 1, -1))
 
 
 def package_exported(program: torch.export.ExportedProgram, out: str | Path, example: torch.Tensor) -> dict[str, Any]:
@@ -79,8 +112,8 @@ def why_unusable(artifact: Path, entry: dict[str, Any], device: str) -> str | No
         return f"{path.name} is missing"
     if entry.get("torch") != torch_release():
         return f"it was built with torch {entry.get('torch')}, this is {torch_release()}"
-    if entry.get("isa") not in host_isas():
-        return f"it was built for {entry.get('isa')!r}, which this CPU lacks ({host_isa()!r})"
+    if not runs_isa(str(entry.get("isa"))):
+        return f"it was built for {entry.get('isa')!r}, which this CPU lacks"
     return None
 
 
@@ -96,7 +129,7 @@ def load_package(artifact: str | Path, entry: dict[str, Any] | None,
     reason = why_unusable(artifact, entry, device)
     if reason is None:
         try:
-            return torch._inductor.aoti_load_package(str(artifact.with_name(entry["file"])))
+            return open_package(artifact.with_name(entry["file"]))
         except Exception as exc:  # a corrupt or foreign package raises many types; all mean "compile instead"
             reason = f"it does not load: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
     logger.warning("%s: AOTInductor package not used (%s); compiling with torch.compile instead (its first call "
