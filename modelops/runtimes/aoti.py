@@ -1,11 +1,11 @@
 """AOTInductor packages: an ExportedProgram compiled ahead of time, so serving it needs no compile.
 
 A PT2E int8 program (X86InductorQuantizer) is fast only once inductor has fused its quantize/dequantize pairs
-into oneDNN int8 kernels with the weights frozen. ``torch.compile`` does that on the first call, which then
-takes tens of seconds at 224x224. :func:`package_exported` does the same compile once, when the artifact is
-made, and writes a package beside it (``<artifact>.aoti.pt2``: a shared library plus the frozen weights, with
-the program's dynamic batch range); :func:`load_package` loads it in about a second and its first call runs at
-full speed (:func:`open_package`).
+into oneDNN int8 kernels with the weights frozen. ``torch.compile`` does that on the first call (over ten
+seconds for a ResNet-18 at 224x224) and again at each new batch size. :func:`package_exported` does the same
+compile once, when the artifact is made, and writes a package beside it (``<artifact>.aoti.pt2``: a shared
+library plus the frozen weights, with the program's dynamic batch range); :func:`load_package` loads it in
+about a second and its first call runs at full speed (:func:`open_package`).
 
 A package runs only where it can: on the CPU, with the torch release that built it, on a CPU with the vector
 ISA inductor chose (AVX512, AVX2, ...; the wrong one would die on an illegal instruction, which no ``except``
