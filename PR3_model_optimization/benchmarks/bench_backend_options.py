@@ -8,9 +8,10 @@ interleaved turns (:func:`modelops.timing.interleaved_latency`), one group at a 
 - **pt2e int8** (torchao PT2E, X86InductorQuantizer, ``torch.compile`` with freezing, as the loader runs it):
   a ``channels_last`` input; inductor's ``max_autotune``; its C++ wrapper (``cpp_wrapper``); the AOTInductor
   package the quantization script writes (:mod:`modelops.runtimes.aoti`). A compiled variant's first call
-  at each batch size is its cold compile (inductor's on-disk graph cache is off here, so it is a true cold
-  compile), reported apart from steady latency; ``setup_s`` is the variant's build (for the package: the
-  ahead-of-time compile the quantization script does once).
+  at each batch size is its compile, reported apart from steady latency. Inductor's FX graph cache is off and
+  its kernel cache is a fresh folder for the run, so nothing comes from earlier runs; a later variant may
+  reuse a kernel an earlier one built when the two are identical. ``setup_s`` is the variant's build (for the
+  package: the ahead-of-time compile the quantization script does once).
 - **onnxruntime int8** (the QDQ file): ``graph_optimization_level`` levels other than ORT's default,
   ``session.intra_op.allow_spinning`` 0, ``enable_cpu_mem_arena`` off, ``execution_mode`` parallel, each alone
   against ORT's defaults.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -136,6 +138,20 @@ def inductor_settings(**settings: Any) -> Iterator[None]:
 
     with inductor_config.patch({"freezing": True, "fx_graph_cache": False, **settings}):
         yield
+
+
+@contextmanager
+def fresh_inductor_cache(folder: Path) -> Iterator[None]:
+    """Inductor's kernel cache in ``folder`` while the block runs (compiles are not served from earlier runs)."""
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
 
 
 def compiled_pt2e(path: Path, **settings: Any) -> Fn:
@@ -294,7 +310,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = create_model(args.arch, 1000).eval()
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench_options_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench_options_") as tmp, fresh_inductor_cache(Path(tmp) / "inductor"):
         files = build_files(model, [3, args.image_size, args.image_size], Path(tmp), args.calibration_batches,
                             args.groups)
         rows = run_groups(args, model, files)
