@@ -10,8 +10,10 @@ interleaved turns (:func:`modelops.timing.interleaved_latency`), one group at a 
   package the quantization script writes (:mod:`modelops.runtimes.aoti`). A compiled variant's first call
   at each batch size is its compile, reported apart from steady latency. Inductor's FX graph cache is off and
   its kernel cache is a fresh folder for the run, so nothing comes from earlier runs; a later variant may
-  reuse a kernel an earlier one built when the two are identical. ``setup_s`` is the variant's build (for the
-  package: the ahead-of-time compile the quantization script does once).
+  reuse a kernel an earlier one built when the two are identical. First calls are timed in this process, after
+  its imports: a fresh serving process pays those and inductor's probe compiles of the CPU's ISA on top.
+  ``setup_s`` is the variant's build (for the package: the ahead-of-time compile the quantization script does
+  once, with a kernel cache of its own).
 - **onnxruntime int8** (the QDQ file): ``graph_optimization_level`` levels other than ORT's default,
   ``session.intra_op.allow_spinning`` 0, ``enable_cpu_mem_arena`` off, ``execution_mode`` parallel, each alone
   against ORT's defaults.
@@ -169,7 +171,8 @@ def compiled_pt2e(path: Path, **settings: Any) -> Fn:
 def aoti_package(path: Path, example: torch.Tensor) -> Fn:
     """The program at ``path`` compiled ahead of time by AOTInductor, then loaded (as the loader does)."""
     package = path.with_name(path.name + ".aoti.pt2")
-    with inductor_settings():
+    # Its own kernel cache: kernels it built would otherwise make the torch.compile variants' compiles look cheap.
+    with inductor_settings(), fresh_inductor_cache(path.parent / "inductor_aoti"):
         package_exported(torch.export.load(str(path)), package, example)
     return open_package(package)
 
