@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Subset
@@ -31,9 +30,10 @@ from modelops.cli import check_positive, common_parser, load_model_dataset, run_
 from modelops.data import AugmentedDataset, DatasetSplits, make_loader, train_augmentation
 from modelops.errors import UsageError
 from modelops.evaluate import evaluate
+from modelops.model_process import time_artifacts
 from modelops.models import check_arch, classifier_layer, count_macs, count_parameters, create_model
 from modelops.results import write_results
-from modelops.timing import interleaved_latency
+from modelops.timed_modules import Timer, medians_or_raise
 from modelops.training import add_training_args, check_training_args, cross_entropy_step, fit
 from PR3_model_optimization.distillation import (
     DistillationLoss,
@@ -240,15 +240,16 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> Pat
     return path
 
 
-def compare_speed(predictors: dict[str, Predictor], input_shape: list[int], rounds: int,
-                  batch_sizes: tuple[int, ...] = (1, 16)) -> dict[str, float]:
-    """Median latency of each predictor at each batch size, timed interleaved in this process."""
+def compare_speed(artifacts: dict[str, str | Path], rounds: int, batch_sizes: tuple[int, ...] = (1, 16), *,
+                  threads: int | None = None, trust_pickle: bool = False, timer: Timer = time_artifacts,
+                  ) -> dict[str, float]:
+    """Median latency of each artifact at each batch size: each loaded only in its own process, timed in
+    interleaved turns (:func:`modelops.model_process.time_artifacts`)."""
+    times = timer(artifacts, list(batch_sizes), rounds, threads=threads, trust_pickle=trust_pickle)
     out: dict[str, float] = {}
     for batch_size in batch_sizes:
-        batch = torch.randn(batch_size, *input_shape)
-        samples = interleaved_latency(predictors, batch, rounds=rounds)
-        for name, values in samples.items():
-            out[f"{name}_latency_ms_p50_b{batch_size}"] = round(float(np.median(values)), 3)
+        for name, ms in medians_or_raise(times, batch_size).items():
+            out[f"{name}_latency_ms_p50_b{batch_size}"] = round(ms, 3)
     return out
 
 
@@ -293,10 +294,10 @@ def save_baseline(baseline: nn.Module, args: argparse.Namespace, teacher: Predic
     return baseline_path
 
 
-def speed_summary(args: argparse.Namespace, teacher: Predictor, input_shape: list[int]) -> dict[str, Any]:
-    """Teacher and saved student timed in turns at batch 1 and 16, with the speed-ups."""
-    student_predictor = load_artifact(args.save_path, threads=args.threads)
-    speed = compare_speed({"teacher": teacher, "student": student_predictor}, input_shape, args.speed_rounds)
+def speed_summary(args: argparse.Namespace) -> dict[str, Any]:
+    """Teacher and saved student files, each in its own process, timed in turns at batch 1 and 16; the speed-ups."""
+    speed = compare_speed({"teacher": args.teacher, "student": args.save_path}, args.speed_rounds,
+                          threads=args.threads, trust_pickle=args.trust_pickle)
     for b in (1, 16):
         speed[f"speedup_b{b}"] = round(speed[f"teacher_latency_ms_p50_b{b}"] / speed[f"student_latency_ms_p50_b{b}"], 3)
     return speed
@@ -355,7 +356,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "teacher_params_m": round(teacher.manifest.metrics.get("params", 0) / 1e6, 3) or None,
     })
     if args.speed_rounds:
-        summary.update(speed_summary(args, teacher, data.input_shape))
+        summary.update(speed_summary(args))
     return write_outputs(summary, histories, output_dir)
 
 

@@ -2,8 +2,9 @@
 
 Part 1 (speed and size): random-weight torchvision ResNet-50 at 224x224, 1000 classes. Structured
 pruning at ``--amount`` of channels (torch-pruning, L1 group magnitude, round_to 8) and unstructured
-global L1 pruning at the same fraction of weights, timed interleaved with the original (A B C A B C
-...) at batch 1 and 16, each in the default (NCHW) and channels_last layouts. Files are saved as
+global L1 pruning at the same fraction of weights, timed with the original at batch 1 and 16, the original and
+the structured model in both the default (NCHW) and channels_last layouts: every variant loaded only in its own
+process, all timed in interleaved turns (:func:`modelops.timed_modules.time_modules`). Files are saved as
 artifacts to report their size; the unstructured one also deflate-compressed.
 
 Part 2 (accuracy): a ResNet-18 trained on ``digits`` (``--digits-model``; trained here with
@@ -37,10 +38,10 @@ from modelops.cpu import cpu_info
 from modelops.data import load_dataset
 from modelops.models import count_macs, count_parameters, create_model
 from modelops.results import markdown_table, write_results
-from modelops.timing import interleaved_latency, latency_stats
+from modelops.timed_modules import medians_or_raise, time_modules
+from modelops.timing import TimingPolicy
 from PR3_model_optimization import model_pruning as mp
 from PR3_model_optimization.pruning.fine_tune import fine_tune, test_accuracy
-from PR3_model_optimization.pruning.latency import channels_last_fn
 from PR3_model_optimization.pruning.structured import build_structured_pruner, structured_step
 from PR3_model_optimization.pruning.unstructured import (
     compress_in_place,
@@ -79,10 +80,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def _channels_last(model: nn.Module):
-    return channels_last_fn(model)
-
-
 def model_facts(args: argparse.Namespace, models: dict[str, nn.Module], input_shape: list[int],
                 workdir: Path) -> dict[str, dict[str, Any]]:
     """Parameters, MACs, file size and sparsity of each model, saved as an artifact (unstructured also compressed)."""
@@ -119,22 +116,23 @@ def speed_part(
 
     models = {"original": original, "structured": structured, "unstructured": unstructured}
     facts = model_facts(args, models, input_shape, workdir)
-    fns = {"original": original, "original_cl": _channels_last(original),
-           "structured": structured, "structured_cl": _channels_last(structured), "unstructured": unstructured}
+    variants = {"original": original, "original_cl": (original, True),
+                "structured": structured, "structured_cl": (structured, True), "unstructured": unstructured}
+    manifest = Manifest(arch=args.arch, num_classes=1000, input_shape=input_shape)
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         rounds = args.rounds_batch1 if batch_size == 1 else args.rounds
-        batch = torch.randn(batch_size, *input_shape)
         started = time.perf_counter()
-        samples = interleaved_latency(fns, batch, warmup=args.warmup, rounds=rounds)
-        logger.info("batch %d: %d interleaved rounds in %.0f s", batch_size, rounds, time.perf_counter() - started)
-        p50 = {name: latency_stats(values)["latency_ms_p50"] for name, values in samples.items()}
+        times = time_modules(variants, manifest, [batch_size], rounds, threads=args.threads,
+                             policy=TimingPolicy(warmup=args.warmup), seed=args.seed)
+        logger.info("batch %d: %d rounds per process in %.0f s", batch_size, rounds, time.perf_counter() - started)
+        p50 = {name: round(ms, 4) for name, ms in medians_or_raise(times, batch_size).items()}
         base = p50["original"]
         best_original = min(p50["original"], p50["original_cl"])
         for name, ms in p50.items():
             model_name = name.removesuffix("_cl")
-            stats = latency_stats(samples[name])
+            stats = times.stats(name, batch_size)
             rows.append({"model": model_name, "layout": "channels_last" if name.endswith("_cl") else "NCHW",
                          "batch": batch_size, "latency_ms_p50": ms, "latency_ms_p90": stats["latency_ms_p90"],
                          "speedup_vs_original": round(base / ms, 2),

@@ -1,21 +1,23 @@
 """Latency-driven pruning: time the pruned model against the original (and in channels_last), and prune
 structurally in small increments until the MEASURED latency meets a target, rather than trusting a MAC count.
+
+Every comparison is the project's one timing method: each variant saved to a temporary folder and loaded only
+in its own process, all timed in interleaved turns (:func:`modelops.timed_modules.time_modules`).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import sys
-from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import nn
 
+from modelops.manifest import Manifest
+from modelops.model_process import time_artifacts
 from modelops.models import count_parameters
-from modelops.timing import interleaved_latency, latency_stats
+from modelops.timed_modules import Timer, medians_or_raise, time_modules
 from PR3_model_optimization.pruning.structured import structured_step
 
 logger = logging.getLogger(__name__)
@@ -25,28 +27,28 @@ MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 CHANNELS_LAST_MIN_GAIN = 1.05
 
 
-def compare_latency(fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], input_shape: list[int], *,
-                    batch_size: int = 1, rounds: int = 10) -> dict[str, float]:
-    """Median ms per variant, measured interleaved in one run (noise on a shared machine hits all alike)."""
-    batch = torch.randn(batch_size, *input_shape)
-    samples = interleaved_latency(fns, batch, rounds=rounds)
-    return {name: latency_stats(values)["latency_ms_p50"] for name, values in samples.items()}
+# A variant to time: a module, or (module, True) for it run with the channels_last hint (weights and input NHWC).
+Variant = nn.Module | tuple[nn.Module, bool]
 
 
-def channels_last_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model`` run the way ``load_artifact`` runs a channels_last hint: weights and input in NHWC."""
-    nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
-    return lambda batch: nhwc(batch.contiguous(memory_format=torch.channels_last))
+def compare_latency(variants: dict[str, Variant], input_shape: list[int], *, batch_size: int = 1,
+                    rounds: int = 10, threads: int | None = None, timer: Timer = time_artifacts,
+                    ) -> dict[str, float]:
+    """Median ms per variant, each in its own process, timed in interleaved turns (drift hits all alike)."""
+    times = time_modules(variants, Manifest(input_shape=list(input_shape)), [batch_size], rounds, threads=threads,
+                         timer=timer)
+    return medians_or_raise(times, batch_size)
 
 
 
-def prune_to_target(pruner, model: nn.Module, original: Callable, args: argparse.Namespace,
-                    input_shape: list[int], grad_loader=None) -> list[dict[str, Any]]:
+def prune_to_target(pruner, model: nn.Module, original: Variant, args: argparse.Namespace,
+                    input_shape: list[int], grad_loader=None, *, timer: Timer = time_artifacts,
+                    ) -> list[dict[str, Any]]:
     """Prune structurally in ``--amount-step`` increments until the measured latency meets the target.
 
     ``pruner`` comes from :func:`build_structured_pruner` with ``amount=--max-amount`` and one
-    step per increment. Each increment is timed interleaved with the original (and in
-    channels_last when allowed), and the run stops at the first step that meets the target or at
+    step per increment. Each increment is timed against ``original`` (and in channels_last when allowed),
+    each in its own process, and the run stops at the first step that meets the target or at
     ``--max-amount``. Returns one row per step. The model is left at the last step taken.
     """
     from tqdm import tqdm
@@ -57,14 +59,14 @@ def prune_to_target(pruner, model: nn.Module, original: Callable, args: argparse
     for step in tqdm(range(1, n_steps + 1), desc="prune to target", disable=not sys.stderr.isatty()):
         structured_step(pruner, model, args.importance, grad_loader)
         model.eval()
-        fns = {"original": original, "pruned": model}
+        variants: dict[str, Variant] = {"original": original, "pruned": model}
         if args.memory_format != "contiguous":
-            fns["pruned_channels_last"] = channels_last_fn(model)
-        medians = compare_latency(fns, input_shape, batch_size=args.latency_batch_size,
-                                  rounds=args.latency_rounds)
-        variants = {"contiguous": ("pruned",), "channels_last": ("pruned_channels_last",),
-                    "auto": ("pruned", "pruned_channels_last")}[args.memory_format]
-        best = min(variants, key=lambda v: medians[v])
+            variants["pruned_channels_last"] = (model, True)
+        medians = compare_latency(variants, input_shape, batch_size=args.latency_batch_size,
+                                  rounds=args.latency_rounds, threads=args.threads, timer=timer)
+        kept = {"contiguous": ("pruned",), "channels_last": ("pruned_channels_last",),
+                "auto": ("pruned", "pruned_channels_last")}[args.memory_format]
+        best = min(kept, key=lambda v: medians[v])
         row = {"step": step, "amount": round(pruner.per_step_pruning_ratio[step], 4),
                "params_ratio": round(count_parameters(model) / params_before, 4),
                "latency_ms_p50_original": medians["original"], "latency_ms_p50": medians[best],

@@ -8,7 +8,6 @@ import argparse
 import copy
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from modelops.training import StepFn, cross_entropy_step
 from PR3_model_optimization.pruning.fine_tune import fine_tune, teacher_fine_tune_step, test_accuracy
 from PR3_model_optimization.pruning.latency import (
     CHANNELS_LAST_MIN_GAIN,
-    channels_last_fn,
+    Variant,
     compare_latency,
     prune_to_target,
 )
@@ -42,7 +41,7 @@ class PruningRun:
         model: the model pruned in place.
         manifest: its manifest.
         original: an untouched eval-mode copy.
-        original_fn: the copy run the way its manifest says (channels_last when hinted).
+        original_fn: the copy as it is timed: ``(copy, True)`` when its manifest hints channels_last.
         data: the dataset splits the model was trained on.
         params_before, macs_before, accuracy_before: the original's figures.
     """
@@ -50,7 +49,7 @@ class PruningRun:
     model: nn.Module
     manifest: Manifest
     original: nn.Module
-    original_fn: Callable
+    original_fn: Variant
     data: DatasetSplits
     params_before: int
     macs_before: int
@@ -90,7 +89,7 @@ def _resolve_dataset(args: argparse.Namespace, manifest: Manifest) -> DatasetSpl
 def start_run(args: argparse.Namespace, model: nn.Module, manifest: Manifest) -> PruningRun:
     """Copy the original and measure it before pruning starts."""
     original = copy.deepcopy(model).eval()
-    original_fn = channels_last_fn(original) if manifest.runtime.get("memory_format") == "channels_last" \
+    original_fn: Variant = (original, True) if manifest.runtime.get("memory_format") == "channels_last" \
         else original
     data = _resolve_dataset(args, manifest)
     return PruningRun(model=model, manifest=manifest, original=original, original_fn=original_fn, data=data,
@@ -147,15 +146,16 @@ def prune_in_steps(run: PruningRun, args: argparse.Namespace, pruner, step_fn: S
 
 
 def time_pruned(run: PruningRun, args: argparse.Namespace) -> tuple[dict[str, float], str]:
-    """Median latency of original and pruned (timed in turns) and the memory format the pruned one keeps."""
+    """Median latency of original and pruned (each in its own process, timed in turns) and the memory format
+    the pruned one keeps."""
     structured = args.pruning_method == "structured"
-    fns: dict[str, Callable] = {"original": run.original_fn, "pruned": run.model}
+    variants: dict[str, Variant] = {"original": run.original_fn, "pruned": run.model}
     if structured and args.memory_format == "auto":
-        fns["pruned_channels_last"] = channels_last_fn(run.model)
+        variants["pruned_channels_last"] = (run.model, True)
     if structured and args.memory_format == "channels_last":
-        fns["pruned"] = channels_last_fn(run.model)
-    medians = compare_latency(fns, run.input_shape, batch_size=args.latency_batch_size,
-                              rounds=args.latency_rounds)
+        variants["pruned"] = (run.model, True)
+    medians = compare_latency(variants, run.input_shape, batch_size=args.latency_batch_size,
+                              rounds=args.latency_rounds, threads=args.threads)
     memory_format = "channels_last" if args.memory_format == "channels_last" else "contiguous"
     cl_gain = medians["pruned"] / medians.get("pruned_channels_last", math.inf)
     if cl_gain >= CHANNELS_LAST_MIN_GAIN:

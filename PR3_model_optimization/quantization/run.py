@@ -27,7 +27,7 @@ from modelops.errors import UsageError
 from modelops.evaluate import accuracy, predict_logits, top1_agreement
 from modelops.model_process import time_artifacts
 from modelops.results import write_results
-from modelops.timing import interleaved_latency
+from modelops.timed_modules import Timer, medians_or_raise
 from PR3_model_optimization.quantization.auto import Candidate, Selection, select
 from PR3_model_optimization.quantization.backends import REGISTRY, Quantizer
 from PR3_model_optimization.quantization.config import QuantConfig
@@ -53,11 +53,12 @@ class QuantizationRun:
         work_dir: where trial artifacts are built before the winner is copied to the save path.
         onnx_path: the fp32 ONNX file the ONNX backends start from (ONNX and TorchScript inputs), or None.
         exported: the fp32 ExportedProgram PT2E starts from (``.pt2`` inputs), or None.
+        timer: the timing function, :func:`modelops.model_process.time_artifacts` (tests inject their own).
     """
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], manifest: Manifest, model_path: Path, data,
                  args: argparse.Namespace, work_dir: Path, onnx_path: Path | None = None,
-                 exported: torch.export.ExportedProgram | None = None) -> None:
+                 exported: torch.export.ExportedProgram | None = None, timer: Timer = time_artifacts) -> None:
         self.model = model.eval() if isinstance(model, nn.Module) else model
         self.onnx_path = onnx_path
         self.exported = exported
@@ -74,8 +75,9 @@ class QuantizationRun:
         self.val_loader = make_loader(data.val, 256)
         self._calibration: dict[int, list[torch.Tensor]] = {}
         self._quantizers: dict[str, Quantizer] = {}
-        self._fp32_runtime: dict[str, object] = {}
-        self.latency_batch = torch.randn(args.latency_batch_size, *self.input_shape)
+        self._fp32_runtime: dict[str, Path | None] = {}
+        self._fp32_file: Path | None = None
+        self.timer = timer
         self.fp32_val_logits, self.val_targets = predict_logits(self.model, self.val_loader)
         self.fp32_accuracy = round(accuracy(self.fp32_val_logits, self.val_targets), 4)
 
@@ -124,16 +126,35 @@ class QuantizationRun:
         return self.quantizer(config.backend).build(
             config, calibration, out, train_step=self.qat_step if config.method == "qat" else None)
 
-    def fp32_runtime_predictor(self, backend: str):
-        """The fp32 model on the backend's own runtime (loaded once), or None if the backend has none."""
+    def fp32_runtime_file(self, backend: str) -> Path | None:
+        """The fp32 model's artifact on the backend's own runtime (written once), or None if the backend has none."""
         if backend not in self._fp32_runtime:
             path = self.quantizer(backend).fp32_artifact()
             if path is not None:
                 write_manifest(path, self.manifest.derive(
                     parent_path=str(self.model_path), transform={"kind": "export", "format": REGISTRY[backend].format}),
                     fmt=REGISTRY[backend].format)
-            self._fp32_runtime[backend] = load_artifact(path, threads=self.threads) if path is not None else None
+            self._fp32_runtime[backend] = path
         return self._fp32_runtime[backend]
+
+    def fp32_file(self) -> Path:
+        """The fp32 reference as an artifact file (written once; see :func:`fp32_reference_file`)."""
+        if self._fp32_file is None:
+            self._fp32_file = fp32_reference_file(self)
+        return self._fp32_file
+
+    def time_trial(self, out: Path, backend: str) -> dict[str, float]:
+        """Median ms at ``--latency-batch-size`` of fp32, the trial's artifact (run as the loader serves it, PT2E
+        compiled by inductor) and, where the backend has one, fp32 on its runtime: each in its own process."""
+        contenders = {"fp32": self.fp32_file(), "int8": out}
+        runtime_fp32 = self.fp32_runtime_file(backend)
+        if runtime_fp32 is not None:
+            # The same fp32 model on the backend's runtime: splits the speed-up into runtime and int8 shares.
+            contenders["fp32_runtime"] = runtime_fp32
+        batch_size = self.args.latency_batch_size
+        times = self.timer(contenders, [batch_size], self.args.latency_rounds, threads=self.threads,
+                           trust_pickle=self.args.trust_pickle)
+        return medians_or_raise(times, batch_size)
 
     def child_manifest(self, config: QuantConfig, metrics: dict, runtime: dict | None = None) -> Manifest:
         return self.manifest.derive(parent_path=str(self.model_path), transform=config.transform(),
@@ -153,16 +174,8 @@ class QuantizationRun:
         predictor = load_artifact(out, compile=False, threads=self.threads)
         logits, _ = predict_logits(predictor, self.val_loader)
         val_accuracy = round(accuracy(logits, self.val_targets), 4)
-        # PT2E int8 is slower than fp32 until inductor compiles it with freezing: time it as the loader runs it.
-        compiled = REGISTRY[config.backend].runtime.get("compile", False)
-        fast = load_artifact(out, threads=self.threads) if compiled else predictor
-        contenders = {"fp32": self.model, "int8": fast}
-        runtime_fp32 = self.fp32_runtime_predictor(config.backend)
-        if runtime_fp32 is not None:
-            # The same fp32 model on the backend's runtime: splits the speed-up into runtime and int8 shares.
-            contenders["fp32_runtime"] = runtime_fp32
-        samples = interleaved_latency(contenders, self.latency_batch, rounds=self.args.latency_rounds)
-        median = {name: float(torch.tensor(values).median()) for name, values in samples.items()}
+        # Speed from each model loaded only in its own process (the project's one timing method).
+        median = self.time_trial(out, config.backend)
         fp32_ms, int8_ms = median["fp32"], median["int8"]
         runtime_ms = median.get("fp32_runtime")
         size_mb = file_size_mb(out)
@@ -235,8 +248,8 @@ def finish_auto(run: QuantizationRun, built: Sequence[tuple[dict, Path, QuantCon
                 budget: float, model_path: Path, extra: dict) -> tuple[dict | None, Manifest | None, Path, Selection]:
     """Time each backend's best trial on this host, keep the fastest within ``budget`` and publish it."""
     args = run.args
-    timer = functools.partial(time_artifacts, trust_pickle=args.trust_pickle)
-    selection = select(fp32_reference_file(run), built, failed, budget, [1, args.latency_batch_size],
+    timer = functools.partial(run.timer, trust_pickle=args.trust_pickle)
+    selection = select(run.fp32_file(), built, failed, budget, [1, args.latency_batch_size],
                        args.latency_rounds, threads=run.threads, timer=timer)
     print(selection.table, file=sys.stderr)
     logger.info("auto: %s", selection.reason)
