@@ -13,10 +13,10 @@ whose summary and artifact exist is reused unless ``--force``, so an interrupted
 
 plus, for the comparison, each technique alone: ``distilled.pt`` (a smaller architecture distilled from
 the original) and ``quantized.onnx`` (the original in int8). Every artifact is then loaded with
-``load_artifact`` and measured in this one process (test accuracy, size, latency timed interleaved at
-batch 1 and ``--large-batch``), and the table is printed and written as JSON, CSV and Markdown. The summary
-names the best variant: the fastest at ``--large-batch`` within 1.5 accuracy points of the original
-(:func:`modelops.selection.pick_best`, the rule the main job uses too).
+``load_artifact`` and measured (test accuracy and size here; latency at batch 1 and ``--large-batch`` with each
+artifact loaded only in its own process, all timed in interleaved turns), and the table is printed and written
+as JSON, CSV and Markdown. The summary names the best variant: the fastest at ``--large-batch`` within 1.5
+accuracy points of the original (:func:`modelops.selection.pick_best`, the rule the main job uses too).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from modelops.artifact import load_artifact, read_manifest
@@ -37,10 +36,11 @@ from modelops.cli import check_positive, common_parser, run_cli, split_seed
 from modelops.data import load_dataset, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import evaluate
+from modelops.model_process import time_artifacts
 from modelops.results import markdown_table, write_results
 from modelops.selection import DEFAULT_MAX_ACCURACY_DROP_PTS, accuracy_within, pick_best
 from modelops.stages import StageRunner
-from modelops.timing import interleaved_latency
+from modelops.timed_modules import medians_or_raise
 from PR3_model_optimization.quantization.auto import AUTO
 from PR3_model_optimization.quantization.backends import BACKENDS
 
@@ -210,9 +210,8 @@ def run_stages(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any
 
 
 def measure(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Accuracy, size and interleaved latency of every artifact, each loaded the way a user would."""
+    """Accuracy, size and latency of every artifact, each loaded the way a user would (timed per process)."""
     predictors = {
-        # Each runtime with its own defaults (spinning thread pools included), timed in turns.
         name: load_artifact(path, trust_pickle=args.trust_pickle, threads=args.threads)
         for name, path in paths.items()
     }
@@ -221,12 +220,14 @@ def measure(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, 
                         data_dir=args.data_dir)
     test_loader = make_loader(data.test, 128)
     accuracy = {name: evaluate(p, test_loader)["accuracy"] for name, p in predictors.items()}
+    # Each runtime with its own defaults (spinning thread pools included), in its own process, timed in turns.
+    batch_sizes = list(dict.fromkeys((1, args.large_batch)))
+    times = time_artifacts(paths, batch_sizes, args.speed_rounds, threads=args.threads,
+                           trust_pickle=args.trust_pickle)
     latency: dict[str, dict[int, float]] = {name: {} for name in predictors}
-    for batch_size in (1, args.large_batch):
-        batch = torch.randn(batch_size, *original.input_shape)
-        samples = interleaved_latency(predictors, batch, rounds=args.speed_rounds)
-        for name, values in samples.items():
-            latency[name][batch_size] = float(np.median(values))
+    for batch_size in batch_sizes:
+        for name, ms in medians_or_raise(times, batch_size).items():
+            latency[name][batch_size] = ms
 
     size0 = original.manifest.size_mb
     rows = []

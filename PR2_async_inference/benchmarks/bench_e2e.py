@@ -1,4 +1,4 @@
-"""End-to-end benchmark of the async service beside the same model run in-process, in one bounded run.
+"""End-to-end benchmark of the async service beside the same model run on its own, in one bounded run.
 
     python PR2_async_inference/benchmarks/bench_e2e.py --model models/quantized_model.pt \\
         --requests 160 --concurrency 16 --low-load-requests 30 --output runs/pr2_bench/e2e.md
@@ -8,12 +8,13 @@ default, at the clients' default fetch settings; Tansu on request; API and worke
 untimed warm-up (``--warmup-requests``), then a bounded closed-loop burst of JPEG photos (``--concurrency``
 clients, at most ``--requests`` requests and ``--time-limit-s`` seconds), then a low-load run (one client), and
 stops the stack.
-Before each configuration it times the model in-process (batch ``--batch-size`` throughput and batch-1 latency)
-so both figures come from the same minutes of a shared machine. Reported per row: e2e throughput and
-p50/p95/p99, its ratio to the in-process batched throughput, the p50 the service adds over in-process
-batch-1 latency at low load with the median of each hop of a request's way there (``load_test.HOPS``), and
-the CPU milliseconds each process (broker - the JVM on Apache Kafka -, API,
-workers, this load generator) spent per request in the loaded run: on one machine they all share its cores.
+Before each configuration it times the model outside the service (loaded alone in its own process, the project's
+timing method: batch ``--batch-size`` throughput and batch-1 latency) so both figures come from the same minutes
+of a shared machine. Reported per row: e2e throughput and p50/p95/p99, its ratio to that batched throughput
+(the ``inproc_`` figures), the p50 the service adds over that batch-1 latency at low load with the median of
+each hop of a request's way there (``load_test.HOPS``), and the CPU milliseconds each process (broker - the JVM
+on Apache Kafka -, API, workers, this load generator) spent per request in the loaded run: on one machine they
+all share its cores.
 The workers' CPU outside the forward pass is their CPU minus the forward passes' CPU, read from the workers'
 ``inference_forward_cpu_seconds_total`` counter; the service overhead is API + broker + workers outside the
 forward pass.
@@ -37,10 +38,10 @@ import numpy as np
 import psutil
 import torch
 
-from modelops.artifact import load_artifact, read_manifest
+from modelops.artifact import read_manifest
 from modelops.errors import UsageError
+from modelops.model_process import time_artifacts
 from modelops.results import markdown_table, write_results
-from modelops.timing import latency_stats, measure_latency
 from PR2_async_inference.load_test import HOPS, run_load
 from PR2_async_inference.local_stack import BROKER_KINDS, Stack, start_stack, stop_stack
 
@@ -55,11 +56,13 @@ CONFIGS = {
 
 
 def in_process(model: Path, batch_size: int, threads: int, iters: int) -> dict[str, float]:
-    """The model alone: batched throughput (samples/s) and batch-1 p50 latency."""
-    predictor = load_artifact(model, threads=threads)
-    shape = predictor.input_shape
-    batched = latency_stats(measure_latency(predictor, torch.randn(batch_size, *shape), iters=iters))
-    single = latency_stats(measure_latency(predictor, torch.randn(1, *shape), iters=iters))
+    """The model alone, loaded only in its own process (:func:`modelops.model_process.time_artifacts`): batched
+    throughput (samples/s) and batch-1 p50 latency."""
+    batch_sizes = list(dict.fromkeys((batch_size, 1)))
+    times = time_artifacts({"model": model}, batch_sizes, iters, threads=threads)
+    if times.errors:
+        raise RuntimeError(f"timing {model} alone failed: {times.errors['model'].splitlines()[0]}")
+    batched, single = times.stats("model", batch_size), times.stats("model", 1)
     return {"inproc_samples_per_s": batch_size / (batched["latency_ms_p50"] / 1000),
             "inproc_b1_latency_ms_p50": single["latency_ms_p50"]}
 

@@ -12,6 +12,7 @@ import logging
 import sys
 from typing import Any
 
+import torch
 from torch import nn
 
 from modelops.manifest import Manifest
@@ -35,8 +36,12 @@ def compare_latency(variants: dict[str, Variant], input_shape: list[int], *, bat
                     rounds: int = 10, threads: int | None = None, timer: Timer = time_artifacts,
                     ) -> dict[str, float]:
     """Median ms per variant, each in its own process, timed in interleaved turns (drift hits all alike)."""
-    times = time_modules(variants, Manifest(input_shape=list(input_shape)), [batch_size], rounds, threads=threads,
-                         timer=timer)
+    first = next(iter(variants.values()))
+    module = first[0] if isinstance(first, tuple) else first
+    with torch.no_grad():  # the class count the timing files' manifests record
+        num_classes = int(module.eval()(torch.zeros(1, *input_shape)).shape[-1])
+    manifest = Manifest(num_classes=num_classes, input_shape=list(input_shape))
+    times = time_modules(variants, manifest, [batch_size], rounds, threads=threads, timer=timer)
     return medians_or_raise(times, batch_size)
 
 
