@@ -4,9 +4,9 @@
 
 1. ``model_distillation.py`` with its defaults (student picked for the teacher, 10 epochs) and
    ``--baseline-student``, once per training seed (``--seeds``; the split stays the teacher's): the
-   student's size, speed-up (batch 1 and 16, timed interleaved with the teacher), accuracy against the
-   teacher and against the same student trained without it. Accuracies are means over the seeds: the
-   digits test set has 360 images, so a single pair of runs differs by a few images either way.
+   student's size, speed-up (batch 1 and 16, each model in its own process, timed in turns with the teacher),
+   accuracy against the teacher and against the same student trained without it. Accuracies are means over the
+   seeds: the digits test set has 360 images, so a single pair of runs differs by a few images either way.
 2. ``optimize_pipeline.py`` with its defaults into the same folder (it reuses the first seed's student):
    original, distilled, pruned, quantized and combined side by side.
 
@@ -79,7 +79,7 @@ def distill_per_seed(args: argparse.Namespace, out: Path, common: list[str]) -> 
         done = runner.summary_path(name)
         if done.is_file() and json.loads(done.read_text()).get("seed") != seed:
             done.unlink()  # made for another seed: redo it
-        # Timed below with every other model, interleaved in one process: no separate timing here.
+        # Timed below with every other model, each in its own process: no separate timing here.
         argv = ["--teacher", args.teacher, "--save-path", str(save_path), "--output-dir", str(run_dir),
                 "--epochs", str(args.epochs), "--baseline-student", "--speed-rounds", "0", *common,
                 "--seed", str(seed)]
