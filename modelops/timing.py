@@ -6,9 +6,10 @@ alike. Each turn is a short pause (``settle_s``), ``untimed_per_turn`` untimed c
 that spin-wait (OpenMP's and ONNX Runtime's defaults) burn the cores for milliseconds after a call
 returns, and strict A B A B alternation would charge that to whichever model runs next; in turns each model
 is timed the way it runs alone. The project's figures come from models in their own worker processes
-(:mod:`modelops.model_process` hands :func:`run_turns` one callable per worker); :func:`interleaved_latency`
-takes the same turns with every model in this process. ``docs/measurements/timing_policy.py`` is the
-experiment behind :data:`POLICY`.
+(:mod:`modelops.model_process` hands :func:`run_turns` one callable per worker; models held in memory go
+through :mod:`modelops.timed_modules`). :func:`interleaved_latency` takes the same turns with every callable
+in this process, for what cannot be an artifact file of its own (a runtime option built in this process).
+``docs/measurements/timing_policy.py`` is the experiment behind :data:`POLICY`.
 """
 
 from __future__ import annotations
@@ -164,12 +165,3 @@ def interleaved_latency(
     with torch.inference_mode():
         return run_turns({name: turn_of(fn) for name, fn in fns.items()}, rounds, policy, sleep=sleep)
 
-
-def measure_latency(
-    fn: Callable[[torch.Tensor], object], batch: torch.Tensor, *, warmup: int | None = None, iters: int = 30,
-    device: torch.device | str | None = None, clock: Clock = time.perf_counter,
-) -> list[float]:
-    """One model alone: warm up, then ``iters`` timed calls back to back; the per-call milliseconds."""
-    policy = TimingPolicy(warmup=POLICY.warmup if warmup is None else warmup, calls_per_turn=iters,
-                          untimed_per_turn=0, settle_s=0.0)
-    return interleaved_latency({"model": fn}, batch, rounds=iters, policy=policy, device=device, clock=clock)["model"]

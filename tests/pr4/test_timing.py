@@ -10,7 +10,6 @@ from modelops.timing import (
     TimingPolicy,
     interleaved_latency,
     latency_stats,
-    measure_latency,
     run_turns,
 )
 
@@ -68,10 +67,13 @@ def test_turns_warm_up_then_interleave_with_an_untimed_opening_call():
 
 def test_warm_up_keeps_slow_first_calls_out_of_the_samples():
     machine = FakeMachine({"A": 5.0}, slow_first=3, slow_ms=500.0)
-    warm = measure_latency(machine.model("A"), torch.zeros(1), warmup=3, iters=4, clock=machine.clock)
+    alone = TimingPolicy(calls_per_turn=4, untimed_per_turn=0, settle_s=0.0)
+    warm = interleaved_latency({"A": machine.model("A")}, torch.zeros(1), rounds=4, policy=alone, warmup=3,
+                               clock=machine.clock)["A"]
     assert warm == [pytest.approx(5.0)] * 4
     cold_machine = FakeMachine({"A": 5.0}, slow_first=3, slow_ms=500.0)
-    cold = measure_latency(cold_machine.model("A"), torch.zeros(1), warmup=0, iters=4, clock=cold_machine.clock)
+    cold = interleaved_latency({"A": cold_machine.model("A")}, torch.zeros(1), rounds=4, policy=alone, warmup=0,
+                               clock=cold_machine.clock)["A"]
     assert cold[:3] == [pytest.approx(500.0)] * 3 and latency_stats(cold)["latency_ms_p50"] > 5.0
 
 
