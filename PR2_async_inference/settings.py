@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     # the lag is above 0 and batches still fill up to max_batch_size or max_batch_delay_ms.
     adaptive_batching: bool = True
     torch_threads: int | None = None
+    # ONNX Runtime's idle intra-op threads spin-wait by default. Off in the worker: between batches that spinning
+    # burns the CPU the worker's Kafka threads (and, on a shared host, the API and broker) need, and it inflates
+    # the CPU utilisation PR1's autoscaler reads. On: each batch starts its threads a little sooner.
+    runtime_spinning: bool = False
     max_attempts: int = Field(3, ge=1)
     default_ttl_s: float = Field(300.0, gt=0)
     max_ttl_s: float = Field(3600.0, gt=0)

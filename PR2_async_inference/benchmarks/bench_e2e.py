@@ -150,7 +150,7 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
                         max_batch_size=args.batch_size if config["batching"] else 1,
                         max_batch_delay_ms=args.batch_delay_ms if config["batching"] else 0,
                         torch_threads=args.threads, publish_running=False,
-                        fetch_max_wait_ms=args.fetch_max_wait_ms)
+                        fetch_max_wait_ms=args.fetch_max_wait_ms, runtime_spinning=args.runtime_spinning)
     try:
         common = {"time_limit_s": args.time_limit_s, "payloads": payloads}
         # Untimed warm-up at the loaded run's concurrency: the broker's JVM compiles its hot paths and the
@@ -218,6 +218,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--broker", choices=BROKER_KINDS, default="kafka",
                         help="kafka: Apache Kafka (needs Java); tansu; auto: Kafka when Java is there "
                         "(default: kafka)")
+    parser.add_argument("--runtime-spinning", action="store_true",
+                        help="workers' ONNX Runtime threads spin-wait between batches, its own default "
+                        "(INFERENCE_RUNTIME_SPINNING; default: off, the service's setting)")
     parser.add_argument("--fetch-max-wait-ms", type=int, default=None,
                         help="consumers' fetch wait (default: the settings' 500 ms on Apache Kafka, which answers "
                         "a fetch when data arrives; local_stack's polling interval on Tansu)")

@@ -100,7 +100,8 @@ class ModelWorker:
 
     def load_models(self) -> None:
         """Load every model whose artifact exists; a missing one fails only its own requests."""
-        self.predictors, self.load_errors = load_predictors(self.registry, self.settings.torch_threads)
+        self.predictors, self.load_errors = load_predictors(self.registry, self.settings.torch_threads,
+                                                            spinning=self.settings.runtime_spinning)
 
     def connect(self) -> None:
         ensure_topics(self.settings)

@@ -18,9 +18,11 @@ from PR2_async_inference.registry import Registry, model_batch
 logger = logging.getLogger(__name__)
 
 
-def load_predictors(registry: Registry, threads: int | None) -> tuple[dict[str, Predictor], dict[str, str]]:
+def load_predictors(registry: Registry, threads: int | None, *, spinning: bool = False,
+                    ) -> tuple[dict[str, Predictor], dict[str, str]]:
     """({model: predictor}, {model: load error}): every model whose artifact exists and loads, warmed up
-    (:func:`warm_up`); a missing or broken one only fails its own requests."""
+    (:func:`warm_up`); a missing or broken one only fails its own requests. ``spinning``: ONNX Runtime's idle
+    intra-op threads spin-wait (its default) instead of sleeping."""
     predictors: dict[str, Predictor] = {}
     errors: dict[str, str] = {}
     for name, spec in registry.models.items():
@@ -30,10 +32,9 @@ def load_predictors(registry: Registry, threads: int | None) -> tuple[dict[str, 
             logger.warning(errors[name])
             continue
         try:
-            # ONNX Runtime's idle threads spin by default: that burns CPU the worker's Kafka threads need
-            # and inflates the CPU utilisation PR1's autoscaler reads.
+            # INFERENCE_RUNTIME_SPINNING (settings.py) says why the worker's default differs from ONNX Runtime's.
             predictor = load_artifact(path, threads=threads, arch=spec.arch, trust_pickle=spec.trust_pickle,
-                                      ort_session_config={"session.intra_op.allow_spinning": "0"})
+                                      ort_session_config={"session.intra_op.allow_spinning": "1" if spinning else "0"})
             warm_s = warm_up(predictor, spec.max_batch_size)
             predictors[name] = predictor
             logger.info("loaded model %s from %s (%s), warmed up in %.2f s", name, path, predictor.backend, warm_s)
