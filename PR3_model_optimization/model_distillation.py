@@ -305,7 +305,7 @@ def speed_summary(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
-    teacher = load_artifact(args.teacher, trust_pickle=args.trust_pickle, threads=args.threads)
+    teacher = load_artifact(args.teacher, trust_pickle=args.trust_pickle, threads=args.threads, arch=args.arch)
     data = load_data(args, teacher)
     # Seeded here too (not only by run_cli) so callers of main() such as the pipeline get the same student.
     torch.manual_seed(args.seed)

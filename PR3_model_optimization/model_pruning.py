@@ -183,7 +183,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, Manifest]:
     """The model to prune, refused early when it has nothing to prune or would be overwritten."""
-    model, manifest = load_module(args.model, trust_pickle=args.trust_pickle)
+    model, manifest = load_module(args.model, trust_pickle=args.trust_pickle, arch=args.arch)
     if args.pruning_method in UNSTRUCTURED and not prunable_layers(model):
         raise UsageError(f"{args.model}: {type(model).__name__} has no Conv or Linear weights: "
                          "nothing to prune")

@@ -217,10 +217,11 @@ class Fp32Model:
     exported: torch.export.ExportedProgram | None = None
 
 
-def load_quantization_input(path: Path, trust_pickle: bool, work_dir: Path | None = None) -> Fp32Model:
+def load_quantization_input(path: Path, trust_pickle: bool, work_dir: Path | None = None,
+                            arch: str | None = None) -> Fp32Model:
     """Any saved form, as :func:`~modelops.quantization_input.load_for_quantization` gives it; a TorchScript
-    file's ONNX conversion is written in ``work_dir``."""
-    start = load_for_quantization(path, trust_pickle=trust_pickle, work_dir=work_dir)
+    file's ONNX conversion is written in ``work_dir``; ``arch`` names a bare state_dict's architecture."""
+    start = load_for_quantization(path, trust_pickle=trust_pickle, arch=arch, work_dir=work_dir)
     if start.module is not None:
         return Fp32Model(start.module, start.manifest)
     form = FORMAT_NAMES.get(start.manifest.format, start.manifest.format)
@@ -235,7 +236,7 @@ def load_fp32(args: argparse.Namespace, first_backend: str,
     """The fp32 model, its path, the save path and the data it was trained on (checked)."""
     model_path = Path(args.model)
     check_not_quantized(model_path)
-    fp32 = load_quantization_input(model_path, args.trust_pickle, work_dir)
+    fp32 = load_quantization_input(model_path, args.trust_pickle, work_dir, arch=args.arch)
     manifest = fp32.manifest
     # auto names the file after the winner's format once it is known; this path only guards the fp32 file.
     save_path = Path(args.save_path) if args.save_path else \

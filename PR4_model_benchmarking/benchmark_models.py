@@ -165,7 +165,7 @@ def check_inputs(models: list[tuple[str, Path]], args: argparse.Namespace) -> An
     first = next((m for m in manifests.values() if m is not None), None)
     args.dataset = args.dataset or next((m.dataset for m in manifests.values() if m is not None and m.dataset), None)
     if args.dataset is None:
-        logger.info("no --dataset given and none in a manifest: timing only, accuracy %s", NO_DATASET)
+        logger.info("timing only, accuracy %s (pass --dataset to measure it)", NO_DATASET)
         args.accuracy_samples = 0
         return None
     image_size = args.image_size or (first.input_shape[-1] if first else None)

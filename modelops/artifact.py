@@ -32,6 +32,7 @@ from torch import nn
 
 from modelops.arch_inference import command_line_arch, infer_architecture, normalise_state_dict
 from modelops.errors import ArtifactError, UsageError
+from modelops.fixed_batch import run_any_batch
 from modelops.manifest import (  # noqa: F401  (re-exported: the artifact module is where callers look)
     FORMATS,
     MANIFEST_SUFFIX,
@@ -370,7 +371,8 @@ def _traced_module(path: Path, fmt: str, device: str) -> tuple[nn.Module, str, l
         exported = torch.export.load(str(path))
     except Exception as exc:  # deserialisation raises many types; all mean a bad archive
         raise ArtifactError(f"{path} is not a loadable torch.export archive: {str(exc)[:200]}") from exc
-    return exported.module().to(device), "exported_program", exported_input_shape(exported)
+    module = run_any_batch(exported.module().to(device), exported, path)
+    return module, "exported_program", exported_input_shape(exported)
 
 
 def _register_quantized_ops() -> None:

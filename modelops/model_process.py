@@ -79,7 +79,19 @@ class WorkerError(RuntimeError):
         self.detail = detail
 
 
-class WorkerProxy:
+class _SessionProxy:
+    """Forwards an unknown attribute ``session.method(...)`` as ``self.call("method", ...)``."""
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args, **kwargs: self.call(method, *args, **kwargs)
+
+
+class WorkerProxy(_SessionProxy):
     """A :class:`ModelSession` (or ``session``, a subclass importable by name) in its own spawned process;
     call its methods as if it were local."""
 
@@ -119,11 +131,6 @@ class WorkerProxy:
             raise WorkerError(f"{kind}: {message}", usage=usage, detail=detail)
         return payload
 
-    def __getattr__(self, method: str):
-        if method.startswith("_"):
-            raise AttributeError(method)
-        return lambda *args, **kwargs: self.call(method, *args, **kwargs)
-
     def close(self, timeout: float = 5.0) -> None:
         """Ask the worker to exit; stop it by its pid if it does not."""
         with contextlib.suppress(BrokenPipeError, OSError):
@@ -135,7 +142,7 @@ class WorkerProxy:
         self._conn.close()
 
 
-class LocalProxy:
+class LocalProxy(_SessionProxy):
     """The same interface as :class:`WorkerProxy` with the session in this process (all models in one)."""
 
     def __init__(self, *, session: type[ModelSession] = ModelSession, **kwargs: Any) -> None:
@@ -166,11 +173,6 @@ class LocalProxy:
         if status == "error":
             raise payload
         return payload
-
-    def __getattr__(self, method: str):
-        if method.startswith("_"):
-            raise AttributeError(method)
-        return lambda *args, **kwargs: self.call(method, *args, **kwargs)
 
     def close(self, timeout: float = 0.0) -> None:
         self.session.predictor = None

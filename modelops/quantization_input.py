@@ -30,6 +30,7 @@ from modelops.artifact import (
     read_manifest,
 )
 from modelops.errors import ArtifactError
+from modelops.fixed_batch import exported_batch_size
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,9 @@ def load_for_quantization(
         if fmt == "onnx":
             return QuantizationInput(predictor.manifest, path, onnx_path=path)
         if fmt == "exported_program":
-            return QuantizationInput(predictor.manifest, path, exported=torch.export.load(str(path)))
+            exported = torch.export.load(str(path))
+            check_dynamic_batch(exported, path)
+            return QuantizationInput(predictor.manifest, path, exported=exported)
         temp_dir = None if work_dir else Path(tempfile.mkdtemp(prefix="torchscript_onnx_"))
         onnx_path = Path(work_dir or temp_dir) / f"{path.stem}.fp32.onnx"
         try:
@@ -123,17 +126,23 @@ def torchscript_to_onnx(module: torch.jit.ScriptModule, out: Path, input_shape: 
     logger.info("%s: TorchScript converted to ONNX for quantization (%s)", source, out)
 
 
+def check_dynamic_batch(exported: torch.export.ExportedProgram, source: object) -> None:
+    """Quantization calibrates and times several batch sizes, and every quantizer re-exports the program: a fixed
+    batch size stops it here, with what to do, rather than as a guard error inside a backend."""
+    batch = exported_batch_size(exported)
+    if batch is not None:
+        raise ArtifactError(
+            f"{source} fixes its batch size at {batch}, and quantization calibrates and times other batch sizes: "
+            "export it with a dynamic batch (dynamic_shapes={0: torch.export.Dim('batch')}), or quantize the "
+            "model's state_dict (with --arch)")
+
+
 def exported_to_onnx(exported: torch.export.ExportedProgram, out: Path) -> Path:
     """The fp32 ONNX file of an ExportedProgram, for the quantizers that start from ONNX; written once at ``out``
     (the dynamo exporter takes the program as it is, its dynamic batch dimension included), then reused."""
     if out.is_file():
         return out
-    batch = _batch_dim(exported)
-    if isinstance(batch, int):
-        raise ArtifactError(
-            f"the ExportedProgram fixes its batch size at {batch}, and the ONNX quantizers calibrate and time other "
-            "batch sizes: export it with a dynamic batch (dynamic_shapes={0: torch.export.Dim('batch')}), use "
-            "--backend pt2e, or quantize the model's state_dict (with --arch)")
+    check_dynamic_batch(exported, "the ExportedProgram")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.onnx.export(exported, f=str(out), dynamo=True, input_names=[ONNX_INPUT_NAME],
@@ -145,13 +154,3 @@ def exported_to_onnx(exported: torch.export.ExportedProgram, out: Path) -> Path:
                             f"({first}); use --backend pt2e, or quantize the model's state_dict (with --arch)") from exc
     logger.info("ExportedProgram exported to ONNX for quantization (%s)", out)
     return out
-
-
-def _batch_dim(exported: torch.export.ExportedProgram) -> object:
-    """The first user input's batch dimension: an int when the program fixes it, else a symbol."""
-    user_inputs = set(exported.graph_signature.user_inputs)
-    for node in exported.graph.nodes:
-        if node.op == "placeholder" and node.name in user_inputs:
-            shape = getattr(node.meta.get("val"), "shape", None)
-            return shape[0] if shape else None
-    return None

@@ -57,6 +57,8 @@ def helper_flags(core_module: str) -> set[str]:
         parser = argparse.ArgumentParser()
         add_training_args(parser)
         return option_strings(parser)
+    if core_module == "quantization_input.py":  # only model_quantization.py (also run by the pipeline) loads through it
+        return option_strings(importlib.import_module("PR3_model_optimization.model_quantization").get_args_parser())
     if core_module == "models.py":  # pretrained weights are fetched only for a new model
         return option_strings(importlib.import_module("PR3_model_optimization.prepare_model").get_args_parser())
     return set()

@@ -175,7 +175,7 @@ def test_an_exported_program_goes_to_the_onnx_quantizers_through_its_onnx_export
     batch = torch.randn(3, 3, SIDE, SIDE)  # the program's dynamic batch is kept
     torch.testing.assert_close(load_artifact(onnx_path)(batch), tiny_model(batch), rtol=1e-3, atol=1e-3)
     fixed = torch.export.export(tiny_model, (torch.zeros(1, 3, SIDE, SIDE),), strict=True)
-    with pytest.raises(ArtifactError, match=r"fixes its batch size at 1.*dynamic_shapes.*--backend pt2e"):
+    with pytest.raises(ArtifactError, match=r"fixes its batch size at 1.*dynamic_shapes.*--arch"):
         exported_to_onnx(fixed, tmp_path / "fixed.onnx")
 
 

@@ -12,6 +12,7 @@ import torch
 
 from modelops.artifact import load_artifact, read_manifest
 from modelops.cli import run_cli
+from modelops.errors import ArtifactError
 from modelops.models import create_model
 from PR3_model_optimization import model_distillation
 from PR3_model_optimization import model_pruning as mp
@@ -125,3 +126,28 @@ def test_an_exported_program_is_quantized_by_pt2e_from_the_program_itself(user_f
     assert code == 0, capsys.readouterr().err
     assert quantized_reason(int8)
     assert load_artifact(int8, compile=False)(torch.zeros(2, 3, SIDE, SIDE)).shape == (2, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("script", [mp, mq, model_distillation], ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_main_called_directly_loads_a_bare_state_dict_as_its_arch_flag_says(script, user_files, tmp_path):
+    """The pipeline and tests call ``main`` without ``run_cli``: ``--arch`` still reaches the loader."""
+    model_flag = "--teacher" if script is model_distillation else "--model"
+    args = script.get_args_parser().parse_args([
+        model_flag, str(user_files / "bare.pt"), "--arch", "resnet50", "--dataset", "fake",
+        "--image-size", str(SIDE), "--save-path", str(tmp_path / "out.pt")])
+    with pytest.raises(ArtifactError, match="do not fit architecture 'resnet50'"):
+        script.main(args)
+
+
+def test_an_exported_program_with_a_fixed_batch_runs_any_multiple_and_quantizing_it_exits_2(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = create_model("resnet18", NUM_CLASSES).eval()
+    path = tmp_path / "fixed.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 3, SIDE, SIDE),), strict=True), str(path))
+    batch = torch.randn(3, 3, SIDE, SIDE)
+    torch.testing.assert_close(load_artifact(path)(batch), model(batch), rtol=1e-3, atol=1e-3)  # in slices of 1
+    code = run_cli(mq.main, mq.get_args_parser(), [
+        "--model", str(path), "--save-path", str(tmp_path / "q.out"), *QUANTIZE_FLAGS])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "fixes its batch size at 1" in err and "dynamic_shapes" in err and "--arch" in err
