@@ -7,9 +7,8 @@ that spin-wait (OpenMP's and ONNX Runtime's defaults) burn the cores for millise
 returns, and strict A B A B alternation would charge that to whichever model runs next; in turns each model
 is timed the way it runs alone. The project's figures come from models in their own worker processes
 (:mod:`modelops.model_process` hands :func:`run_turns` one callable per worker; models held in memory go
-through :mod:`modelops.timed_modules`). :func:`interleaved_latency` takes the same turns with every callable
-in this process, for what cannot be an artifact file of its own (a runtime option built in this process).
-``docs/measurements/timing_policy.py`` is the experiment behind :data:`POLICY`.
+through :mod:`modelops.timed_modules`). ``docs/measurements/timing_policy.py`` is the experiment behind
+:data:`POLICY`.
 """
 
 from __future__ import annotations
@@ -144,24 +143,4 @@ def run_turns(
                 sleep(policy.settle_s)
             call(name, policy.untimed_per_turn, want)
     return taken
-
-
-def interleaved_latency(
-    fns: Mapping[str, Callable[[torch.Tensor], object]], batch: torch.Tensor, *, rounds: int = 20,
-    policy: TimingPolicy = POLICY, warmup: int | None = None, device: torch.device | str | None = None,
-    clock: Clock = time.perf_counter, sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, list[float]]:
-    """``rounds`` timed calls of every model on ``batch``, all in this process, taken in :func:`run_turns`' turns.
-
-    ``warmup`` overrides the policy's warm-up count.
-    """
-    if warmup is not None:
-        policy = TimingPolicy(warmup=warmup, calls_per_turn=policy.calls_per_turn,
-                              untimed_per_turn=policy.untimed_per_turn, settle_s=policy.settle_s)
-
-    def turn_of(fn: Callable[[torch.Tensor], object]) -> Turn:
-        return lambda untimed, timed: take_turn(lambda: fn(batch), untimed, timed, device=device, clock=clock)
-
-    with torch.inference_mode():
-        return run_turns({name: turn_of(fn) for name, fn in fns.items()}, rounds, policy, sleep=sleep)
 

@@ -1,19 +1,20 @@
 """Runtime options of each backend, each against its baseline, side by side in ONE run.
 
 For a random-weight torchvision model (``--arch``, default ResNet-18) at 224x224, batch 1 and 16, with
-``--threads`` intra-op threads (default 2), every option below is timed beside its baseline in the project's
-interleaved turns (:func:`modelops.timing.interleaved_latency`), one group at a time:
+``--threads`` intra-op threads (default 2), every option below is timed beside its baseline the project's one
+way, one group at a time: each variant in its own spawned process (:class:`modelops.model_process.WorkerProxy`
+running an :class:`OptionSession`), all of the group's variants timed in interleaved turns
+(:func:`modelops.model_process.time_batch`), medians of ``--rounds`` timed calls:
 
-- **fp32 eager**: ``channels_last`` (model and input) vs the default contiguous layout.
+- **fp32 eager**: ``channels_last`` (model and input) vs the default contiguous layout (the same weights).
 - **pt2e int8** (torchao PT2E, X86InductorQuantizer, ``torch.compile`` with freezing, as the loader runs it):
   a ``channels_last`` input; inductor's ``max_autotune``; its C++ wrapper (``cpp_wrapper``); the AOTInductor
   package the quantization script writes (:mod:`modelops.runtimes.aoti`). A compiled variant's first call
   at each batch size is its compile, reported apart from steady latency. Inductor's FX graph cache is off and
-  its kernel cache is a fresh folder for the run, so nothing comes from earlier runs; a later variant may
-  reuse a kernel an earlier one built when the two are identical. First calls are timed in this process, after
-  its imports: a fresh serving process pays those and inductor's probe compiles of the CPU's ISA on top.
-  ``setup_s`` is the variant's build (for the package: the ahead-of-time compile the quantization script does
-  once, with a kernel cache of its own).
+  every worker has a kernel cache folder of its own in the run's temporary folder, so every compile is cold.
+  Variants load one at a time; each first call is timed in the variant's own fresh process after its imports,
+  as a freshly started serving process meets it. ``option_setup_s`` is the variant's build in its worker (for
+  the package: the ahead-of-time compile the quantization script does once).
 - **onnxruntime int8** (the QDQ file): ``graph_optimization_level`` levels other than ORT's default,
   ``session.intra_op.allow_spinning`` 0, ``enable_cpu_mem_arena`` off, ``execution_mode`` parallel, each alone
   against ORT's defaults.
@@ -31,13 +32,14 @@ default in the loaders only when this run shows it faster on the target machine.
 from __future__ import annotations
 
 import argparse
-import copy
+import importlib
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,11 +49,13 @@ import torch
 from modelops.cli import run_cli
 from modelops.cpu import cpu_info
 from modelops.errors import UsageError
+from modelops.model_process import WorkerProxy, time_batch
+from modelops.model_session import ModelSession
 from modelops.models import create_model
 from modelops.results import markdown_table, write_results
 from modelops.runtimes.aoti import open_package, package_exported
 from modelops.runtimes.openvino_predictor import compile_config, openvino_available
-from modelops.timing import interleaved_latency
+from modelops.timing import POLICY
 from PR3_model_optimization.quantization.config import QuantConfig
 from PR3_model_optimization.quantization.onnxruntime_backend import prepare_onnx, quantize_onnx
 from PR3_model_optimization.quantization.openvino_backend import nncf_available, quantize_nncf
@@ -60,9 +64,9 @@ from PR3_model_optimization.quantization.pt2e_backend import quantize_pt2e, save
 logger = logging.getLogger(__name__)
 
 GROUPS = ("eager", "pt2e", "onnxruntime", "openvino")
+# The file each group's workers load, in the run's temporary folder.
+GROUP_FILES = {"eager": "fp32.pt", "pt2e": "int8.pt2", "onnxruntime": "int8.onnx", "openvino": "int8_ov.onnx"}
 Fn = Callable[[torch.Tensor], torch.Tensor]
-# A group's variants: name -> (the callable, seconds its set-up took); the first one is the baseline.
-Variants = dict[str, tuple[Fn, float]]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -89,33 +93,26 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def timed(make: Callable[[], Fn]) -> tuple[Fn, float]:
-    """(``make()``, the seconds it took)."""
-    started = time.perf_counter()
-    fn = make()
-    return fn, time.perf_counter() - started
-
-
 # --------------------------------------------------------------------------- the files
 
 
 def build_files(model: torch.nn.Module, input_shape: list[int], work: Path, calibration_batches: int,
                 groups: list[str]) -> dict[str, Path]:
-    """The int8 files the groups need: ``onnx`` (ORT QDQ), ``openvino`` (NNCF QDQ), ``pt2e`` (a ``.pt2``)."""
+    """Each group's file, by group: the fp32 ``state_dict`` (eager), the ORT QDQ and NNCF QDQ int8 ONNX files,
+    the PT2E int8 ``.pt2``."""
     calibration = [torch.randn(8, *input_shape) for _ in range(calibration_batches)]
     config = QuantConfig(calibration_batches=calibration_batches, keep_float=("conv1",))
-    files: dict[str, Path] = {}
+    files = {group: work / GROUP_FILES[group] for group in groups}
+    if "eager" in groups:
+        torch.save(model.state_dict(), files["eager"])
     if "onnxruntime" in groups or "openvino" in groups:
         prepared = prepare_onnx(model, calibration[0][:2], work)
         if "onnxruntime" in groups:
-            files["onnx"] = work / "int8.onnx"
-            quantize_onnx(prepared, files["onnx"], config, calibration)
+            quantize_onnx(prepared, files["onnxruntime"], config, calibration)
         if "openvino" in groups:
-            files["openvino"] = work / "int8_ov.onnx"
             quantize_nncf(prepared, files["openvino"], config, calibration)
     if "pt2e" in groups:
         graph = quantize_pt2e(model, calibration[0][:2], config.with_(backend="pt2e"), calibration)
-        files["pt2e"] = work / "int8.pt2"
         save_pt2e(graph, files["pt2e"], calibration[0][:2])
     return files
 
@@ -127,12 +124,6 @@ def channels_last_input(fn: Fn) -> Fn:
     return lambda batch: fn(batch.contiguous(memory_format=torch.channels_last))
 
 
-def eager_variants(model: torch.nn.Module) -> Variants:
-    """fp32 eager contiguous (baseline) and channels_last (weights and input)."""
-    last = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    return {"contiguous": (model, 0.0), "channels_last": (channels_last_input(last), 0.0)}
-
-
 @contextmanager
 def inductor_settings(**settings: Any) -> Iterator[None]:
     """Freezing on and inductor's graph cache off (each compile is cold), plus ``settings``."""
@@ -140,20 +131,6 @@ def inductor_settings(**settings: Any) -> Iterator[None]:
 
     with inductor_config.patch({"freezing": True, "fx_graph_cache": False, **settings}):
         yield
-
-
-@contextmanager
-def fresh_inductor_cache(folder: Path) -> Iterator[None]:
-    """Inductor's kernel cache in ``folder`` while the block runs (compiles are not served from earlier runs)."""
-    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
 
 
 def compiled_pt2e(path: Path, **settings: Any) -> Fn:
@@ -171,24 +148,40 @@ def compiled_pt2e(path: Path, **settings: Any) -> Fn:
 def aoti_package(path: Path, example: torch.Tensor) -> Fn:
     """The program at ``path`` compiled ahead of time by AOTInductor, then loaded (as the loader does)."""
     package = path.with_name(path.name + ".aoti.pt2")
-    # Its own kernel cache: kernels it built would otherwise make the torch.compile variants' compiles look cheap.
-    with inductor_settings(), fresh_inductor_cache(path.parent / "inductor_aoti"):
+    with inductor_settings():
         package_exported(torch.export.load(str(path)), package, example)
     return open_package(package)
 
 
-def pt2e_variants(path: Path, example: torch.Tensor, aoti: bool) -> Variants:
-    """PT2E int8 through torch.compile (baseline), with a channels_last input, max_autotune, the C++ wrapper, and
-    the AOTInductor package."""
-    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers the int8 ops the program calls)
+# Each group's options by name, the baseline first; a worker builds the one it is named for.
+EAGER_OPTIONS: dict[str, Callable[[torch.nn.Module], Fn]] = {
+    "contiguous": lambda model: model,
+    "channels_last": lambda model: channels_last_input(model.to(memory_format=torch.channels_last)),
+}
+PT2E_OPTIONS: dict[str, Callable[[Path, torch.Tensor], Fn]] = {
+    "torch.compile": lambda path, _: compiled_pt2e(path),
+    "channels_last input": lambda path, _: channels_last_input(compiled_pt2e(path)),
+    "max_autotune": lambda path, _: compiled_pt2e(path, max_autotune=True),
+    "cpp_wrapper": lambda path, _: compiled_pt2e(path, cpp_wrapper=True),
+    "AOTInductor package": aoti_package,
+}
 
-    variants = {"torch.compile": timed(lambda: compiled_pt2e(path)),
-                "channels_last input": timed(lambda: channels_last_input(compiled_pt2e(path))),
-                "max_autotune": timed(lambda: compiled_pt2e(path, max_autotune=True)),
-                "cpp_wrapper": timed(lambda: compiled_pt2e(path, cpp_wrapper=True))}
-    if aoti:
-        variants["AOTInductor package"] = timed(lambda: aoti_package(path, example))
-    return variants
+
+def ort_changes() -> dict[str, Callable[[Any], None]]:
+    """ORT's defaults (baseline), then one session option changed at a time: name -> ``configure(options)``."""
+    import onnxruntime as ort
+
+    default_level = ort.SessionOptions().graph_optimization_level
+    level_enum = ort.GraphOptimizationLevel
+    levels = [level for level in (level_enum.ORT_ENABLE_ALL, level_enum.ORT_ENABLE_EXTENDED,
+                                  level_enum.ORT_ENABLE_BASIC) if level != default_level]
+    return {
+        f"defaults ({default_level.name})": lambda o: None,
+        **{level.name: (lambda o, level=level: setattr(o, "graph_optimization_level", level)) for level in levels},
+        "allow_spinning 0": lambda o: o.add_session_config_entry("session.intra_op.allow_spinning", "0"),
+        "cpu_mem_arena off": lambda o: setattr(o, "enable_cpu_mem_arena", False),
+        "execution_mode parallel": lambda o: setattr(o, "execution_mode", ort.ExecutionMode.ORT_PARALLEL),
+    }
 
 
 def ort_session_fn(path: Path, threads: int, configure: Callable[[Any], None]) -> Fn:
@@ -203,23 +196,11 @@ def ort_session_fn(path: Path, threads: int, configure: Callable[[Any], None]) -
     return lambda batch: torch.from_numpy(session.run(None, {name: batch.numpy()})[0])
 
 
-def ort_variants(path: Path, threads: int) -> Variants:
-    """ORT's defaults (baseline), then one session option changed at a time."""
-    import onnxruntime as ort
-
-    default_level = ort.SessionOptions().graph_optimization_level
-    level_enum = ort.GraphOptimizationLevel
-    levels = [level for level in (level_enum.ORT_ENABLE_ALL, level_enum.ORT_ENABLE_EXTENDED,
-                                  level_enum.ORT_ENABLE_BASIC) if level != default_level]
-    changes: dict[str, Callable[[Any], None]] = {
-        f"defaults ({default_level.name})": lambda o: None,
-        **{level.name: (lambda o, level=level: setattr(o, "graph_optimization_level", level)) for level in levels},
-        "allow_spinning 0": lambda o: o.add_session_config_entry("session.intra_op.allow_spinning", "0"),
-        "cpu_mem_arena off": lambda o: setattr(o, "enable_cpu_mem_arena", False),
-        "execution_mode parallel": lambda o: setattr(o, "execution_mode", ort.ExecutionMode.ORT_PARALLEL),
-    }
-    return {name: timed(lambda configure=configure: ort_session_fn(path, threads, configure))
-            for name, configure in changes.items()}
+def openvino_configs(threads: int) -> dict[str, dict[str, object]]:
+    """The loader's LATENCY hint with ``threads`` (baseline), the THROUGHPUT hint, and OpenVINO's own thread count."""
+    latency = compile_config(threads)
+    return {"LATENCY": latency, "THROUGHPUT": {**latency, "PERFORMANCE_HINT": "THROUGHPUT"},
+            "INFERENCE_NUM_THREADS unset": {k: v for k, v in latency.items() if k != "INFERENCE_NUM_THREADS"}}
 
 
 def openvino_fn(path: Path, config: dict[str, object]) -> Fn:
@@ -230,66 +211,149 @@ def openvino_fn(path: Path, config: dict[str, object]) -> Fn:
     return lambda batch: torch.from_numpy(request.infer({0: batch.numpy()})[0].copy())
 
 
-def openvino_variants(path: Path, threads: int) -> Variants:
-    """The loader's LATENCY hint with ``threads`` (baseline), the THROUGHPUT hint, and OpenVINO's own thread count."""
-    latency = compile_config(threads)
-    throughput = {**latency, "PERFORMANCE_HINT": "THROUGHPUT"}
-    own_threads = {k: v for k, v in latency.items() if k != "INFERENCE_NUM_THREADS"}
-    return {"LATENCY": timed(lambda: openvino_fn(path, latency)),
-            "THROUGHPUT": timed(lambda: openvino_fn(path, throughput)),
-            "INFERENCE_NUM_THREADS unset": timed(lambda: openvino_fn(path, own_threads))}
+def group_options(group: str, aoti: bool = True) -> list[str]:
+    """The group's option names, the baseline first."""
+    if group == "eager":
+        return list(EAGER_OPTIONS)
+    if group == "pt2e":
+        return [name for name in PT2E_OPTIONS if aoti or name != "AOTInductor package"]
+    if group == "onnxruntime":
+        return list(ort_changes())
+    return list(openvino_configs(1))
+
+
+def build_variant(group: str, option: str, path: Path, threads: int, input_shape: list[int], arch: str) -> Fn:
+    """The one variant ``option`` of ``group`` runs, on the file at ``path``."""
+    if group == "eager":
+        model = create_model(arch, 1000)
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return EAGER_OPTIONS[option](model.eval())
+    if group == "pt2e":
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers the int8 ops the program calls)
+
+        return PT2E_OPTIONS[option](path, torch.randn(2, *input_shape))
+    if group == "onnxruntime":
+        return ort_session_fn(path, threads, ort_changes()[option])
+    return openvino_fn(path, openvino_configs(threads)[option])
+
+
+class OptionPredictor:
+    """What :class:`~modelops.model_session.ModelSession` times: one variant, under ``torch.inference_mode``."""
+
+    backend, manifest = "option", None
+
+    def __init__(self, fn: Fn, input_shape: list[int]) -> None:
+        self.fn, self.input_shape = fn, list(input_shape)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.fn(batch)
+
+    def check_input(self, batch: torch.Tensor) -> None:
+        """Any batch of ``input_shape`` runs."""
+
+
+class OptionSession(ModelSession):
+    """Option ``option`` of ``group`` (what :func:`build_variant` builds on the group's file ``path``) in its own
+    worker, with ``cache_dir`` as inductor's kernel cache of this worker alone (set before anything compiles)."""
+
+    def __init__(self, name: str, path: str, *, group: str, option: str, threads: int, input_shape: list[int],
+                 arch: str, cache_dir: str) -> None:
+        super().__init__(name, path, threads=threads)
+        self.group, self.option, self.input_shape, self.arch = group, option, list(input_shape), arch
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+
+    def load(self) -> dict[str, Any]:
+        """Build the variant; ``load_s`` is its set-up in seconds."""
+        torch.set_num_threads(self.threads)
+        started = time.perf_counter()
+        fn = build_variant(self.group, self.option, Path(self.path), self.threads, self.input_shape, self.arch)
+        load_s = time.perf_counter() - started
+        self.predictor = OptionPredictor(fn, self.input_shape)
+        return {"load_s": load_s, "pid": os.getpid(), "threads": torch.get_num_threads()}
 
 
 # --------------------------------------------------------------------------- timing
 
 
-def first_calls(variants: Variants, batch: torch.Tensor) -> dict[str, float]:
-    """Each variant's first call at this batch size, in seconds (a compiled variant compiles in it)."""
-    seconds = {}
-    with torch.inference_mode():
-        for name, (fn, _) in variants.items():
-            started = time.perf_counter()
-            fn(batch)
-            seconds[name] = time.perf_counter() - started
-    return seconds
+def start_group(group: str, args: argparse.Namespace, path: Path, work: Path) -> dict[str, WorkerProxy]:
+    """One worker per option of ``group``, started side by side; each with its own inductor kernel cache."""
+    shape = [3, args.image_size, args.image_size]
+    # By its module path, so a spawned worker imports it by name also when this file runs as a script.
+    session_cls = importlib.import_module("PR3_model_optimization.benchmarks.bench_backend_options").OptionSession
+    sessions: dict[str, WorkerProxy] = {}
+    try:
+        for i, option in enumerate(group_options(group, args.aoti)):
+            sessions[option] = WorkerProxy(session=session_cls, name=option, path=str(path), group=group,
+                                           option=option, threads=args.threads, input_shape=shape, arch=args.arch,
+                                           cache_dir=str(work / "inductor" / f"{group}-{i}"))
+        for session in sessions.values():
+            session.send("ping")
+        for session in sessions.values():
+            session.receive()
+    except BaseException:
+        for session in sessions.values():
+            session.close()
+        raise
+    return sessions
 
 
-def compare(group: str, variants: Variants, batch: torch.Tensor, rounds: int, min_gain: float) -> list[dict[str, Any]]:
-    """Time every variant at ``batch`` in interleaved turns; one row per option against the group's baseline."""
-    first = first_calls(variants, batch)
-    samples = interleaved_latency({name: fn for name, (fn, _) in variants.items()}, batch, rounds=rounds, warmup=2)
-    median = {name: float(torch.tensor(values).median()) for name, values in samples.items()}
-    baseline = next(iter(variants))
+def fail(name: str, exc: Exception) -> None:
+    """A variant that fails ends the run."""
+    raise RuntimeError(f"{name}: {exc}\n{getattr(exc, 'detail', '')}") from exc
+
+
+def option_rows(group: str, batch_size: int, median: Mapping[str, float], first: Mapping[str, float],
+                setup: Mapping[str, float], min_gain: float) -> list[dict[str, Any]]:
+    """One row per option against the group's baseline (the first name in ``median``)."""
+    baseline, *options = median
     rows = []
-    for name, (_, setup_s) in list(variants.items())[1:]:
+    for name in options:
         speedup = median[baseline] / median[name]
         rows.append({
-            "group": group, "batch_size": len(batch), "option": name, "baseline": baseline,
+            "group": group, "batch_size": batch_size, "option": name, "baseline": baseline,
             "baseline_ms_p50": round(median[baseline], 3), "option_ms_p50": round(median[name], 3),
             "speedup": round(speedup, 3), "faster": speedup >= 1 + min_gain,
             "baseline_first_call_s": round(first[baseline], 3), "option_first_call_s": round(first[name], 3),
-            "option_setup_s": round(setup_s, 2),
+            "option_setup_s": round(setup[name], 2),
         })
     return rows
 
 
-def run_groups(args: argparse.Namespace, model: torch.nn.Module, files: dict[str, Path]) -> list[dict[str, Any]]:
-    """Every requested group at every batch size; the option rows."""
-    shape = [3, args.image_size, args.image_size]
-    makers: dict[str, Callable[[], Variants]] = {
-        "eager": lambda: eager_variants(model),
-        "pt2e": lambda: pt2e_variants(files["pt2e"], torch.randn(2, *shape), args.aoti),
-        "onnxruntime": lambda: ort_variants(files["onnx"], args.threads),
-        "openvino": lambda: openvino_variants(files["openvino"], args.threads),
-    }
+def compare(group: str, sessions: Mapping[str, Any], batch_sizes: list[int], rounds: int,
+            min_gain: float) -> list[dict[str, Any]]:
+    """Load the variants one at a time, each followed by its first call at every batch size, then time them in
+    interleaved turns at each batch size; one row per option and batch size."""
+    setup: dict[str, float] = {}
+    first: dict[int, dict[str, float]] = {batch_size: {} for batch_size in batch_sizes}
+    for name, session in sessions.items():
+        try:
+            setup[name] = session.load()["load_s"]
+            for batch_size in batch_sizes:
+                first[batch_size][name] = session.first_call(batch_size)
+        except Exception as exc:
+            fail(name, exc)
+    rows = []
+    for batch_size in batch_sizes:
+        samples = time_batch(sessions, batch_size, samples=rounds, policy=POLICY, on_error=fail)
+        median = {name: statistics.median(samples[name]) for name in sessions}
+        rows += option_rows(group, batch_size, median, first[batch_size], setup, min_gain)
+        logger.info("%s batch %d done", group, batch_size)
+    return rows
+
+
+def run_groups(args: argparse.Namespace, files: dict[str, Path], work: Path) -> list[dict[str, Any]]:
+    """Every requested group at every batch size, its variants in their own processes; the option rows."""
     rows: list[dict[str, Any]] = []
     for group in args.groups:
-        variants = makers[group]()
-        for batch_size in args.batch_sizes:
-            batch = torch.randn(batch_size, *shape)
-            rows += [{"arch": args.arch, **row} for row in compare(
-                f"{group} {'fp32' if group == 'eager' else 'int8'}", variants, batch, args.rounds, args.min_gain)]
-            logger.info("%s batch %d done", group, batch_size)
+        sessions = start_group(group, args, files[group], work)
+        try:
+            label = f"{group} {'fp32' if group == 'eager' else 'int8'}"
+            rows += [{"arch": args.arch, **row}
+                     for row in compare(label, sessions, args.batch_sizes, args.rounds, args.min_gain)]
+        finally:
+            for session in sessions.values():
+                session.close()
     return rows
 
 
@@ -313,14 +377,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = create_model(args.arch, 1000).eval()
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench_options_") as tmp, fresh_inductor_cache(Path(tmp) / "inductor"):
+    with tempfile.TemporaryDirectory(prefix="bench_options_") as tmp:
         files = build_files(model, [3, args.image_size, args.image_size], Path(tmp), args.calibration_batches,
                             args.groups)
-        rows = run_groups(args, model, files)
+        rows = run_groups(args, files, Path(tmp))
     info = cpu_info()
     result = {"cpu": info["cpu_model"], "usable_cores": info["usable_cores"], "threads": args.threads,
-              "arch": args.arch, "image_size": args.image_size, "rounds": args.rounds, "options": rows,
-              "total_s": round(time.perf_counter() - started, 1)}
+              "arch": args.arch, "image_size": args.image_size, "rounds": args.rounds,
+              "method": "per-process turns", "options": rows, "total_s": round(time.perf_counter() - started, 1)}
     out = Path(args.output)
     write_results(out / "results.json", result)
     write_results(out / "results.csv", rows)

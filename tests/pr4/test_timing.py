@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from modelops.timing import (
     ALTERNATING,
+    POLICY,
     TimingPolicy,
-    interleaved_latency,
+    Turn,
     latency_stats,
     run_turns,
+    take_turn,
 )
 
 
@@ -40,7 +41,7 @@ class FakeMachine:
         self.now += seconds
 
     def model(self, name: str):
-        def call(batch: torch.Tensor) -> torch.Tensor:
+        def call() -> str:
             cost = self.costs_ms[name]
             if self.calls.count(name) < self.slow_first:
                 cost = self.slow_ms
@@ -49,16 +50,20 @@ class FakeMachine:
             self.calls.append(name)
             self.now += cost / 1e3
             self.last = (name, self.now)
-            return batch
+            return name
 
         return call
+
+    def turns(self, names: str) -> dict[str, Turn]:
+        """One :data:`Turn` per model, each timing the model's calls on this machine's clock."""
+        return {name: (lambda untimed, timed, fn=self.model(name): take_turn(fn, untimed, timed, clock=self.clock))
+                for name in names}
 
 
 def test_turns_warm_up_then_interleave_with_an_untimed_opening_call():
     machine = FakeMachine({"A": 10.0, "B": 2.0})
     policy = TimingPolicy(warmup=2, calls_per_turn=3, untimed_per_turn=1, settle_s=0.05)
-    samples = interleaved_latency({n: machine.model(n) for n in "AB"}, torch.zeros(1), rounds=7, policy=policy,
-                                  clock=machine.clock, sleep=machine.sleep)
+    samples = run_turns(machine.turns("AB"), 7, policy, sleep=machine.sleep)
     # warm-up A A B B, then turns of 1 untimed + 3, 3, 1 timed calls
     assert "".join(machine.calls) == "AABB" + "AAAABBBB" * 2 + "AABB"
     assert machine.sleeps == [0.05] * 6  # one pause before every turn
@@ -67,25 +72,22 @@ def test_turns_warm_up_then_interleave_with_an_untimed_opening_call():
 
 def test_warm_up_keeps_slow_first_calls_out_of_the_samples():
     machine = FakeMachine({"A": 5.0}, slow_first=3, slow_ms=500.0)
-    alone = TimingPolicy(calls_per_turn=4, untimed_per_turn=0, settle_s=0.0)
-    warm = interleaved_latency({"A": machine.model("A")}, torch.zeros(1), rounds=4, policy=alone, warmup=3,
-                               clock=machine.clock)["A"]
-    assert warm == [pytest.approx(5.0)] * 4
+    warm = run_turns(machine.turns("A"), 4, TimingPolicy(warmup=3, calls_per_turn=4, untimed_per_turn=0,
+                                                         settle_s=0.0))["A"]
+    assert warm == [pytest.approx(5.0)] * 4 and machine.calls == ["A"] * 7
     cold_machine = FakeMachine({"A": 5.0}, slow_first=3, slow_ms=500.0)
-    cold = interleaved_latency({"A": cold_machine.model("A")}, torch.zeros(1), rounds=4, policy=alone, warmup=0,
-                               clock=cold_machine.clock)["A"]
+    cold = run_turns(cold_machine.turns("A"), 4, TimingPolicy(warmup=0, calls_per_turn=4, untimed_per_turn=0,
+                                                              settle_s=0.0))["A"]
     assert cold[:3] == [pytest.approx(500.0)] * 3 and latency_stats(cold)["latency_ms_p50"] > 5.0
 
 
 def test_turns_keep_spinning_threads_off_the_next_model_where_alternation_charges_them():
     costs = {"A": 10.0, "B": 4.0}
     turns = FakeMachine(costs, spin_ms=6.0)
-    fair = interleaved_latency({n: turns.model(n) for n in "AB"}, torch.zeros(1), rounds=6,
-                               clock=turns.clock, sleep=turns.sleep)
+    fair = run_turns(turns.turns("AB"), 6, POLICY, sleep=turns.sleep)
     assert fair == {"A": [pytest.approx(10.0)] * 6, "B": [pytest.approx(4.0)] * 6}
     alternating = FakeMachine(costs, spin_ms=6.0)
-    unfair = interleaved_latency({n: alternating.model(n) for n in "AB"}, torch.zeros(1), rounds=6,
-                                 policy=ALTERNATING, clock=alternating.clock, sleep=alternating.sleep)
+    unfair = run_turns(alternating.turns("AB"), 6, ALTERNATING, sleep=alternating.sleep)
     assert "".join(alternating.calls[-4:]) == "ABAB"
     assert unfair["B"] == [pytest.approx(10.0)] * 6  # 4 ms of work + 6 ms of the other model's spinning
 
