@@ -27,7 +27,9 @@ from modelops.errors import UsageError
 from modelops.evaluate import accuracy, predict_logits, top1_agreement
 from modelops.model_process import time_artifacts
 from modelops.results import write_results
+from modelops.runtimes.aoti import package_path
 from modelops.timed_modules import Timer, medians_or_raise
+from PR3_model_optimization.quantization.aoti_check import check_package
 from PR3_model_optimization.quantization.auto import Candidate, Selection, select
 from PR3_model_optimization.quantization.backends import REGISTRY, Quantizer
 from PR3_model_optimization.quantization.config import QuantConfig
@@ -210,11 +212,25 @@ class QuantizationRun:
         metrics.update({"accuracy": row["val_accuracy"], "accuracy_split": "val", **extra})
         runtime = {}
         if config.backend == "pt2e" and config.method != "bf16" and not getattr(self.args, "no_aoti", False):
-            # Compiled once here, so a served model's first request does not pay inductor's compile.
-            aoti = package_for_serving(save_path, self.example())
-            runtime = {"aoti": aoti} if aoti else {}
+            runtime = self.package(save_path, self.child_manifest(config, metrics), metrics)
         return write_manifest(save_path, self.child_manifest(config, metrics, runtime),
                               fmt=REGISTRY[config.backend].format)
+
+    def package(self, save_path: Path, manifest: Manifest, metrics: dict) -> dict:
+        """Compile the published program ahead of time, so a served model's first request does not pay
+        inductor's compile, and keep the package only if it runs as fast as ``torch.compile`` here (the
+        figures go to ``metrics["aoti_check"]``); the manifest's ``runtime`` additions."""
+        aoti = package_for_serving(save_path, self.example())
+        if not aoti:
+            return {}
+        keep, record = check_package(save_path, manifest, aoti, [1, self.args.latency_batch_size],
+                                     self.args.latency_rounds, threads=self.threads, timer=self.timer)
+        metrics["aoti_check"] = record
+        logger.info("AOTInductor package %s: %s", "kept" if keep else "dropped", record["why"])
+        if not keep:
+            package_path(save_path).unlink(missing_ok=True)
+            return {}
+        return {"aoti": aoti}
 
 
 

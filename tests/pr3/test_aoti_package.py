@@ -11,8 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from modelops.artifact import Manifest, load_artifact, manifest_path, write_manifest
+from modelops.artifact import Manifest, load_artifact, manifest_path, read_manifest, write_manifest
+from modelops.model_process import ProcessTimes
 from modelops.runtimes import aoti
+from PR3_model_optimization.quantization import aoti_check as check
 from PR3_model_optimization.quantization.config import QuantConfig
 from PR3_model_optimization.quantization.pt2e_backend import package_for_serving, quantize_pt2e, save_pt2e
 
@@ -88,3 +90,41 @@ def test_corrupt_package_falls_back(packaged: Path, tmp_path: Path, caplog: pyte
 def test_eager_load_ignores_the_package(packaged: Path) -> None:
     predictor = load_artifact(packaged, compile=False)
     assert isinstance(predictor._fn, nn.Module) and type(predictor._fn).__name__ != "OptimizedModule"
+
+
+class PackageTimer:
+    """Stands in for time_artifacts in the package check: fixed ms per variant, after checking what it was given
+    (two copies of the artifact, only one of them with the package beside it and in its manifest)."""
+
+    def __init__(self, compile_ms: float, package_ms: float | None) -> None:
+        self.ms = {check.COMPILED: compile_ms, check.PACKAGED: package_ms}
+
+    def __call__(self, artifacts, batch_sizes, rounds: int, *, threads: int | None = None) -> ProcessTimes:
+        compiled, packaged = Path(artifacts[check.COMPILED]), Path(artifacts[check.PACKAGED])
+        assert "aoti" not in json.loads(manifest_path(compiled).read_text())["runtime"]
+        assert json.loads(manifest_path(packaged).read_text())["runtime"]["aoti"]["file"] == "tiny.pt2.aoti.pt2"
+        assert aoti.package_path(packaged).is_file() and not aoti.package_path(compiled).is_file()
+        times = ProcessTimes()
+        for name, ms in self.ms.items():
+            if ms is None:
+                times.errors[name] = "RuntimeError: the package would not load"
+            else:
+                times.samples_ms[name] = {b: [ms * b] * rounds for b in batch_sizes}
+        return times
+
+
+@pytest.mark.parametrize(("compile_ms", "package_ms", "kept"), [
+    (10.0, 9.0, True),    # faster
+    (10.0, 10.4, True),   # within the tolerance its cold start is worth
+    (10.0, 50.0, False),  # five times slower, as a ResNet-50 package measured on one CPU
+    (10.0, None, False),  # does not run
+])
+def test_a_package_is_kept_only_where_it_times_as_fast_as_torch_compile(
+        packaged: Path, compile_ms: float, package_ms: float | None, kept: bool) -> None:
+    manifest = read_manifest(packaged)
+    keep, record = check.check_package(packaged, manifest, manifest.runtime["aoti"], [1, 4, 4], rounds=3,
+                                       timer=PackageTimer(compile_ms, package_ms))
+    assert keep is kept and record["kept"] is kept and record["why"]
+    if package_ms is not None:
+        assert record["compile_ms"] == {1: compile_ms, 4: compile_ms * 4}
+        assert record["speed_vs_compile"] == pytest.approx(compile_ms / package_ms, rel=1e-3)
