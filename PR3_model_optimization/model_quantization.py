@@ -118,8 +118,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="write a dynamic int8 model even when Linear/LSTM layers carry under "
                         f"{DYNAMIC_MIN_MAC_FRACTION:.0%}% of the MACs (default: refuse)")
     q.add_argument("--no-aoti", action="store_true", help="pt2e int8: write no AOTInductor package "
-                   "(<save-path>.aoti.pt2; the loader then compiles on the first call) (default: write one, kept where it "
-                   "times within 5%% of torch.compile's speed here)")
+                   "(<save-path>.aoti.pt2; the loader then compiles on the first call) (default: write one, "
+                   "kept where it times within 5%% of torch.compile's speed here)")
     qat = parser.add_argument_group("quantization-aware training")
     qat.add_argument("--qat-epochs", type=float, default=1.0, help="fine-tuning epochs, may be fractional (default: 1)")
     qat.add_argument("--qat-lr", type=float, default=1e-3, help="SGD learning rate for QAT (default: 0.001)")
