@@ -28,9 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -134,12 +134,8 @@ def auto_pick(ms_by_batch: dict[int, dict[str, float]]) -> str:
     """The int8 contender that ``--backend auto`` keeps on speed: best geometric-mean speed-up over fp32 eager."""
     names = [n for n in next(iter(ms_by_batch.values()))
              if n.startswith("int8 ") and all(n in ms for ms in ms_by_batch.values())]
-
-    def geomean(name: str) -> float:
-        ratios = [ms["fp32 eager"] / ms[name] for ms in ms_by_batch.values()]
-        return math.prod(ratios) ** (1 / len(ratios))
-
-    return max(names, key=geomean)
+    return max(names, key=lambda name: statistics.geometric_mean(ms["fp32 eager"] / ms[name]
+                                                                for ms in ms_by_batch.values()))
 
 
 def speed_part(args: argparse.Namespace, arch: str, work: Path) -> list[dict[str, Any]]:

@@ -12,10 +12,9 @@ manifest records the figures and the verdict.
 
 from __future__ import annotations
 
-import logging
-import math
 import os
 import shutil
+import statistics
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,8 +23,6 @@ from typing import Any
 from modelops.artifact import Manifest, write_manifest
 from modelops.model_process import time_artifacts
 from modelops.runtimes.aoti import package_path
-
-logger = logging.getLogger(__name__)
 
 # The package may be this much slower (geometric mean over the batch sizes) and still be kept for its cold start.
 TOLERANCE = 0.05
@@ -74,7 +71,7 @@ def check_package(artifact: Path, manifest: Manifest, entry: dict[str, Any], bat
               if b in record["compile_ms"] and b in record["package_ms"]]
     if not ratios:
         return True, {**record, "kept": True, "why": "torch.compile could not be timed; the package is kept"}
-    speed = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    speed = statistics.geometric_mean(ratios)
     keep = speed >= 1 - TOLERANCE
     why = (f"the package runs {speed:.2f}x as fast as torch.compile (geometric mean over batch sizes "
            f"{', '.join(map(str, sizes))}), {'within' if keep else 'outside'} the {TOLERANCE:.0%} its cold start "

@@ -11,7 +11,7 @@ backend that is not installed or fails is a row with an ``error`` and the next o
 
 from __future__ import annotations
 
-import math
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +91,7 @@ def time_candidates(fp32: Path, candidates: Sequence[Candidate], batch_sizes: Se
 def speedup_geomean(candidate: Candidate, fp32_ms: Mapping[int, float]) -> float:
     """Geometric mean over the measured batch sizes of fp32 eager latency / candidate latency."""
     ratios = [fp32_ms[b] / ms for b, ms in candidate.latency_ms.items() if ms > 0]
-    return math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else 0.0
+    return statistics.geometric_mean(ratios) if ratios else 0.0
 
 
 def choose(candidates: Sequence[Candidate], fp32_ms: Mapping[int, float], budget: float,
