@@ -14,20 +14,17 @@ import torch
 from torch import nn
 
 from modelops.errors import UsageError
+from modelops.model_probe import exported_user_input_shape
 
 logger = logging.getLogger(__name__)
 
 
 def exported_batch_size(exported: torch.export.ExportedProgram) -> int | None:
     """The batch size the program's first user input fixes, or None when it is dynamic (or unknown)."""
-    user_inputs = set(exported.graph_signature.user_inputs)
-    for node in exported.graph.nodes:
-        if node.op == "placeholder" and node.name in user_inputs:
-            shape = getattr(node.meta.get("val"), "shape", None)
-            if not shape:
-                return None
-            return shape[0] if isinstance(shape[0], int) else None
-    return None
+    shape = exported_user_input_shape(exported)
+    if not shape:
+        return None
+    return shape[0] if isinstance(shape[0], int) else None
 
 
 class FixedBatchModule(nn.Module):

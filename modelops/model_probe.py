@@ -46,18 +46,23 @@ def onnx_input_shape(session: object) -> list[int] | None:
     return [int(d) for d in dims] if dims and all(isinstance(d, int) and d > 0 for d in dims) else None
 
 
-def exported_input_shape(exported: torch.export.ExportedProgram) -> list[int] | None:
-    """(C, H, W) of an ExportedProgram's first user input, when it is static past the batch dimension."""
+def exported_user_input_shape(exported: torch.export.ExportedProgram) -> Sequence[object] | None:
+    """The full shape of an ExportedProgram's first user input, batch dimension included, symbolic sizes
+    (``torch.SymInt``) as they are; None when the program has no user input or its value has no shape."""
     user_inputs = set(exported.graph_signature.user_inputs)
     for node in exported.graph.nodes:
         if node.op == "placeholder" and node.name in user_inputs:
-            value = node.meta.get("val")
-            dims = list(getattr(value, "shape", []))[1:]
-            try:
-                return [int(d) for d in dims] or None
-            except TypeError:  # a symbolic size that has no single value
-                return None
+            return getattr(node.meta.get("val"), "shape", None)
     return None
+
+
+def exported_input_shape(exported: torch.export.ExportedProgram) -> list[int] | None:
+    """(C, H, W) of an ExportedProgram's first user input, when it is static past the batch dimension."""
+    dims = list(exported_user_input_shape(exported) or [])[1:]
+    try:
+        return [int(d) for d in dims] or None
+    except TypeError:  # a symbolic size that has no single value
+        return None
 
 
 def probe(
