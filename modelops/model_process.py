@@ -188,6 +188,21 @@ def start_session(isolation: str, **kwargs: Any) -> Proxy:
     return LocalProxy(**kwargs)
 
 
+def wait_until_started(sessions: Mapping[str, Proxy], *, raise_errors: bool = False) -> None:
+    """Ping every session, then read each answer, so the workers start up side by side.
+
+    A worker that cannot start raises its :class:`WorkerError` here when ``raise_errors``; otherwise its
+    answer is dropped and the worker fails its next call. A worker already gone when pinged raises either way.
+    """
+    for session in sessions.values():
+        session.send("ping")
+    for session in sessions.values():
+        if raise_errors:
+            session.receive()
+            continue
+        with contextlib.suppress(WorkerError):
+            session.receive()
+
 
 # ---------------------------------------------------------------------- timing
 
@@ -235,11 +250,7 @@ class ProcessTimes:
 
 def _load_all(sessions: Mapping[str, Proxy], first_batch: int, times: ProcessTimes) -> None:
     """Load the models one at a time, each followed by its first call, so every cold start is its own."""
-    for session in sessions.values():  # the workers start up side by side, before any cold start is timed
-        session.send("ping")
-    for session in sessions.values():
-        with contextlib.suppress(WorkerError):  # a worker that cannot start fails its load below
-            session.receive()
+    wait_until_started(sessions)  # before any cold start is timed; a worker that cannot start fails its load below
     for name, session in sessions.items():
         try:
             info = session.load()

@@ -49,7 +49,7 @@ import torch
 from modelops.cli import run_cli
 from modelops.cpu import cpu_info
 from modelops.errors import UsageError
-from modelops.model_process import WorkerProxy, time_batch
+from modelops.model_process import WorkerProxy, time_batch, wait_until_started
 from modelops.model_session import ModelSession
 from modelops.models import create_model
 from modelops.results import markdown_table, write_results
@@ -287,10 +287,7 @@ def start_group(group: str, args: argparse.Namespace, path: Path, work: Path) ->
             sessions[option] = WorkerProxy(session=session_cls, name=option, path=str(path), group=group,
                                            option=option, threads=args.threads, input_shape=shape, arch=args.arch,
                                            cache_dir=str(work / "inductor" / f"{group}-{i}"))
-        for session in sessions.values():
-            session.send("ping")
-        for session in sessions.values():
-            session.receive()
+        wait_until_started(sessions, raise_errors=True)
     except BaseException:
         for session in sessions.values():
             session.close()
