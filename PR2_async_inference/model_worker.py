@@ -30,6 +30,7 @@ from PR2_async_inference.settings import get_settings
 from PR2_async_inference.worker.batching import ModelWorker
 from PR2_async_inference.worker.callbacks import CallbackSender
 from PR2_async_inference.worker.health import serve_metrics
+from PR2_async_inference.worker.inference import preprocessing_threads
 
 __all__ = ["CallbackSender", "ModelWorker", "get_args_parser", "main", "serve_metrics"]
 
@@ -70,6 +71,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, on_sigterm)
     worker.load_models()
+    threads = preprocessing_threads(worker.predictors, settings.torch_threads)
+    if threads:
+        torch.set_num_threads(threads)
     worker.connect()
     try:
         worker.run(args.max_seconds)

@@ -218,7 +218,8 @@ class ResultsReader:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
-        self._thread.join(timeout_s)
+        if self._thread.ident is not None:  # a reader that never started has no thread to wait for
+            self._thread.join(timeout_s)
 
     def _consumer(self) -> KafkaConsumer:
         s = self.settings

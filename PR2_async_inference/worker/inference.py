@@ -17,6 +17,9 @@ from PR2_async_inference.registry import Registry, model_batch
 
 logger = logging.getLogger(__name__)
 
+#: Backends that run a model on their own thread pool (``intra_op_num_threads``), not on torch's OpenMP threads.
+OWN_THREAD_POOL_BACKENDS = frozenset({"onnxruntime", "openvino"})
+
 
 def load_predictors(registry: Registry, threads: int | None, *, spinning: bool = False,
                     ) -> tuple[dict[str, Predictor], dict[str, str]]:
@@ -42,6 +45,20 @@ def load_predictors(registry: Registry, threads: int | None, *, spinning: bool =
             errors[name] = f"cannot load {path}: {exc}"
             logger.error(errors[name])
     return predictors, errors
+
+
+def preprocessing_threads(predictors: dict[str, Predictor], threads: int | None) -> int | None:
+    """How many threads torch should have in the worker once ``predictors`` are loaded: 1 when every model runs on
+    its runtime's own pool (torch then only normalises pixels), else ``threads`` (None: leave torch's default).
+
+    One thread because OpenMP's idle threads spin-wait for a few milliseconds after each parallel region: after a
+    batch's normalisation they hold the cores the runtime's threads need for the forward pass that follows
+    (``benchmarks/bench_e2e.py``, ONNX Runtime int8 ResNet-18 on a 2-core EPYC: the forward pass 3.4 ms slower
+    at batch 1 with two torch threads).
+    """
+    if predictors and all(p.backend in OWN_THREAD_POOL_BACKENDS for p in predictors.values()):
+        return 1
+    return threads
 
 
 def warm_up(predictor: Predictor, max_batch_size: int | None = None) -> float:

@@ -21,12 +21,14 @@ import yaml
 from modelops.artifact import Manifest
 from modelops.errors import UsageError
 from PR2_async_inference import metrics
+from PR2_async_inference.api.main import create_app
 from PR2_async_inference.async_fastapi_server import ResultStore
 from PR2_async_inference.callback_security import host_allowed, sign
 from PR2_async_inference.kafka_queue_service import RequestMessage, StatusMessage
 from PR2_async_inference.model_worker import ModelWorker
 from PR2_async_inference.registry import decode_input, load_registry, model_input, top_k
 from PR2_async_inference.settings import IMAGE_NAME, Settings
+from PR2_async_inference.worker.inference import preprocessing_threads
 
 PR2 = Path(__file__).resolve().parents[2] / "PR2_async_inference"
 
@@ -295,3 +297,30 @@ def test_tansu_gets_its_fetch_wait_when_the_caller_passes_none() -> None:
     assert service_env(tansu, fetch_max_wait_ms=None)["INFERENCE_FETCH_MAX_WAIT_MS"] == str(TANSU_FETCH_MAX_WAIT_MS)
     assert service_env(tansu, fetch_max_wait_ms=80)["INFERENCE_FETCH_MAX_WAIT_MS"] == "80"
     assert "INFERENCE_FETCH_MAX_WAIT_MS" not in service_env("127.0.0.1:1", fetch_max_wait_ms=None)
+
+
+def test_the_worker_keeps_one_torch_thread_when_every_model_runs_on_its_own_runtime_pool():
+    ort, openvino, eager = (SimpleNamespace(backend=b) for b in ("onnxruntime", "openvino", "torch"))
+    assert preprocessing_threads({"a": ort, "b": openvino}, 2) == 1
+    assert preprocessing_threads({"a": ort, "b": eager}, 2) == 2  # torch runs a model: its threads stay
+    assert preprocessing_threads({"a": eager}, None) is None
+    assert preprocessing_threads({}, 2) == 2  # nothing loaded: nothing to decide from
+
+
+def test_the_api_runs_torch_on_one_thread_while_it_serves_and_restores_the_count(pr2_registry):
+    import torch
+    from fastapi.concurrency import run_in_threadpool
+
+    app = create_app(Settings(model_registry=pr2_registry), start_kafka=False)
+
+    async def threads_while_serving() -> tuple[int, int]:
+        async with app.router.lifespan_context(app):  # as uvicorn runs it: in the event loop's thread
+            return torch.get_num_threads(), await run_in_threadpool(torch.get_num_threads)  # a request thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert asyncio.run(threads_while_serving()) == (1, 1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
