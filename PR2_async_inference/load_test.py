@@ -4,9 +4,10 @@
         --time-limit-s 60
 
 ``concurrency`` closed-loop clients each POST a request and wait for its final state, until ``requests`` are
-done or ``time_limit_s`` passes. End-to-end latency is POST start -> the API answering the long-polling
-``GET /inference/{id}?wait=S`` with the final state: what a client sees, with no polling interval of the
-client's own added. Importable: :func:`run_load` returns throughput, latency percentiles and the median of
+done or ``time_limit_s`` passes, in one of two ways (``--client``): ``one-call`` POSTs with ``?wait=S`` and
+gets the final state in the answer; ``two-call`` takes the 202 and then long-polls ``GET /inference/{id}?wait=S``.
+End-to-end latency is POST start -> the final state in hand: what a client sees, with no polling interval of
+the client's own added. Importable: :func:`run_load` returns throughput, latency percentiles and the median of
 each hop of a request's way (:data:`HOPS`) as a flat dict.
 """
 
@@ -57,34 +58,41 @@ async def _wait_final(client: httpx.AsyncClient, request_id: str, timeout_s: flo
 #: Where a request's time goes, from the client's clock and the timestamps of its final state (one host, one
 #: clock): the API taking it in (HTTP, parsing, decoding), its produce being acknowledged (the 202), the wait
 #: until a worker's batch starts (produce, fetch, batching), the forward pass, and the result reaching the
-#: client (result produce, the API's results reader, the long-polling GET).
+#: client (result produce, the API's results reader, the answer). The produce hop is known only from a 202.
 HOPS = ("hop_ms_api_intake", "hop_ms_api_produce", "hop_ms_queue", "hop_ms_forward", "hop_ms_result")
 
 
-def request_hops(final: dict[str, Any], posted_at: float, accepted_at: float, done_at: float) -> dict[str, float]:
-    """:data:`HOPS` of one succeeded request (ms); the queue hop overlaps the produce hop."""
+def request_hops(final: dict[str, Any], posted_at: float, accepted_at: float | None,
+                 done_at: float) -> dict[str, float | None]:
+    """:data:`HOPS` of one succeeded request (ms; the produce hop None without a 202); the queue hop overlaps the
+    produce hop."""
     created, queue_s, forward_s = final["created_at"], final["queue_time_s"] or 0.0, final["inference_time_s"] or 0.0
     return {
         "hop_ms_api_intake": (created - posted_at) * 1000,
-        "hop_ms_api_produce": (accepted_at - created) * 1000,
+        "hop_ms_api_produce": (accepted_at - created) * 1000 if accepted_at is not None else None,
         "hop_ms_queue": queue_s * 1000,
         "hop_ms_forward": forward_s * 1000,
         "hop_ms_result": (done_at - final["updated_at"]) * 1000,
     }
 
 
+#: How a simulated client gets its result: in the POST's answer (``?wait``), or from a GET after the 202.
+CLIENT_MODES = ("one-call", "two-call")
+
+
 async def _run(url: str, requests: int, concurrency: int, time_limit_s: float,
-               payloads: list[dict[str, Any]]) -> dict[str, Any]:
+               payloads: list[dict[str, Any]], client_mode: str) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     batch_sizes: list[int] = []
-    hops: list[dict[str, float]] = []
+    hops: list[dict[str, float | None]] = []
     errors: dict[str, int] = {}
     issued = 0
     stop_at = time.perf_counter() + time_limit_s
 
     bodies = [json.dumps(p).encode() for p in payloads]  # encoded once: the generator shares the CPU it measures
     headers = {"Content-Type": "application/json"}
+    post_params = {"wait": MAX_STATUS_WAIT_S} if client_mode == "one-call" else None
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         nonlocal issued
@@ -93,16 +101,20 @@ async def _run(url: str, requests: int, concurrency: int, time_limit_s: float,
             issued += 1
             start = time.perf_counter()
             posted_at = time.time()
-            response = await client.post("/inference", content=body, headers=headers)
-            accepted_at = time.time()
-            if response.status_code != 202:
+            response = await client.post("/inference", content=body, headers=headers, params=post_params,
+                                         timeout=MAX_STATUS_WAIT_S + 10)
+            accepted_at = time.time() if response.status_code == 202 else None
+            if response.status_code == 200:  # one call: the final state is the answer
+                final = json.loads(response.content)
+            elif response.status_code == 202:
+                final = await _wait_final(client, response.json()["request_id"],
+                                          max(0.1, stop_at - time.perf_counter() + 30))
+            else:
                 key = f"http_{response.status_code}"
                 errors[key] = errors.get(key, 0) + 1
                 if response.status_code == 429:
                     await asyncio.sleep(float(response.headers.get("retry-after", "1")))
                 continue
-            final = await _wait_final(client, response.json()["request_id"],
-                                      max(0.1, stop_at - time.perf_counter() + 30))
             done_at = time.perf_counter()
             if final is None:
                 errors["timeout"] = errors.get("timeout", 0) + 1
@@ -124,12 +136,17 @@ async def _run(url: str, requests: int, concurrency: int, time_limit_s: float,
         wall = time.perf_counter() - began
     finally:
         await asyncio.gather(*(client.aclose() for client in clients))
-    return {"requests_sent": issued, "concurrency": concurrency, "wall_s": round(wall, 3),
+    return {"requests_sent": issued, "concurrency": concurrency, "client": client_mode, "wall_s": round(wall, 3),
             **summary(latencies, statuses, errors, batch_sizes, hops, wall)}
 
 
+def median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(float(np.median(known)), 2) if known else None
+
+
 def summary(latencies: list[float], statuses: dict[str, int], errors: dict[str, int], batch_sizes: list[int],
-            hops: list[dict[str, float]], wall: float) -> dict[str, Any]:
+            hops: list[dict[str, float | None]], wall: float) -> dict[str, Any]:
     """The flat result of a run: counts, throughput, latency percentiles, mean batch, median of each hop."""
     stats = latency_stats(latencies) if latencies else {}
     return {
@@ -140,7 +157,7 @@ def summary(latencies: list[float], statuses: dict[str, int], errors: dict[str, 
         "latency_ms_p50": stats.get("latency_ms_p50"), "latency_ms_p95": stats.get("latency_ms_p95"),
         "latency_ms_p99": stats.get("latency_ms_p99"), "latency_ms_mean": stats.get("latency_ms_mean"),
         "batch_size_mean": round(float(np.mean(batch_sizes)), 2) if batch_sizes else None,
-        **{f"{name}_p50": round(float(np.median([h[name] for h in hops])), 2) if hops else None for name in HOPS},
+        **{f"{name}_p50": median_or_none([h[name] for h in hops]) for name in HOPS},
     }
 
 
@@ -150,12 +167,16 @@ def make_payloads(input_shape: list[int], count: int = 16, seed: int = 0) -> lis
 
 
 def run_load(url: str, *, requests: int = 200, concurrency: int = 16, time_limit_s: float = 60.0,
-             input_shape: list[int] | None = None, payloads: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Send at most ``requests`` requests with ``concurrency`` closed-loop clients for at most ``time_limit_s``.
+             input_shape: list[int] | None = None, payloads: list[dict[str, Any]] | None = None,
+             client_mode: str = "one-call") -> dict[str, Any]:
+    """Send at most ``requests`` requests with ``concurrency`` closed-loop clients for at most ``time_limit_s``,
+    each getting its result as ``client_mode`` says (:data:`CLIENT_MODES`).
 
     Returns a flat dict: throughput_rps, latency_ms_p50/p95/p99, succeeded/failed/expired counts, errors.
     """
     check_local(url)
+    if client_mode not in CLIENT_MODES:
+        raise UsageError(f"client mode must be one of {', '.join(CLIENT_MODES)}; got {client_mode!r}")
     if requests < 1 or concurrency < 1 or time_limit_s <= 0:
         raise UsageError(f"requests ({requests}), concurrency ({concurrency}) and time limit must be positive")
     if payloads is None:
@@ -165,7 +186,7 @@ def run_load(url: str, *, requests: int = 200, concurrency: int = 16, time_limit
         payloads = make_payloads(input_shape)
     # httpx logs every request at INFO: thousands of lines, and CPU the generator shares with what it measures.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    return asyncio.run(_run(url, requests, concurrency, time_limit_s, payloads))
+    return asyncio.run(_run(url, requests, concurrency, time_limit_s, payloads, client_mode))
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -175,13 +196,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--requests", type=int, default=200, help="requests to send at most (default: 200)")
     parser.add_argument("--concurrency", type=int, default=16, help="closed-loop clients (default: 16)")
     parser.add_argument("--time-limit-s", type=float, default=60.0, help="stop after this long (default: 60)")
+    parser.add_argument("--client", choices=CLIENT_MODES, default="one-call",
+                        help="one-call: POST ?wait=S answers with the final state; two-call: the 202, then a "
+                        "long-polling GET (default: one-call)")
     parser.add_argument("--output", default=None, help="write the result as JSON here (default: print only)")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     result = run_load(args.url, requests=args.requests, concurrency=args.concurrency,
-                      time_limit_s=args.time_limit_s)
+                      time_limit_s=args.time_limit_s, client_mode=args.client)
     print(json.dumps(result))
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2))

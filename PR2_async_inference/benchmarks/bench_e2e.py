@@ -7,7 +7,8 @@ For each configuration (batching on/off, 1 and 2 workers) it starts a local stac
 default, at the clients' default fetch settings; Tansu on request; API and workers on 127.0.0.1), sends an
 untimed warm-up (``--warmup-requests``), then a bounded closed-loop burst of JPEG photos (``--concurrency``
 clients, at most ``--requests`` requests and ``--time-limit-s`` seconds), then a low-load run (one client), and
-stops the stack.
+stops the stack. Clients get their results as ``--client`` says: in the answer to ``POST /inference?wait=S``
+(one call, the default) or by a long-polling GET after the 202 (two calls).
 Before each configuration it times the model outside the service (loaded alone in its own process, the project's
 timing method: batch ``--batch-size`` throughput and batch-1 latency) so both figures come from the same minutes
 of a shared machine. Reported per row: e2e throughput and p50/p95/p99, its ratio to that batched throughput
@@ -42,7 +43,7 @@ from modelops.artifact import read_manifest
 from modelops.errors import UsageError
 from modelops.model_process import time_artifacts
 from modelops.results import markdown_table, write_results
-from PR2_async_inference.load_test import HOPS, run_load
+from PR2_async_inference.load_test import CLIENT_MODES, HOPS, run_load
 from PR2_async_inference.local_stack import BROKER_KINDS, Stack, start_stack, stop_stack
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
                         torch_threads=args.threads, publish_running=False,
                         fetch_max_wait_ms=args.fetch_max_wait_ms, runtime_spinning=args.runtime_spinning)
     try:
-        common = {"time_limit_s": args.time_limit_s, "payloads": payloads}
+        common = {"time_limit_s": args.time_limit_s, "payloads": payloads, "client_mode": args.client}
         # Untimed warm-up at the loaded run's concurrency: the broker's JVM compiles its hot paths and the
         # worker's first batches allocate; a serving stack runs warm.
         run_load(stack.api_url, requests=args.warmup_requests, concurrency=args.concurrency, **common)
@@ -163,7 +164,7 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
         low = run_load(stack.api_url, requests=args.low_load_requests, concurrency=1, **common)
     finally:
         stop_stack(stack)
-    return {"config": name, "broker": stack.broker_kind, "workers": config["workers"],
+    return {"config": name, "broker": stack.broker_kind, "client": args.client, "workers": config["workers"],
             "max_batch_size": args.batch_size if config["batching"] else 1,
             "e2e_throughput_rps": loaded["throughput_rps"], "e2e_latency_ms_p50": loaded["latency_ms_p50"],
             "e2e_latency_ms_p95": loaded["latency_ms_p95"], "e2e_latency_ms_p99": loaded["latency_ms_p99"],
@@ -218,6 +219,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--broker", choices=BROKER_KINDS, default="kafka",
                         help="kafka: Apache Kafka (needs Java); tansu; auto: Kafka when Java is there "
                         "(default: kafka)")
+    parser.add_argument("--client", choices=CLIENT_MODES, default="one-call",
+                        help="how the load generator's clients get results: one-call (POST ?wait=S answers with "
+                        "the final state) or two-call (the 202, then a long-polling GET) (default: one-call)")
     parser.add_argument("--runtime-spinning", action="store_true",
                         help="workers' ONNX Runtime threads spin-wait between batches, its own default "
                         "(INFERENCE_RUNTIME_SPINNING; default: off, the service's setting)")

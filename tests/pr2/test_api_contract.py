@@ -68,6 +68,11 @@ def test_every_error_an_operation_can_answer_is_listed_with_a_json_body():
             schema = responses[code]["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, code)
         assert "Retry-After" in responses["429"]["headers"] and "Retry-After" in responses["503"]["headers"]
+    one_call = doc["paths"]["/inference"]["post"]
+    assert one_call["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/InferenceStatus"}
+    assert "Location" in one_call["responses"]["200"]["headers"]
+    assert any(p["name"] == "wait" and p["in"] == "query" for p in one_call["parameters"])
     assert {"401", "404", "422"} <= set(doc["paths"]["/inference/{request_id}"]["get"]["responses"])
     assert "503" in doc["paths"]["/readyz"]["get"]["responses"]
 

@@ -1,4 +1,5 @@
-"""``POST /inference`` (202 + request id + Location) and ``GET /inference/{id}`` (its state, long polling)."""
+"""``POST /inference`` (202 + request id + Location; with ``?wait=S`` the final state itself, 200, when it comes
+within S seconds) and ``GET /inference/{id}`` (its state, long polling)."""
 
 from __future__ import annotations
 
@@ -16,41 +17,10 @@ from PR2_async_inference.api.schemas import (
     InferenceStatus,
     error_responses,
 )
+from PR2_async_inference.kafka_queue_service import FINAL_STATES, StatusMessage
 from PR2_async_inference.settings import MAX_STATUS_WAIT_S
 
 router = APIRouter(prefix="/inference", tags=["inference"], dependencies=[Depends(require_api_key)])
-
-
-@router.post(
-    "",
-    status_code=202,
-    response_model=InferenceAccepted,
-    responses={202: {"headers": LOCATION}, **error_responses(400, 401, 404, 413, 422, 429, 503)},
-)
-async def create_inference(
-    body: InferenceRequest,
-    request: Request,
-    response: Response,
-    state: StateDep,
-    producer: ProducerDep,
-    idempotency_key: IdempotencyKey = None,
-) -> InferenceAccepted:
-    """Queue one inference request; poll the status URL (or wait for the callback) for the result."""
-    submission = Submission(
-        model_name=body.model_name,
-        data=body.data,
-        top_k=body.parameters.top_k,
-        callback_url=body.callback_url,
-        ttl_s=body.ttl_s,
-    )
-    accepted = await accept(state, producer, submission, idempotency_key)
-    url = status_url(request, accepted.request_id)
-    response.headers["Location"] = url
-    if accepted.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return InferenceAccepted(
-        request_id=accepted.request_id, model_name=body.model_name, status_url=url, deadline=accepted.deadline or 0.0
-    )
 
 
 STATUS_FIELDS = set(InferenceStatus.model_fields)
@@ -60,10 +30,62 @@ WaitSeconds = Annotated[
     Query(
         ge=0,
         le=MAX_STATUS_WAIT_S,
-        description="long polling: hold the answer until the request is final, at most this many seconds "
+        description="hold the answer until the request is final, at most this many seconds "
         "(0, the default, answers at once)",
     ),
 ]
+
+
+def status_response(found: StatusMessage, headers: dict[str, str] | None = None) -> Response:
+    """A cached state as the JSON of :class:`InferenceStatus`: it is already validated, so its fields are
+    serialised once, without building a second model."""
+    return Response(found.model_dump_json(include=STATUS_FIELDS),
+                    media_type="application/json", headers=headers)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=InferenceAccepted,
+    responses={
+        200: {"model": InferenceStatus, "headers": LOCATION,
+              "description": "with ?wait=S: the request's final state, reached within S seconds"},
+        202: {"headers": LOCATION},
+        **error_responses(400, 401, 404, 413, 422, 429, 503),
+    },
+)
+async def create_inference(
+    body: InferenceRequest,
+    request: Request,
+    response: Response,
+    state: StateDep,
+    producer: ProducerDep,
+    idempotency_key: IdempotencyKey = None,
+    wait: WaitSeconds = 0,
+) -> InferenceAccepted | Response:
+    """Queue one inference request; poll the status URL (or wait for the callback) for the result.
+
+    With ``?wait=S`` the answer is held until the request is final, at most S seconds: a final state comes back
+    at once (200, the body of ``GET /inference/{id}``), one call instead of two; otherwise the 202 as without it.
+    """
+    submission = Submission(
+        model_name=body.model_name,
+        data=body.data,
+        top_k=body.parameters.top_k,
+        callback_url=body.callback_url,
+        ttl_s=body.ttl_s,
+    )
+    accepted = await accept(state, producer, submission, idempotency_key)
+    url = status_url(request, accepted.request_id)
+    headers = {"Location": url, **({"Idempotent-Replayed": "true"} if accepted.replayed else {})}
+    if wait:
+        found = await state.store.wait_final(accepted.request_id, wait)
+        if found is not None and found.status in FINAL_STATES:
+            return status_response(found, headers=headers)
+    response.headers.update(headers)
+    return InferenceAccepted(
+        request_id=accepted.request_id, model_name=body.model_name, status_url=url, deadline=accepted.deadline or 0.0
+    )
 
 
 @router.get(
@@ -80,5 +102,4 @@ async def get_inference(request_id: uuid.UUID, state: StateDep, wait: WaitSecond
     found = await state.store.wait_final(str(request_id), wait)
     if found is None:
         raise HTTPException(404, detail=f"no request {request_id} (unknown, or older than this replica's cache)")
-    # The cached state is already validated: serialise its InferenceStatus fields once, without a second model.
-    return Response(found.model_dump_json(include=STATUS_FIELDS), media_type="application/json")
+    return status_response(found)
