@@ -82,8 +82,10 @@ class Settings(BaseSettings):
     default_ttl_s: float = Field(300.0, gt=0)
     max_ttl_s: float = Field(3600.0, gt=0)
     max_top_k: int = 20
-    # Publish a "running" state when a batch starts (one extra small message per request).
-    publish_running: bool = True
+    # Publish a "running" state when a batch starts. Off by default: a batch's forward pass lasts tens of
+    # milliseconds, so clients rarely see the state, while it costs every request one more record through the
+    # broker and every API replica's results reader, produced just as the forward pass starts.
+    publish_running: bool = False
 
     # Backpressure: POST answers 429 when the backlog passes either bound (0 disables that bound).
     backpressure_max_lag: int = Field(10_000, ge=0)
