@@ -48,3 +48,20 @@ def test_consumer_lag_is_end_offset_minus_position(broker: Proc):
         assert fetched_to_end(consumer)  # all read: a partial batch runs at once (adaptive batching)
     finally:
         consumer.close()
+
+
+def test_the_hop_benchmark_times_records_through_the_broker(broker: Proc):
+    from PR2_async_inference.benchmarks.bench_kafka_hop import measure_hops
+
+    prefix = f"hop-{uuid.uuid4().hex[:8]}"
+    settings = Settings(kafka_bootstrap_servers=broker.info["bootstrap"], broker_kind=broker.info["kind"],
+                        requests_topic=f"{prefix}-requests", results_topic=f"{prefix}-results",
+                        dlq_topic=f"{prefix}-dlq", requests_partitions=1, results_partitions=1,
+                        fetch_max_wait_ms=100)
+    ensure_topics(settings)
+    result = measure_hops(settings, broker.pid, size=3 * 32 * 32, warmup=3, messages=5, gap_ms=0)
+    assert result["messages"] == 5 and result["size_bytes"] == 3 * 32 * 32
+    # A record is delivered after its produce began, and an acknowledged produce takes some time.
+    assert result["produce_ack_ms_p50"] > 0 and 0 < result["delivery_ms_p50"] <= result["delivery_ms_p90"]
+    # CPU times advance in clock ticks (10 ms): five small records may not move them.
+    assert result["broker_cpu_ms_per_record"] >= 0 and result["client_cpu_ms_per_record"] >= 0
