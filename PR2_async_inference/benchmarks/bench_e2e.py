@@ -155,8 +155,8 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
     try:
         common = {"time_limit_s": args.time_limit_s, "payloads": payloads, "client_mode": args.client}
         # Untimed warm-up at the loaded run's concurrency: the broker's JVM compiles its hot paths (its CPU per
-        # request settles after about 1000 requests: 5.4 ms in the first 240, 2.2-2.4 ms from 1200 on, on a
-        # 2-core EPYC) and the worker's first batches allocate; a serving stack runs warm.
+        # request falls from 5.4-7.3 ms over the first 240 requests to 1.8-2.4 ms after 1900, on a 2-core EPYC:
+        # docs/measurements/broker_warmup.py) and the worker's first batches allocate; a serving stack runs warm.
         run_load(stack.api_url, requests=args.warmup_requests, concurrency=args.concurrency, **common)
         before = cpu_per_request(stack)
         loaded = run_load(stack.api_url, requests=args.requests, concurrency=args.concurrency,
@@ -209,8 +209,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "no-batching-1w batching-2w)")
     parser.add_argument("--requests", type=int, default=160, help="requests per loaded run (default: 160)")
     parser.add_argument("--concurrency", type=int, default=16, help="clients in the loaded run (default: 16)")
-    parser.add_argument("--warmup-requests", type=int, default=1000,
-                        help="untimed requests before each loaded run (default: 1000)")
+    parser.add_argument("--warmup-requests", type=int, default=2000,
+                        help="untimed requests before each loaded run (default: 2000)")
     parser.add_argument("--low-load-requests", type=int, default=30,
                         help="requests of the one-client run (default: 30)")
     parser.add_argument("--time-limit-s", type=float, default=60.0, help="time limit per run (default: 60)")
