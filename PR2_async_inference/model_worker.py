@@ -30,7 +30,7 @@ from PR2_async_inference.settings import get_settings
 from PR2_async_inference.worker.batching import ModelWorker
 from PR2_async_inference.worker.callbacks import CallbackSender
 from PR2_async_inference.worker.health import serve_metrics
-from PR2_async_inference.worker.inference import preprocessing_threads
+from PR2_async_inference.worker.inference import torch_only_preprocesses
 
 __all__ = ["CallbackSender", "ModelWorker", "get_args_parser", "main", "serve_metrics"]
 
@@ -71,9 +71,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, on_sigterm)
     worker.load_models()
-    threads = preprocessing_threads(worker.predictors, settings.torch_threads)
-    if threads:
-        torch.set_num_threads(threads)
+    if torch_only_preprocesses(worker.predictors):
+        torch.set_num_threads(1)
     worker.connect()
     try:
         worker.run(args.max_seconds)

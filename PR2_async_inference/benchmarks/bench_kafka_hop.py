@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 from kafka import KafkaConsumer, TopicPartition
 
 from modelops.errors import UsageError
+from PR2_async_inference.benchmarks.bench_e2e import cpu_seconds
 from PR2_async_inference.local_stack import BROKER_KINDS, TANSU_FETCH_MAX_WAIT_MS, choose_broker, start_broker
 from PR2_async_inference.messaging.admin import ensure_topics
 from PR2_async_inference.messaging.clients import make_producer
@@ -88,11 +88,6 @@ class DeliveryClock:
                 raise TimeoutError(f"record {key!r} not delivered within {timeout_s} s")
             time.sleep(0.0002)
         return self.arrived[key]
-
-
-def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
 
 
 def measure_hops(settings: Settings, broker_pid: int, *, size: int, warmup: int, messages: int,

@@ -47,18 +47,16 @@ def load_predictors(registry: Registry, threads: int | None, *, spinning: bool =
     return predictors, errors
 
 
-def preprocessing_threads(predictors: dict[str, Predictor], threads: int | None) -> int | None:
-    """How many threads torch should have in the worker once ``predictors`` are loaded: 1 when every model runs on
-    its runtime's own pool (torch then only normalises pixels), else ``threads`` (None: leave torch's default).
+def torch_only_preprocesses(predictors: dict[str, Predictor]) -> bool:
+    """True when every loaded model runs on its runtime's own pool, so torch only normalises pixels in the worker:
+    the worker then gives torch one thread.
 
     One thread because OpenMP's idle threads spin-wait for a few milliseconds after each parallel region: after a
     batch's normalisation they hold the cores the runtime's threads need for the forward pass that follows
     (``benchmarks/bench_e2e.py``, ONNX Runtime int8 ResNet-18 on a 2-core EPYC: the forward pass 3.4 ms slower
     at batch 1 with two torch threads).
     """
-    if predictors and all(p.backend in OWN_THREAD_POOL_BACKENDS for p in predictors.values()):
-        return 1
-    return threads
+    return bool(predictors) and all(p.backend in OWN_THREAD_POOL_BACKENDS for p in predictors.values())
 
 
 def warm_up(predictor: Predictor, max_batch_size: int | None = None) -> float:

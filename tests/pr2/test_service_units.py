@@ -28,7 +28,7 @@ from PR2_async_inference.kafka_queue_service import RequestMessage, StatusMessag
 from PR2_async_inference.model_worker import ModelWorker
 from PR2_async_inference.registry import decode_input, load_registry, model_input, top_k
 from PR2_async_inference.settings import IMAGE_NAME, Settings
-from PR2_async_inference.worker.inference import preprocessing_threads
+from PR2_async_inference.worker.inference import torch_only_preprocesses
 
 PR2 = Path(__file__).resolve().parents[2] / "PR2_async_inference"
 
@@ -301,10 +301,10 @@ def test_tansu_gets_its_fetch_wait_when_the_caller_passes_none() -> None:
 
 def test_the_worker_keeps_one_torch_thread_when_every_model_runs_on_its_own_runtime_pool():
     ort, openvino, eager = (SimpleNamespace(backend=b) for b in ("onnxruntime", "openvino", "torch"))
-    assert preprocessing_threads({"a": ort, "b": openvino}, 2) == 1
-    assert preprocessing_threads({"a": ort, "b": eager}, 2) == 2  # torch runs a model: its threads stay
-    assert preprocessing_threads({"a": eager}, None) is None
-    assert preprocessing_threads({}, 2) == 2  # nothing loaded: nothing to decide from
+    assert torch_only_preprocesses({"a": ort, "b": openvino}) is True
+    assert torch_only_preprocesses({"a": ort, "b": eager}) is False  # torch runs a model: its threads stay
+    assert torch_only_preprocesses({"a": eager}) is False
+    assert torch_only_preprocesses({}) is False  # nothing loaded: nothing to decide from
 
 
 def test_the_api_runs_torch_on_one_thread_while_it_serves_and_restores_the_count(pr2_registry):
