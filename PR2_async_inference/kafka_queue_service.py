@@ -9,15 +9,17 @@ Three topics (names and partition counts in :mod:`settings`):
   or a ``float32`` tensor, as the ``dtype`` header says; headers carry ``request_id``, ``model``,
   ``deadline``, ``attempt``, ``enqueued_at``, ``shape``, ``dtype``, ``top_k`` and ``callback_url``.
 - results (key = request id): JSON :class:`StatusMessage` records. The API publishes ``queued`` when it
-  accepts a request, the worker ``running`` when a batch starts and exactly one final state
+  accepts a request, the worker ``running`` when a batch starts
+  (with ``INFERENCE_PUBLISH_RUNNING=true``) and exactly one final state
   (``succeeded | failed | expired``) per request. Every API replica reads the whole topic (no group) into a
   bounded cache, so any replica answers ``GET /inference/{id}``.
 - dead-letter (key = request id): the request as it was, plus ``error``, ``failed_at`` and ``source_topic``
   headers.
 
 The code lives in :mod:`PR2_async_inference.messaging`: message formats (``messages``), topic admin
-(``admin``), producer and consumers (``clients``, where the settings one broker needs are chosen by
-``INFERENCE_BROKER_KIND``: ``kafka`` or ``tansu``). This module re-exports the names the API, the worker and
+(``admin``), the producer (``producer``) and the API's results reader (``results_reader``) on librdkafka, the
+worker's group consumer on kafka-python (``clients``). Settings one broker needs are chosen by
+``INFERENCE_BROKER_KIND`` (``kafka`` or ``tansu``). This module re-exports the names the API, the worker and
 the tests use.
 """
 
@@ -37,16 +39,9 @@ from PR2_async_inference.messaging.admin import (
 )
 from PR2_async_inference.messaging.clients import (
     LoggingRebalanceListener,
-    ResultsReader,
-    as_asyncio,
     consumer_lag,
     end_offsets,
-    make_producer,
     make_worker_consumer,
-    send_dead_letter,
-    send_request,
-    send_status,
-    wait_all,
 )
 from PR2_async_inference.messaging.messages import (
     FINAL_STATES,
@@ -56,13 +51,28 @@ from PR2_async_inference.messaging.messages import (
     Status,
     StatusMessage,
 )
+from PR2_async_inference.messaging.producer import (
+    Delivered,
+    ProduceError,
+    Producer,
+    as_asyncio,
+    make_producer,
+    send_dead_letter,
+    send_request,
+    send_status,
+    wait_all,
+)
+from PR2_async_inference.messaging.results_reader import ResultsReader
 from PR2_async_inference.settings import get_settings
 
 __all__ = [
     "FINAL_STATES",
     "STATUS_RANK",
+    "Delivered",
     "LoggingRebalanceListener",
     "Prediction",
+    "ProduceError",
+    "Producer",
     "RequestMessage",
     "ResultsReader",
     "Status",

@@ -12,14 +12,13 @@ from typing import Any
 import numpy as np
 from fastapi import HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from kafka.errors import KafkaError
 
 from modelops.artifact import Manifest
 from modelops.errors import UsageError
 from PR2_async_inference import metrics
 from PR2_async_inference.api.state import ModelUnavailable, RequestProducer, ServiceState
 from PR2_async_inference.callback_security import host_allowed
-from PR2_async_inference.kafka_queue_service import RequestMessage, StatusMessage
+from PR2_async_inference.kafka_queue_service import ProduceError, RequestMessage, StatusMessage
 from PR2_async_inference.registry import decode_input, decode_tensor
 
 
@@ -138,7 +137,7 @@ async def queue(
     message, queued = build_records(sub, tensor, sub.ttl_s or state.settings.default_ttl_s, idempotency_key)
     try:
         await producer.submit(message, queued)
-    except (KafkaError, TimeoutError, asyncio.TimeoutError) as exc:
+    except (ProduceError, TimeoutError, asyncio.TimeoutError) as exc:
         raise reject(
             label, "broker_unavailable", 503, f"could not queue the request: {exc}", headers={"Retry-After": "1"}
         ) from exc

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi.concurrency import run_in_threadpool
-from kafka import KafkaProducer
 
 from modelops.artifact import Manifest, manifest_path
 from modelops.errors import UsageError
 from PR2_async_inference.kafka_queue_service import (
     FINAL_STATES,
     STATUS_RANK,
+    Producer,
     RequestMessage,
     ResultsReader,
     StatusMessage,
@@ -147,10 +147,10 @@ class RequestProducer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._producer: KafkaProducer | None = None
+        self._producer: Producer | None = None
         self._lock = threading.Lock()
 
-    def producer(self) -> KafkaProducer:
+    def producer(self) -> Producer:
         with self._lock:
             if self._producer is None:
                 self._producer = make_producer(self.settings, client_id="inference-api")

@@ -4,10 +4,11 @@
 
 It starts a broker on 127.0.0.1 (``--broker``: Apache Kafka by default), creates a one-partition topic, and sends
 records of a request's size (``--size``: 150528 bytes, a 224x224 RGB image as uint8 pixels) one at a time with the
-service's producer settings (:func:`messaging.clients.make_producer`: acks=all, idempotent, no linger), while a
-consumer in a second thread of the same process reads them with the service's fetch wait. Per record it reports
-the produce acknowledgement (``send().get()``) and the delivery (send -> the consumer holding the record), and
-the CPU the broker and this process spent per record. Records are ``--gap-ms`` apart, as at low load, after
+service's producer (:class:`messaging.producer.Producer`: librdkafka, acks=all, idempotent, no linger), while two
+consumers in other threads of the same process read them with the service's fetch wait: a kafka-python one, the
+client of the worker's group consumer, and a librdkafka one, the client of the API's results reader. Per record it
+reports the produce acknowledgement and the delivery to each consumer (send -> the consumer holding the record),
+and the CPU the broker and this process (the producer and both consumers) spent per record. Records are ``--gap-ms`` apart, as at low load, after
 ``--warmup`` untimed ones that let the broker's JVM compile its hot paths.
 
 What it shows: the latency a request pays per hop before any of the service's own work, i.e. two of them on
@@ -17,6 +18,7 @@ its way (requests topic -> worker, results topic -> API).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -28,30 +30,34 @@ import time
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 from kafka import KafkaConsumer, TopicPartition
 
 from modelops.errors import UsageError
 from PR2_async_inference.benchmarks.bench_e2e import cpu_seconds
 from PR2_async_inference.local_stack import BROKER_KINDS, TANSU_FETCH_MAX_WAIT_MS, choose_broker, start_broker
 from PR2_async_inference.messaging.admin import ensure_topics
-from PR2_async_inference.messaging.clients import make_producer
+from PR2_async_inference.messaging.producer import make_producer
 from PR2_async_inference.processes import stop_process
 from PR2_async_inference.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 TOPIC = "hop-bench"
+#: The consumer clients timed: the worker's group consumer (kafka-python) and the API's results reader (librdkafka).
+CONSUMER_CLIENTS = ("kafka-python", "librdkafka")
 
 
 class DeliveryClock:
     """A consumer thread that notes when each record key arrives (perf_counter seconds)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, client: str) -> None:
         self.arrived: dict[bytes, float] = {}
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._settings = settings
-        self._thread = threading.Thread(target=self._run, name="hop-consumer", daemon=True)
+        run = self._run_kafka_python if client == "kafka-python" else self._run_librdkafka
+        self._thread = threading.Thread(target=run, name=f"hop-{client}", daemon=True)
 
     def __enter__(self) -> DeliveryClock:
         self._thread.start()
@@ -63,7 +69,7 @@ class DeliveryClock:
         self._stop.set()
         self._thread.join(10)
 
-    def _run(self) -> None:
+    def _run_kafka_python(self) -> None:
         consumer = KafkaConsumer(bootstrap_servers=self._settings.kafka_bootstrap_servers, group_id=None,
                                  fetch_max_wait_ms=self._settings.fetch_max_wait_ms,
                                  max_partition_fetch_bytes=8 * 1024 * 1024)
@@ -78,6 +84,24 @@ class DeliveryClock:
                     now = time.perf_counter()
                     for record in records:
                         self.arrived[record.key] = now
+        finally:
+            consumer.close()
+
+    def _run_librdkafka(self) -> None:
+        topic = self._settings.requests_topic
+        consumer = confluent_kafka.Consumer({
+            "bootstrap.servers": self._settings.kafka_bootstrap_servers, "group.id": "hop-bench",
+            "enable.auto.commit": False, "fetch.wait.max.ms": self._settings.fetch_max_wait_ms,
+            "socket.nagle.disable": True,
+        })
+        _, end = consumer.get_watermark_offsets(confluent_kafka.TopicPartition(topic, 0), timeout=30)
+        consumer.assign([confluent_kafka.TopicPartition(topic, 0, end)])
+        self.ready.set()
+        try:
+            while not self._stop.is_set():
+                for record in consumer.consume(num_messages=100, timeout=0.2):
+                    if record.error() is None:
+                        self.arrived[record.key()] = time.perf_counter()
         finally:
             consumer.close()
 
@@ -98,18 +122,20 @@ def measure_hops(settings: Settings, broker_pid: int, *, size: int, warmup: int,
     producer = make_producer(settings, client_id="hop-bench")
     payload = os.urandom(size)
     acks: list[float] = []
-    deliveries: list[float] = []
+    deliveries: dict[str, list[float]] = {client: [] for client in CONSUMER_CLIENTS}
     try:
-        with DeliveryClock(settings) as clock:
+        with contextlib.ExitStack() as stack:
+            clocks = {client: stack.enter_context(DeliveryClock(settings, client)) for client in CONSUMER_CLIENTS}
             for i in range(warmup):
-                producer.send(topic, key=b"w%d" % i, value=payload, partition=0).get(30)
+                producer.send(topic, key=b"w%d" % i, value=payload, partition=0).result(30)
             before = cpu_seconds(broker_pid), cpu_seconds(os.getpid())
             for i in range(messages):
                 key = b"m%d" % i
                 sent = time.perf_counter()
-                producer.send(topic, key=key, value=payload, partition=0).get(30)
+                producer.send(topic, key=key, value=payload, partition=0).result(30)
                 acks.append((time.perf_counter() - sent) * 1000)
-                deliveries.append((clock.wait_for(key) - sent) * 1000)
+                for client, clock in clocks.items():
+                    deliveries[client].append((clock.wait_for(key) - sent) * 1000)
                 time.sleep(gap_ms / 1000)
             after = cpu_seconds(broker_pid), cpu_seconds(os.getpid())
     finally:
@@ -117,8 +143,9 @@ def measure_hops(settings: Settings, broker_pid: int, *, size: int, warmup: int,
     return {
         "broker": settings.broker_kind, "size_bytes": size, "warmup": warmup, "messages": messages,
         "produce_ack_ms_p50": round(statistics.median(acks), 2),
-        "delivery_ms_p50": round(statistics.median(deliveries), 2),
-        "delivery_ms_p90": round(statistics.quantiles(deliveries, n=10)[-1], 2),
+        **{f"delivery_ms_p50_{client}": round(statistics.median(times), 2) for client, times in deliveries.items()},
+        **{f"delivery_ms_p90_{client}": round(statistics.quantiles(times, n=10)[-1], 2)
+           for client, times in deliveries.items()},
         "broker_cpu_ms_per_record": round((after[0] - before[0]) * 1000 / messages, 2),
         "client_cpu_ms_per_record": round((after[1] - before[1]) * 1000 / messages, 2),
     }

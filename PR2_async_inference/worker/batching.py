@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 
 from modelops.artifact import Predictor
 from PR2_async_inference import metrics
@@ -26,12 +26,10 @@ from PR2_async_inference.messaging.clients import (
     LoggingRebalanceListener,
     consumer_lag,
     fetched_to_end,
-    make_producer,
     make_worker_consumer,
-    send_status,
-    wait_all,
 )
 from PR2_async_inference.messaging.messages import RequestMessage, StatusMessage
+from PR2_async_inference.messaging.producer import Producer, make_producer, send_status, wait_all
 from PR2_async_inference.registry import Registry, load_registry, top_k
 from PR2_async_inference.settings import Settings, get_settings
 from PR2_async_inference.worker.callbacks import CallbackSender
@@ -74,7 +72,7 @@ class ModelWorker:
         self.stop_event = threading.Event()
         self.assigned = threading.Event()
         self.consumer: KafkaConsumer | None = None
-        self.producer: KafkaProducer | None = None
+        self.producer: Producer | None = None
         self.callbacks = CallbackSender(self.settings)
         self.batches_run = 0
         self._buffer: list[Any] = []
@@ -314,7 +312,6 @@ class ModelWorker:
             self.consumer.close()  # leaves the group: partitions move to the other workers at once
             self.consumer = None
         if self.producer is not None:
-            self.producer.flush(30)
-            self.producer.close(10)
+            self.producer.close(30)
             self.producer = None
         self.callbacks.close()

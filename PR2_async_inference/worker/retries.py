@@ -8,11 +8,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaProducer
-
 from PR2_async_inference import metrics
-from PR2_async_inference.messaging.clients import send_dead_letter, send_request, send_status
 from PR2_async_inference.messaging.messages import RequestMessage, StatusMessage
+from PR2_async_inference.messaging.producer import Producer, send_dead_letter, send_request, send_status
 from PR2_async_inference.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,7 +27,7 @@ class RequestRecord:
 
 
 def retry_or_dead_letter(
-    producer: KafkaProducer, settings: Settings, m: RequestMessage, error: str, worker_id: str
+    producer: Producer, settings: Settings, m: RequestMessage, error: str, worker_id: str
 ) -> list[Any]:
     """Re-queue ``m`` with attempt + 1 or, after max_attempts, dead-letter it and publish its final ``failed``."""
     metrics.REQUESTS_FAILED.labels(m.model).inc()
@@ -44,7 +42,7 @@ def retry_or_dead_letter(
 
 
 def retry_or_dead_letter_record(
-    producer: KafkaProducer, settings: Settings, record: Any, error: str, worker_id: str
+    producer: Producer, settings: Settings, record: Any, error: str, worker_id: str
 ) -> list[Any]:
     """A record that cannot even be decoded: re-queued as raw bytes with a bumped ``attempt`` header or, after
     max_attempts (or with an unreadable attempt header), dead-lettered with a final ``failed`` status."""

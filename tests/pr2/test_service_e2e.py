@@ -142,11 +142,11 @@ def check_poison_dead_lettered(stack: dict) -> None:
     malformed = RequestMessage(malformed_id, "image_classification", np.zeros((3, 32, 32), np.float32),
                                deadline=now + 300, enqueued_at=now)
     producer.send(settings.requests_topic, key=malformed_id.encode(), value=b"\x00" * 40,
-                  headers=malformed.headers()).get(10)
+                  headers=malformed.headers()).result(10)
     # Decodes fine but the model refuses it (wrong shape) - inside a batch with good requests.
     wrong = RequestMessage(wrong_shape_id, "image_classification", np.zeros((3, 16, 16), np.float32),
                            deadline=now + 300, enqueued_at=now)
-    send_request(producer, settings, wrong).get(10)
+    send_request(producer, settings, wrong).result(10)
     producer.close()
     good = [client.post("/inference", json={"data": np.zeros((3, 32, 32)).tolist()}).json()["request_id"]
             for _ in range(6)]
