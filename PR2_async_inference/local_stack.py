@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from PR2_async_inference.processes import (  # re-exported: callers import these
     REPO_ROOT,
     Proc,
     free_port,
-    interrupt_on_signal,
+    interrupt_on_stop_signals,
     signals_held,
     spawn,
     stop_all,
@@ -361,8 +360,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         ensure_callback_secret()
     # Before the first child: SIGTERM, like Ctrl-C, interrupts start-up or serving, and start_stack or the
     # finally below stops every process started so far.
-    signal.signal(signal.SIGTERM, interrupt_on_signal)
-    signal.signal(signal.SIGINT, interrupt_on_signal)
+    interrupt_on_stop_signals()
     stack = start_stack(
         args.registry,
         workers=args.workers,

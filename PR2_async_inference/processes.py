@@ -107,6 +107,13 @@ def interrupt_on_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def interrupt_on_stop_signals() -> None:
+    """Make SIGINT and SIGTERM raise KeyboardInterrupt (:func:`interrupt_on_signal`) in the main thread; a CLI that
+    starts processes calls it before the first one, so its ``finally`` blocks stop them by pid."""
+    signal.signal(signal.SIGTERM, interrupt_on_signal)
+    signal.signal(signal.SIGINT, interrupt_on_signal)
+
+
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """Defer :func:`interrupt_on_signal` in this block; a signal that came meanwhile interrupts at its end.

@@ -45,6 +45,7 @@ from modelops.model_process import time_artifacts
 from modelops.results import markdown_table, write_results
 from PR2_async_inference.load_test import CLIENT_MODES, HOPS, run_load
 from PR2_async_inference.local_stack import BROKER_KINDS, Stack, start_stack, stop_stack
+from PR2_async_inference.processes import interrupt_on_stop_signals
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +244,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                  "iters"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    interrupt_on_stop_signals()  # SIGTERM, like Ctrl-C, stops the stack being measured
     rows = run_benchmark(args)
     if args.output:
         write_results(args.output, rows)

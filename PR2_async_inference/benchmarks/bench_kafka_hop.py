@@ -8,8 +8,9 @@ service's producer (:class:`messaging.producer.Producer`: librdkafka, acks=all, 
 consumers in other threads of the same process read them with the service's fetch wait: a kafka-python one, the
 client of the worker's group consumer, and a librdkafka one, the client of the API's results reader. Per record it
 reports the produce acknowledgement and the delivery to each consumer (send -> the consumer holding the record),
-and the CPU the broker and this process (the producer and both consumers) spent per record. Records are ``--gap-ms`` apart, as at low load, after
-``--warmup`` untimed ones that let the broker's JVM compile its hot paths.
+and the CPU the broker and this process (the producer and both consumers) spent per record. Records are
+``--gap-ms`` apart, as at low load, after ``--warmup`` untimed ones that let the broker's JVM compile its hot
+paths.
 
 What it shows: the latency a request pays per hop before any of the service's own work, i.e. two of them on
 its way (requests topic -> worker, results topic -> API).
@@ -38,7 +39,7 @@ from PR2_async_inference.benchmarks.bench_e2e import cpu_seconds
 from PR2_async_inference.local_stack import BROKER_KINDS, TANSU_FETCH_MAX_WAIT_MS, choose_broker, start_broker
 from PR2_async_inference.messaging.admin import ensure_topics
 from PR2_async_inference.messaging.producer import make_producer
-from PR2_async_inference.processes import stop_process
+from PR2_async_inference.processes import interrupt_on_stop_signals, stop_process
 from PR2_async_inference.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -99,9 +100,9 @@ class DeliveryClock:
         self.ready.set()
         try:
             while not self._stop.is_set():
-                for record in consumer.consume(num_messages=100, timeout=0.2):
-                    if record.error() is None:
-                        self.arrived[record.key()] = time.perf_counter()
+                record = consumer.poll(0.2)
+                if record is not None and record.error() is None:
+                    self.arrived[record.key()] = time.perf_counter()
         finally:
             consumer.close()
 
@@ -174,6 +175,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     kind, why = choose_broker(args.broker)
     logger.info("broker: %s (%s)", kind, why)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="kafka-hop-"))
+    interrupt_on_stop_signals()  # SIGTERM, like Ctrl-C, stops the broker
     broker = start_broker(kind, log_dir)
     try:
         # The service's fetch wait on this broker (local_stack sets Tansu's, which polls rather than waits).

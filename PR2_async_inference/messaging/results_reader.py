@@ -20,6 +20,19 @@ logger = logging.getLogger(__name__)
 REQUEST_TIMEOUT_S = 10.0
 
 
+#: Most records handed over per read.
+MAX_RECORDS_PER_READ = 2000
+
+
+def next_records(consumer: confluent_kafka.Consumer, timeout_s: float = 0.2) -> list[confluent_kafka.Message]:
+    """The records ready now, waiting up to ``timeout_s`` for the first one. (``consume(n, timeout)`` alone waits
+    for n records or the whole timeout: at low load every record would sit out the timeout.)"""
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(num_messages=MAX_RECORDS_PER_READ - 1, timeout=0)]
+
+
 class ResultsReader:
     """Reads every partition of the results topic in a daemon thread and hands each :class:`StatusMessage` to
     ``on_status``. Starts from the earliest offset still inside ``results_lookback_s`` so a restarted replica
@@ -142,7 +155,7 @@ class ResultsReader:
                 continue
             try:
                 while not self._stop.is_set():
-                    self._deliver(consumer.consume(num_messages=2000, timeout=0.2))
+                    self._deliver(next_records(consumer))
                     if not self.caught_up.is_set() and self._at_end(consumer):
                         self.caught_up.set()
                         logger.info("results cache rebuilt from %d messages", self.messages)

@@ -24,6 +24,7 @@ from modelops.errors import UsageError
 from PR2_async_inference.benchmarks.bench_e2e import cpu_ms_per_request, cpu_per_request, photo_payloads
 from PR2_async_inference.load_test import run_load
 from PR2_async_inference.local_stack import BROKER_KINDS, start_stack, stop_stack
+from PR2_async_inference.processes import interrupt_on_stop_signals
 
 
 def warmup_curve(model: Path, rounds: int, requests: int, broker: str, log_dir: Path) -> list[dict[str, Any]]:
@@ -65,6 +66,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if read_manifest(Path(args.model)) is None:
         raise UsageError(f"{args.model} has no manifest ({args.model}.json); pass a modelops artifact")
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="broker-warmup-"))
+    interrupt_on_stop_signals()  # SIGTERM, like Ctrl-C, stops the stack
     return {"rows": warmup_curve(Path(args.model), args.rounds, args.requests, args.broker, log_dir)}
 
 

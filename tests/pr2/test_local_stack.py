@@ -1,4 +1,5 @@
-"""The local stack's own process handling: a SIGTERM at any moment of start-up stops every process it started.
+"""The local stack's own process handling: a SIGTERM at any moment of start-up stops every process it started
+(and the hop benchmark's, its broker).
 
 The stack runs as a real CLI process; its log lines name each child's pid as it starts."""
 
@@ -55,6 +56,35 @@ def test_sigterm_while_the_worker_starts_stops_every_started_process(pr2_registr
         assert [name for name, pid in started.items() if running(pid)] == []
     finally:
         stop_process(Proc("local-stack", stack, tmp_path / "none"))
+        for pid in started.values():  # only if the test failed: never leave them behind
+            if running(pid):
+                psutil.Process(pid).kill()
+
+
+def test_sigterm_stops_the_broker_of_the_hop_benchmark(tmp_path: Path):
+    cmd = [sys.executable, str(REPO_ROOT / "PR2_async_inference" / "benchmarks" / "bench_kafka_hop.py"),
+           "--broker", "tansu", "--warmup", "1000000", "--size", "100", "--log-dir", str(tmp_path / "logs")]
+    bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
+                             start_new_session=True)
+    started: dict[str, int] = {}
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not started and time.monotonic() < deadline:
+            line = bench.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if match := STARTED.search(line):
+                started[match[1]] = int(match[2])
+        assert list(started) == ["broker"], "".join(lines)
+        time.sleep(2)  # into the warm-up records
+        bench.send_signal(signal.SIGTERM)
+        rest, _ = bench.communicate(timeout=60)
+        assert bench.returncode == 130, "".join(lines) + rest
+        assert not running(started["broker"])
+    finally:
+        stop_process(Proc("hop-bench", bench, tmp_path / "none"))
         for pid in started.values():  # only if the test failed: never leave them behind
             if running(pid):
                 psutil.Process(pid).kill()

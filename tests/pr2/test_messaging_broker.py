@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import confluent_kafka
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
@@ -20,7 +21,7 @@ from PR2_async_inference.messaging.producer import (
     send_status,
     wait_all,
 )
-from PR2_async_inference.messaging.results_reader import ResultsReader
+from PR2_async_inference.messaging.results_reader import ResultsReader, next_records
 from PR2_async_inference.settings import Settings
 
 
@@ -123,3 +124,24 @@ def test_the_results_reader_reads_every_partition_and_says_when_it_has_caught_up
         assert reader.messages == 6
     finally:
         reader.stop()
+
+
+def test_next_records_hands_over_what_is_ready_without_waiting_for_a_full_read(broker: Proc):
+    settings = _topics(broker, f"next-{uuid.uuid4().hex[:8]}")
+    producer = make_producer(settings)
+    try:
+        producer.send(settings.results_topic, key=b"k", value=b"v", partition=0).result(30)
+    finally:
+        producer.close(10)
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "t",
+                                         "enable.auto.commit": False})
+    try:
+        consumer.assign([confluent_kafka.TopicPartition(settings.results_topic, 0, confluent_kafka.OFFSET_BEGINNING)])
+        started = time.monotonic()
+        records = next_records(consumer, timeout_s=60)
+        # One record ready: it comes back at once, not after the timeout (a batch read would wait it out).
+        assert [(r.key(), r.value()) for r in records] == [(b"k", b"v")]
+        assert time.monotonic() - started < 60
+        assert next_records(consumer, timeout_s=0.5) == []
+    finally:
+        consumer.close()
