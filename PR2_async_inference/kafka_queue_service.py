@@ -17,8 +17,8 @@ Three topics (names and partition counts in :mod:`settings`):
   headers.
 
 The code lives in :mod:`PR2_async_inference.messaging`: message formats (``messages``), topic admin
-(``admin``), the producer (``producer``) and the API's results reader (``results_reader``) on librdkafka, the
-worker's group consumer on kafka-python (``clients``). Settings one broker needs are chosen by
+(``admin``, kafka-python), and on librdkafka the producer (``producer``), the worker's group consumer
+(``clients``) and the API's results reader (``results_reader``). Settings one broker needs are chosen by
 ``INFERENCE_BROKER_KIND`` (``kafka`` or ``tansu``). This module re-exports the names the API, the worker and
 the tests use.
 """
@@ -38,10 +38,12 @@ from PR2_async_inference.messaging.admin import (
     wait_for_topics,
 )
 from PR2_async_inference.messaging.clients import (
-    LoggingRebalanceListener,
+    ConsumedRecord,
+    WorkerConsumer,
     consumer_lag,
     end_offsets,
     make_worker_consumer,
+    next_records,
 )
 from PR2_async_inference.messaging.messages import (
     FINAL_STATES,
@@ -68,8 +70,8 @@ from PR2_async_inference.settings import get_settings
 __all__ = [
     "FINAL_STATES",
     "STATUS_RANK",
+    "ConsumedRecord",
     "Delivered",
-    "LoggingRebalanceListener",
     "Prediction",
     "ProduceError",
     "Producer",
@@ -77,6 +79,7 @@ __all__ = [
     "ResultsReader",
     "Status",
     "StatusMessage",
+    "WorkerConsumer",
     "as_asyncio",
     "bootstrap_list",
     "broker_reachable",
@@ -87,6 +90,7 @@ __all__ = [
     "main",
     "make_producer",
     "make_worker_consumer",
+    "next_records",
     "send_dead_letter",
     "send_request",
     "send_status",

@@ -5,8 +5,8 @@
 It starts a broker on 127.0.0.1 (``--broker``: Apache Kafka by default), creates a one-partition topic, and sends
 records of a request's size (``--size``: 150528 bytes, a 224x224 RGB image as uint8 pixels) one at a time with the
 service's producer (:class:`messaging.producer.Producer`: librdkafka, acks=all, idempotent, no linger), while two
-consumers in other threads of the same process read them with the service's fetch wait: a kafka-python one, the
-client of the worker's group consumer, and a librdkafka one, the client of the API's results reader. Per record it
+consumers in other threads of the same process read them with the service's fetch wait: a librdkafka one, the
+client of the service's consumers (worker and API), and a kafka-python one for comparison. Per record it
 reports the produce acknowledgement and the delivery to each consumer (send -> the consumer holding the record),
 and the CPU the broker and this process (the producer and both consumers) spent per record. Records are
 ``--gap-ms`` apart, as at low load, after ``--warmup`` untimed ones that let the broker's JVM compile its hot
@@ -45,7 +45,7 @@ from PR2_async_inference.settings import Settings
 logger = logging.getLogger(__name__)
 
 TOPIC = "hop-bench"
-#: The consumer clients timed: the worker's group consumer (kafka-python) and the API's results reader (librdkafka).
+#: The consumer clients timed: librdkafka, the client of the service's consumers, and kafka-python beside it.
 CONSUMER_CLIENTS = ("kafka-python", "librdkafka")
 
 

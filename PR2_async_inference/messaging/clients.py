@@ -1,5 +1,6 @@
-"""The worker's consumer of the requests topic (a ``worker_group`` member on kafka-python) and the lag and
-position questions asked of it.
+"""The service's consumers, on librdkafka (``confluent-kafka``): the worker's group consumer of the requests topic,
+the lag and position questions asked of it, and what every consumer here shares (settings, reading what is ready,
+records as plain values).
 
 Client settings that one broker needs are chosen by ``settings.broker_kind`` (``kafka`` for Apache Kafka, the
 broker docker-compose and the manifests deploy; ``tansu`` for the Kafka-protocol broker of the local stack
@@ -10,117 +11,184 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+import confluent_kafka
+from confluent_kafka import TopicPartition
 
-from PR2_async_inference.messaging.admin import bootstrap_list
 from PR2_async_inference.settings import BrokerKind, Settings
 
 logger = logging.getLogger(__name__)
 
 #: How long one ListOffsets request for the end offsets may take before the lag is reported unknown.
-END_OFFSETS_TIMEOUT_MS = 1000
+END_OFFSETS_TIMEOUT_S = 1.0
 
 
-# ---------------------------------------------------------------------------------------------- consumers
-class LoggingRebalanceListener(ConsumerRebalanceListener):
-    """Logs assignment and revocation and calls ``on_revoke`` / ``on_assign``. kafka-python 3.0.12 runs these
-    on its IO thread: they must not block nor call the consumer's blocking methods (commit, poll)."""
+@dataclass
+class ConsumedRecord:
+    """One consumed record as plain values (what the worker buffers, decodes and re-sends)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def consumer_config(settings: Settings, client_id: str, group_id: str, **extra: Any) -> dict[str, Any]:
+    """librdkafka settings every consumer of the service shares, plus ``extra`` (librdkafka names)."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "client.id": client_id,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+        "socket.nagle.disable": True,
+        "logger": logging.getLogger("librdkafka"),
+        **extra,
+    }
+
+
+def next_records(consumer: confluent_kafka.Consumer, max_records: int = 2000,
+                 timeout_s: float = 0.2) -> list[ConsumedRecord]:
+    """At most ``max_records`` records ready now, waiting up to ``timeout_s`` for the first one. (librdkafka's
+    ``consume(n, timeout)`` alone waits for n records or the whole timeout: at low load every record would sit out
+    the timeout.) Fetch errors are logged and skipped."""
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    messages = [first, *consumer.consume(num_messages=max_records - 1, timeout=0)] if max_records > 1 else [first]
+    records = []
+    for m in messages:
+        if m.error() is not None:
+            logger.warning("fetch error: %s", m.error().str())
+            continue
+        records.append(ConsumedRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers() or []))
+    return records
+
+
+class WorkerConsumer(confluent_kafka.Consumer):
+    """A group member of ``worker_group`` on the requests topic: manual commits, bounded polls. librdkafka calls
+    ``on_assign`` / ``on_revoke`` inside :func:`next_records`, on the caller's thread.
+
+    It remembers where reading starts on each partition it is given (the group's committed offset, 0 without
+    one), so a partition it has not read from yet still has a position (librdkafka reports none until the first
+    record): an empty partition is read to its end, and lag counts a backlog not fetched yet.
+    """
 
     def __init__(
         self,
-        on_revoke: Callable[[list[TopicPartition]], None] | None = None,
+        settings: Settings,
+        client_id: str,
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
+        on_revoke: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
-        self._on_revoke = on_revoke
+        super().__init__(consumer_config(
+            settings, client_id, settings.worker_group,
+            # A group that has never committed starts at the first request: requests accepted before any worker
+            # joined are served, not skipped.
+            **{"auto.offset.reset": "earliest",
+               # The worker commits the offsets it answered itself, never the ones librdkafka stores as it reads.
+               "enable.auto.offset.store": False,
+               # A batch is at most max_poll_records forward passes; five minutes between polls is far beyond it.
+               "max.poll.interval.ms": 300_000,
+               "session.timeout.ms": settings.session_timeout_ms,
+               "heartbeat.interval.ms": settings.heartbeat_interval_ms,
+               # Room for a full batch of 224x224 images in one fetch, and a bound on what librdkafka reads ahead
+               # (its default, 64 MB, would count against the worker's memory limit and the autoscaler's memory
+               # target while a backlog waits).
+               "max.partition.fetch.bytes": 8 * 1024 * 1024,
+               "queued.max.messages.kbytes": 16 * 1024},
+        ))
+        self.started_at: dict[TopicPartition, int] = {}
         self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self.subscribe([settings.requests_topic], on_assign=self._assigned, on_revoke=self._revoked)
 
-    def on_partitions_revoked(self, revoked):
-        logger.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
-        if self._on_revoke:
-            self._on_revoke(list(revoked))
-
-    def on_partitions_assigned(self, assigned):
-        logger.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
-        if self._on_assign:
-            self._on_assign(list(assigned))
-
-
-def make_worker_consumer(settings: Settings, listener: ConsumerRebalanceListener, client_id: str) -> KafkaConsumer:
-    """A group member of ``worker_group`` on the requests topic: manual commits, bounded polls."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_list(settings),
-        group_id=settings.worker_group,
-        client_id=client_id,
-        enable_auto_commit=False,
-        # A group that has never committed starts at the first request: requests accepted before any worker
-        # joined are served, not skipped.
-        auto_offset_reset="earliest",
-        max_poll_records=settings.max_poll_records,
-        # A batch is at most max_poll_records forward passes; five minutes between polls is far beyond that.
-        max_poll_interval_ms=300_000,
-        session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=settings.heartbeat_interval_ms,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        # Room for a full batch of 224x224 images in one fetch (kafka-python's default is 1 MB).
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-    )
-    consumer.subscribe([settings.requests_topic], listener=listener)
-    # Metadata fetched after subscribe, before the first join. kafka-python 3.0.12 builds the snapshot of the
-    # subscribed topics' partitions only from metadata that arrives while subscribed; a group leader that joins
-    # before such an update assigns with an empty snapshot, then its post-assignment refresh differs from it and
-    # it rejoins at once (~100 ms later). That needless second rebalance is where members on Apache Kafka can be
-    # left looping on the coordinator lookup (worker.membership replaces such a member). A blocking fetch here
-    # makes the first assignment's snapshot the real one.
-    consumer.topics()
-    return consumer
-
-
-def end_offsets(consumer: KafkaConsumer, partitions: Iterable[TopicPartition], broker_kind: BrokerKind) -> dict:
-    """{partition: offset the next record will get}; partitions whose end is unknown are left out."""
-    partitions = list(partitions)
-    if broker_kind == "tansu":
-        # Tansu's ListOffsets(LATEST) can answer below the partition's end, while the high-water mark its
-        # fetch responses carry is right: on Tansu the end comes from the consumer's last fetch (no request).
-        ends = {tp: consumer.highwater(tp) for tp in partitions}
-    else:
+    def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        logger.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions))
         try:
-            ends = consumer.end_offsets(partitions, timeout_ms=END_OFFSETS_TIMEOUT_MS) if partitions else {}
-        except KafkaError as exc:
-            logger.debug("end offsets unknown (%s)", exc)
-            return {}
-    return {tp: end for tp, end in ends.items() if end is not None}
+            committed = self.committed(partitions, timeout=END_OFFSETS_TIMEOUT_S * 10)
+            self.started_at = {TopicPartition(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
+        except confluent_kafka.KafkaException as exc:
+            logger.warning("committed offsets unknown (%s): positions wait for the first records", exc)
+            self.started_at = {}
+        if self._on_assign:
+            self._on_assign(partitions)
+
+    def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        logger.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+        self.started_at = {}
+        if self._on_revoke:
+            self._on_revoke(partitions)
 
 
-def fetched_to_end(consumer: KafkaConsumer) -> bool:
+def make_worker_consumer(
+    settings: Settings,
+    client_id: str,
+    on_assign: Callable[[list[TopicPartition]], None] | None = None,
+    on_revoke: Callable[[list[TopicPartition]], None] | None = None,
+) -> WorkerConsumer:
+    return WorkerConsumer(settings, client_id, on_assign, on_revoke)
+
+
+def commit_answered(consumer: confluent_kafka.Consumer, records: Iterable[ConsumedRecord]) -> None:
+    """Commit, synchronously, the offset after the last of ``records`` on each partition. Raises
+    ``KafkaException`` when the broker refuses (e.g. the partitions moved in a rebalance)."""
+    next_offsets: dict[tuple[str, int], int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        next_offsets[key] = max(next_offsets.get(key, 0), r.offset + 1)
+    if next_offsets:
+        consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()], asynchronous=False)
+
+
+def positions(consumer: confluent_kafka.Consumer) -> dict[TopicPartition, int]:
+    """{assigned partition: the next offset the consumer hands over}. A partition not read from yet has the
+    position a :class:`WorkerConsumer` started it at, and is left out for other consumers."""
+    assignment = consumer.assignment()
+    if not assignment:
+        return {}
+    at = dict(getattr(consumer, "started_at", {}))
+    at.update({TopicPartition(tp.topic, tp.partition): tp.offset for tp in consumer.position(assignment)
+               if tp.offset >= 0})
+    return {tp: at[tp] for tp in assignment if tp in at}
+
+
+def end_offsets(consumer: confluent_kafka.Consumer, partitions: Iterable[TopicPartition],
+                broker_kind: BrokerKind) -> dict[TopicPartition, int]:
+    """{partition: offset the next record will get}; partitions whose end is unknown are left out."""
+    # Tansu's ListOffsets(LATEST) can answer below the partition's end, while the high-water mark its fetch
+    # responses carry is right: on Tansu the end comes from the consumer's last fetch (cached, no request).
+    cached = broker_kind == "tansu"
+    ends = {}
+    for tp in partitions:
+        try:
+            _, end = consumer.get_watermark_offsets(tp, timeout=END_OFFSETS_TIMEOUT_S, cached=cached)
+        except confluent_kafka.KafkaException as exc:
+            logger.debug("end offset of %s unknown (%s)", tp, exc)
+            continue
+        if end is not None and end >= 0:
+            ends[TopicPartition(tp.topic, tp.partition)] = end
+    return ends
+
+
+def fetched_to_end(consumer: confluent_kafka.Consumer) -> bool:
     """True when every assigned partition's position has reached the high-water mark of its last fetch
     response: nothing more is queued for this consumer as of that fetch. Costs no request (the fetch responses
     carry the mark), so it can be asked on every poll; False while any mark or position is unknown."""
     assignment = consumer.assignment()
     if not assignment:
         return False
-    for tp in assignment:
-        highwater = consumer.highwater(tp)
-        try:
-            position = consumer.position(tp, timeout_ms=0)
-        except Exception:  # position unknown right after a rebalance
-            return False
-        if highwater is None or position is None or position < highwater:
-            return False
-    return True
+    at = positions(consumer)
+    ends = end_offsets(consumer, assignment, "tansu")  # the cached marks, whatever the broker
+    return all(tp in at and tp in ends and at[tp] >= ends[tp] for tp in assignment)
 
 
-def consumer_lag(consumer: KafkaConsumer, broker_kind: BrokerKind = "kafka") -> dict[TopicPartition, int]:
+def consumer_lag(consumer: confluent_kafka.Consumer, broker_kind: BrokerKind = "kafka") -> dict[TopicPartition, int]:
     """Per assigned partition: end offset minus position (partitions whose end or position is unknown are
     skipped)."""
-    lags: dict[TopicPartition, int] = {}
-    for tp, end in end_offsets(consumer, consumer.assignment(), broker_kind).items():
-        try:
-            position = consumer.position(tp, timeout_ms=100)
-        except Exception:  # position unknown right after a rebalance
-            continue
-        if position is not None:
-            lags[tp] = max(0, end - position)
-    return lags
+    at = positions(consumer)
+    return {tp: max(0, end - at[tp]) for tp, end in end_offsets(consumer, at, broker_kind).items() if tp in at}

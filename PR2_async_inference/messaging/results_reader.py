@@ -1,5 +1,4 @@
-"""The API's reader of the results topic: every partition, no consumer group, on librdkafka (``confluent-kafka``,
-the client of :mod:`.producer`, whose fetches are served outside the GIL)."""
+"""The API's reader of the results topic: every partition, no consumer group, on librdkafka (``confluent-kafka``)."""
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ from collections.abc import Callable, Iterable
 
 import confluent_kafka
 
+from PR2_async_inference.messaging.clients import ConsumedRecord, consumer_config, next_records
 from PR2_async_inference.messaging.messages import StatusMessage
 from PR2_async_inference.settings import Settings
 
@@ -18,19 +18,6 @@ logger = logging.getLogger(__name__)
 
 #: Longest wait for the broker's answer to one metadata, offsets or watermark request.
 REQUEST_TIMEOUT_S = 10.0
-
-
-#: Most records handed over per read.
-MAX_RECORDS_PER_READ = 2000
-
-
-def next_records(consumer: confluent_kafka.Consumer, timeout_s: float = 0.2) -> list[confluent_kafka.Message]:
-    """The records ready now, waiting up to ``timeout_s`` for the first one. (``consume(n, timeout)`` alone waits
-    for n records or the whole timeout: at low load every record would sit out the timeout.)"""
-    first = consumer.poll(timeout_s)
-    if first is None:
-        return []
-    return [first, *consumer.consume(num_messages=MAX_RECORDS_PER_READ - 1, timeout=0)]
 
 
 class ResultsReader:
@@ -58,21 +45,13 @@ class ResultsReader:
 
     def _consumer(self) -> confluent_kafka.Consumer:
         s = self.settings
-        consumer = confluent_kafka.Consumer(
-            {
-                "bootstrap.servers": s.kafka_bootstrap_servers,
-                "client.id": "inference-api-results",
-                # librdkafka wants a group id; the reader assigns partitions itself and never joins nor commits.
-                "group.id": f"inference-api-results-{socket.gethostname()}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                # Applies only when an offset has left retention: reread what is left rather than skip to the end.
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": s.fetch_max_wait_ms,
-                "socket.nagle.disable": True,
-            },
-            logger=logging.getLogger("librdkafka"),
-        )
+        consumer = confluent_kafka.Consumer(consumer_config(
+            s, "inference-api-results",
+            # librdkafka wants a group id; the reader assigns partitions itself and never joins nor commits.
+            f"inference-api-results-{socket.gethostname()}",
+            # Applies only when an offset has left retention: reread what is left rather than skip to the end.
+            **{"auto.offset.reset": "earliest", "enable.auto.offset.store": False},
+        ))
         try:
             start = self._start_offsets(consumer)
             consumer.assign(start)
@@ -128,18 +107,14 @@ class ResultsReader:
                 return False
         return True
 
-    def _deliver(self, records: Iterable[confluent_kafka.Message]) -> None:
+    def _deliver(self, records: Iterable[ConsumedRecord]) -> None:
         for record in records:
-            if record.error() is not None:
-                logger.warning("results fetch error: %s", record.error().str())
-                continue
-            self._next[record.partition()] = record.offset() + 1
+            self._next[record.partition] = record.offset + 1
             try:
-                status = StatusMessage.from_bytes(record.value())
+                status = StatusMessage.from_bytes(record.value)
             except ValueError as exc:
                 logger.warning(
-                    "skipping malformed result at %s[%d]@%d: %s",
-                    record.topic(), record.partition(), record.offset(), exc,
+                    "skipping malformed result at %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc
                 )
                 continue
             self.messages += 1

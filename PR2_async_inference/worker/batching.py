@@ -17,16 +17,18 @@ import threading
 import time
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from modelops.artifact import Predictor
 from PR2_async_inference import metrics
 from PR2_async_inference.messaging.admin import ensure_topics
 from PR2_async_inference.messaging.clients import (
-    LoggingRebalanceListener,
+    WorkerConsumer,
+    commit_answered,
     consumer_lag,
     fetched_to_end,
     make_worker_consumer,
+    next_records,
 )
 from PR2_async_inference.messaging.messages import RequestMessage, StatusMessage
 from PR2_async_inference.messaging.producer import Producer, make_producer, send_status, wait_all
@@ -35,7 +37,6 @@ from PR2_async_inference.settings import Settings, get_settings
 from PR2_async_inference.worker.callbacks import CallbackSender
 from PR2_async_inference.worker.health import record_backlog
 from PR2_async_inference.worker.inference import load_predictors, predict_batch
-from PR2_async_inference.worker.membership import MembershipWatch
 from PR2_async_inference.worker.retries import retry_or_dead_letter, retry_or_dead_letter_record
 
 logger = logging.getLogger(__name__)
@@ -71,14 +72,13 @@ class ModelWorker:
         self.load_errors: dict[str, str] = {}
         self.stop_event = threading.Event()
         self.assigned = threading.Event()
-        self.consumer: KafkaConsumer | None = None
+        self.consumer: WorkerConsumer | None = None
         self.producer: Producer | None = None
         self.callbacks = CallbackSender(self.settings)
         self.batches_run = 0
         self._buffer: list[Any] = []
         self._caught_up = False
         self._lag_refreshed_at = float("-inf")
-        self.membership = MembershipWatch(self.settings.session_timeout_ms)
 
     # ------------------------------------------------------------------ set-up
     def batching(self, model: str) -> tuple[int, float]:
@@ -107,38 +107,18 @@ class ModelWorker:
         self._new_consumer()
 
     def _new_consumer(self) -> None:
-        listener = LoggingRebalanceListener(on_revoke=self._on_revoke, on_assign=lambda _: self.assigned.set())
-        self.consumer = make_worker_consumer(self.settings, listener, client_id=f"worker-{self.worker_id}")
+        self.consumer = make_worker_consumer(self.settings, client_id=f"worker-{self.worker_id}",
+                                             on_assign=lambda _: self.assigned.set(), on_revoke=self._on_revoke)
         self._buffer = []
         self._caught_up = False
         self._lag_refreshed_at = float("-inf")  # a new assignment: the gauges at the first poll
-        self.membership.restart()
-
-    def _replace_consumer(self) -> None:
-        """Swap a consumer that stopped being a live group member (:mod:`worker.membership`) for a new one. The
-        buffered requests are dropped unanswered: their offsets are not committed, so the partitions' next owner
-        reads them again."""
-        logger.warning("consumer stalled outside the group (%s); replacing it, %d buffered requests left to be "
-                       "read again", self.membership.describe(self.consumer), len(self._buffer))
-        self._buffer = []
-        self.assigned.clear()
-        try:
-            # Nothing to commit (auto-commit is off); a bounded close so a stuck client cannot hang the worker.
-            self.consumer.close(autocommit=False, timeout_ms=self.settings.session_timeout_ms)
-        except Exception as exc:
-            logger.warning("closing the stalled consumer failed (%s)", exc)
-        self.membership.replacements += 1
-        self._new_consumer()
 
     def _on_revoke(self, revoked: list[TopicPartition]) -> None:
-        # kafka-python 3.0.12 calls rebalance listeners on its IO thread: a forward pass here would stop the
-        # heartbeats, and a commit here raises (a blocking call from the IO thread). The buffered requests are
-        # dropped unanswered instead; their offsets are not committed. A partition that moves is read again from
-        # the last commit by its next owner; one this worker gets back keeps its position, hence the rewind to
-        # the first dropped record (seek only sets client state, safe on the IO thread).
+        # librdkafka calls this inside next_records, on this thread, before the partitions go. The buffered
+        # requests are dropped unanswered; their offsets are not committed, so whoever owns the partitions next
+        # (this worker included: a new assignment starts at the committed offsets) reads them again.
         if self._buffer:
             logger.info("rebalance: %d buffered requests dropped unanswered, to be read again", len(self._buffer))
-            self._rewind(self._buffer)
             self._buffer = []
 
     # ------------------------------------------------------------------ main loop
@@ -152,13 +132,7 @@ class ModelWorker:
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
                     break
                 room = max(1, self.settings.max_poll_records - len(self._buffer))
-                polled = self.consumer.poll(timeout_ms=self._poll_timeout_ms(first_at), max_records=room)
-                for records in polled.values():
-                    self._buffer.extend(records)
-                if self.membership.stalled(self.consumer):
-                    self._replace_consumer()
-                    first_at = None
-                    continue
+                self._buffer.extend(next_records(self.consumer, room, self._poll_timeout_ms(first_at) / 1000))
                 if not self._buffer:
                     first_at = None  # nothing held (a rebalance may have dropped the buffer inside poll)
                 elif first_at is None:
@@ -233,7 +207,7 @@ class ModelWorker:
                 futures += self._run_batch(model, live[start : start + size], finals)
         try:
             wait_all(futures, timeout_s=60)
-            self.consumer.commit()
+            commit_answered(self.consumer, records)
         except Exception as exc:
             logger.error("could not deliver results or commit (%s); rewinding for redelivery", exc)
             self._rewind(records)
@@ -258,13 +232,13 @@ class ModelWorker:
         return live
 
     def _rewind(self, records: list[Any]) -> None:
-        first: dict[TopicPartition, int] = {}
+        first: dict[tuple[str, int], int] = {}
         for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            first[tp] = min(first.get(tp, r.offset), r.offset)
-        for tp, offset in first.items():
+            first[r.topic, r.partition] = min(first.get((r.topic, r.partition), r.offset), r.offset)
+        for (topic, partition), offset in first.items():
+            tp = TopicPartition(topic, partition, offset)
             try:
-                self.consumer.seek(tp, offset)
+                self.consumer.seek(tp)
             except Exception as exc:  # partition no longer ours: its next owner re-reads from the commit
                 logger.info("cannot rewind %s: %s", tp, exc)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from kafka import TopicPartition
+from confluent_kafka import TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from PR2_async_inference import metrics

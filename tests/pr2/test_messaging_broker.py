@@ -8,11 +8,16 @@ import uuid
 
 import confluent_kafka
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from PR2_async_inference.local_stack import Proc
 from PR2_async_inference.messaging.admin import ensure_topics
-from PR2_async_inference.messaging.clients import consumer_lag, end_offsets, fetched_to_end
+from PR2_async_inference.messaging.clients import (
+    consumer_config,
+    consumer_lag,
+    end_offsets,
+    fetched_to_end,
+    next_records,
+)
 from PR2_async_inference.messaging.messages import StatusMessage
 from PR2_async_inference.messaging.producer import (
     MAX_RECORD_BYTES,
@@ -21,31 +26,28 @@ from PR2_async_inference.messaging.producer import (
     send_status,
     wait_all,
 )
-from PR2_async_inference.messaging.results_reader import ResultsReader, next_records
+from PR2_async_inference.messaging.results_reader import ResultsReader
 from PR2_async_inference.settings import Settings
 
 
 def test_consumer_lag_is_end_offset_minus_position(broker: Proc):
     prefix = f"lag-{uuid.uuid4().hex[:8]}"
-    settings = Settings(kafka_bootstrap_servers=broker.info["bootstrap"], requests_topic=f"{prefix}-requests",
-                        results_topic=f"{prefix}-results", dlq_topic=f"{prefix}-dlq", requests_partitions=1,
-                        results_partitions=1)
+    settings = Settings(kafka_bootstrap_servers=broker.info["bootstrap"], broker_kind=broker.info["kind"],
+                        requests_topic=f"{prefix}-requests", results_topic=f"{prefix}-results",
+                        dlq_topic=f"{prefix}-dlq", requests_partitions=1, results_partitions=1, fetch_max_wait_ms=50)
     ensure_topics(settings)
     producer = make_producer(settings)
     try:
-        for i in range(5):
-            producer.send(settings.requests_topic, key=b"k", value=b"v%d" % i).result(timeout=30)
+        wait_all([producer.send(settings.requests_topic, key=b"k", value=b"v%d" % i) for i in range(5)])
     finally:
         producer.close(10)
-    tp = TopicPartition(settings.requests_topic, 0)
-    consumer = KafkaConsumer(bootstrap_servers=broker.info["bootstrap"], enable_auto_commit=False,
-                             auto_offset_reset="earliest", fetch_max_wait_ms=50)
+    tp = confluent_kafka.TopicPartition(settings.requests_topic, 0)
+    consumer = confluent_kafka.Consumer(consumer_config(settings, "lag-test", f"{prefix}-group"))
     try:
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
+        consumer.assign([confluent_kafka.TopicPartition(settings.requests_topic, 0, confluent_kafka.OFFSET_BEGINNING)])
         polled: list = []
         for _ in range(50):  # bounded: a few seconds at most
-            polled += consumer.poll(timeout_ms=200, max_records=2 - len(polled)).get(tp, [])
+            polled += next_records(consumer, max_records=2 - len(polled), timeout_s=0.2)
             if len(polled) == 2:
                 break
         assert [r.offset for r in polled] == [0, 1]
@@ -53,7 +55,7 @@ def test_consumer_lag_is_end_offset_minus_position(broker: Proc):
         assert consumer_lag(consumer, settings.broker_kind) == {tp: 3}
         assert not fetched_to_end(consumer)  # 3 records left: the worker keeps filling its batch
         for _ in range(50):
-            polled += consumer.poll(timeout_ms=200, max_records=5 - len(polled)).get(tp, [])
+            polled += next_records(consumer, max_records=5 - len(polled), timeout_s=0.2)
             if len(polled) == 5:
                 break
         assert [r.offset for r in polled] == [0, 1, 2, 3, 4]
@@ -75,7 +77,7 @@ def test_the_hop_benchmark_times_records_through_the_broker(broker: Proc):
     assert result["messages"] == 5 and result["size_bytes"] == 3 * 32 * 32
     # A record is delivered after its produce began, and an acknowledged produce takes some time.
     assert result["produce_ack_ms_p50"] > 0
-    for client in ("kafka-python", "librdkafka"):  # the worker's consumer client and the API's reader client
+    for client in ("kafka-python", "librdkafka"):  # the service's consumer client and the one beside it
         assert 0 < result[f"delivery_ms_p50_{client}"] <= result[f"delivery_ms_p90_{client}"]
     # CPU times advance in clock ticks (10 ms): five small records may not move them.
     assert result["broker_cpu_ms_per_record"] >= 0 and result["client_cpu_ms_per_record"] >= 0
@@ -133,14 +135,13 @@ def test_next_records_hands_over_what_is_ready_without_waiting_for_a_full_read(b
         producer.send(settings.results_topic, key=b"k", value=b"v", partition=0).result(30)
     finally:
         producer.close(10)
-    consumer = confluent_kafka.Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "t",
-                                         "enable.auto.commit": False})
+    consumer = confluent_kafka.Consumer(consumer_config(settings, "next-test", "next-test"))
     try:
         consumer.assign([confluent_kafka.TopicPartition(settings.results_topic, 0, confluent_kafka.OFFSET_BEGINNING)])
         started = time.monotonic()
         records = next_records(consumer, timeout_s=60)
         # One record ready: it comes back at once, not after the timeout (a batch read would wait it out).
-        assert [(r.key(), r.value()) for r in records] == [(b"k", b"v")]
+        assert [(r.key, r.value) for r in records] == [(b"k", b"v")]
         assert time.monotonic() - started < 60
         assert next_records(consumer, timeout_s=0.5) == []
     finally:
