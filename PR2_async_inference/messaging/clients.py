@@ -16,6 +16,7 @@ from typing import Any
 
 import confluent_kafka
 from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from PR2_async_inference.settings import BrokerKind, Settings
 
@@ -157,22 +158,42 @@ def positions(consumer: confluent_kafka.Consumer) -> dict[TopicPartition, int]:
     return {tp: at[tp] for tp in assignment if tp in at}
 
 
-def end_offsets(consumer: confluent_kafka.Consumer, partitions: Iterable[TopicPartition],
-                broker_kind: BrokerKind) -> dict[TopicPartition, int]:
-    """{partition: offset the next record will get}; partitions whose end is unknown are left out."""
+def make_offsets_admin(settings: Settings, client_id: str) -> AdminClient:
+    """A client for end-offset questions only. It has connections of its own: a question asked on a consumer's
+    connection waits behind that consumer's long-poll fetch (the broker answers one request per connection at a
+    time), up to ``fetch_max_wait_ms`` per partition asked."""
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, "client.id": client_id,
+                        "logger": logging.getLogger("librdkafka")})
+
+
+def end_offsets(consumer: confluent_kafka.Consumer, partitions: Iterable[TopicPartition], broker_kind: BrokerKind,
+                admin: AdminClient | None = None) -> dict[TopicPartition, int]:
+    """{partition: offset the next record will get}; partitions whose end is unknown are left out.
+
+    With ``admin`` (on Apache Kafka) one ListOffsets request asks the broker for every partition; without it, or
+    on Tansu, the ends are the high-water marks of the consumer's last fetch responses (no request).
+    """
+    partitions = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
     # Tansu's ListOffsets(LATEST) can answer below the partition's end, while the high-water mark its fetch
-    # responses carry is right: on Tansu the end comes from the consumer's last fetch (cached, no request).
-    cached = broker_kind == "tansu"
+    # responses carry is right: on Tansu the end comes from the consumer's last fetch.
+    if admin is None or broker_kind == "tansu" or not partitions:
+        return fetched_ends(consumer, partitions)
     ends = {}
-    for tp in partitions:
+    asked = admin.list_offsets(dict.fromkeys(partitions, OffsetSpec.latest()), request_timeout=END_OFFSETS_TIMEOUT_S)
+    for tp, answer in asked.items():
         try:
-            _, end = consumer.get_watermark_offsets(tp, timeout=END_OFFSETS_TIMEOUT_S, cached=cached)
+            ends[TopicPartition(tp.topic, tp.partition)] = answer.result().offset
         except confluent_kafka.KafkaException as exc:
-            logger.debug("end offset of %s unknown (%s)", tp, exc)
-            continue
-        if end is not None and end >= 0:
-            ends[TopicPartition(tp.topic, tp.partition)] = end
-    return ends
+            logger.debug("end offset of %s[%d] unknown (%s)", tp.topic, tp.partition, exc)
+    return {tp: end for tp, end in ends.items() if end >= 0}
+
+
+def fetched_ends(consumer: confluent_kafka.Consumer, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    """{partition: high-water mark of the consumer's last fetch response}, for partitions fetched already (no
+    request)."""
+    ends = {TopicPartition(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, cached=True)[1]
+            for tp in partitions}
+    return {tp: end for tp, end in ends.items() if end is not None and end >= 0}
 
 
 def fetched_to_end(consumer: confluent_kafka.Consumer) -> bool:
@@ -183,12 +204,14 @@ def fetched_to_end(consumer: confluent_kafka.Consumer) -> bool:
     if not assignment:
         return False
     at = positions(consumer)
-    ends = end_offsets(consumer, assignment, "tansu")  # the cached marks, whatever the broker
+    ends = fetched_ends(consumer, assignment)
     return all(tp in at and tp in ends and at[tp] >= ends[tp] for tp in assignment)
 
 
-def consumer_lag(consumer: confluent_kafka.Consumer, broker_kind: BrokerKind = "kafka") -> dict[TopicPartition, int]:
-    """Per assigned partition: end offset minus position (partitions whose end or position is unknown are
-    skipped)."""
+def consumer_lag(consumer: confluent_kafka.Consumer, broker_kind: BrokerKind = "kafka",
+                 admin: AdminClient | None = None) -> dict[TopicPartition, int]:
+    """Per assigned partition: end offset (:func:`end_offsets`) minus position (partitions whose end or position
+    is unknown are skipped)."""
     at = positions(consumer)
-    return {tp: max(0, end - at[tp]) for tp, end in end_offsets(consumer, at, broker_kind).items() if tp in at}
+    return {tp: max(0, end - at[tp]) for tp, end in end_offsets(consumer, at, broker_kind, admin).items()
+            if tp in at}

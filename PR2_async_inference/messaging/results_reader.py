@@ -31,6 +31,7 @@ class ResultsReader:
         self.caught_up = threading.Event()
         self.messages = 0
         self._next: dict[int, int | None] = {}
+        self._ends: dict[int, int] = {}  # on Apache Kafka, each partition's end when reading began
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="results-reader", daemon=True)
 
@@ -54,6 +55,9 @@ class ResultsReader:
         ))
         try:
             start = self._start_offsets(consumer)
+            if self.settings.broker_kind != "tansu":  # asked before the fetches start: nothing queues before them
+                self._ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S)[1]
+                              for tp in start}
             consumer.assign(start)
             # Where each partition's reading stands: the next offset to read, None when it started at the end.
             self._next = {tp.partition: self._resolve(consumer, tp) for tp in start}
@@ -94,16 +98,18 @@ class ResultsReader:
         return tp.offset
 
     def _at_end(self, consumer: confluent_kafka.Consumer) -> bool:
-        # On Tansu, ListOffsets(LATEST) can answer below the partition's end while the high-water mark its fetch
-        # responses carry is right: there the end comes from the last fetch (cached, no request).
-        cached = self.settings.broker_kind == "tansu"
+        """Read to the ends the partitions had when reading began. On Tansu, whose ListOffsets(LATEST) can answer
+        below a partition's end while the high-water mark its fetch responses carry is right, to that mark."""
+        tansu = self.settings.broker_kind == "tansu"
         topic = self.settings.results_topic
         for partition, next_offset in self._next.items():
             if next_offset is None:  # started at the end
                 continue
-            tp = confluent_kafka.TopicPartition(topic, partition)
-            _, end = consumer.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S, cached=cached)
-            if end < 0 or next_offset < end:  # a negative end: not fetched yet
+            if tansu:
+                end = consumer.get_watermark_offsets(confluent_kafka.TopicPartition(topic, partition), cached=True)[1]
+            else:
+                end = self._ends.get(partition, -1)
+            if end < 0 or next_offset < end:  # a negative end: not known yet
                 return False
         return True
 

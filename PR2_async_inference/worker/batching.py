@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from modelops.artifact import Predictor
 from PR2_async_inference import metrics
@@ -27,6 +28,7 @@ from PR2_async_inference.messaging.clients import (
     commit_answered,
     consumer_lag,
     fetched_to_end,
+    make_offsets_admin,
     make_worker_consumer,
     next_records,
 )
@@ -74,6 +76,7 @@ class ModelWorker:
         self.assigned = threading.Event()
         self.consumer: WorkerConsumer | None = None
         self.producer: Producer | None = None
+        self.offsets_admin: AdminClient | None = None  # the lag gauge's end offsets (messaging.clients.end_offsets)
         self.callbacks = CallbackSender(self.settings)
         self.batches_run = 0
         self._buffer: list[Any] = []
@@ -104,6 +107,7 @@ class ModelWorker:
     def connect(self) -> None:
         ensure_topics(self.settings)
         self.producer = make_producer(self.settings, client_id=f"worker-{self.worker_id}")
+        self.offsets_admin = make_offsets_admin(self.settings, client_id=f"worker-{self.worker_id}-offsets")
         self._new_consumer()
 
     def _new_consumer(self) -> None:
@@ -178,7 +182,7 @@ class ModelWorker:
         now = time.monotonic()
         if now - self._lag_refreshed_at >= LAG_REFRESH_S:
             self._lag_refreshed_at = now
-            record_backlog(consumer_lag(self.consumer, self.settings.broker_kind), self._buffer)
+            record_backlog(consumer_lag(self.consumer, self.settings.broker_kind, self.offsets_admin), self._buffer)
 
     def _flush(self) -> None:
         self._process(self._buffer)

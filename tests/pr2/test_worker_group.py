@@ -10,7 +10,13 @@ import uuid
 
 import pytest
 
-from PR2_async_inference.messaging.clients import consumer_lag, fetched_to_end, make_worker_consumer, next_records
+from PR2_async_inference.messaging.clients import (
+    consumer_lag,
+    fetched_to_end,
+    make_offsets_admin,
+    make_worker_consumer,
+    next_records,
+)
 from PR2_async_inference.messaging.producer import make_producer, wait_all
 from PR2_async_inference.model_worker import ModelWorker
 from tests.pr2.conftest import make_topics, suite_settings
@@ -33,6 +39,7 @@ def test_a_member_with_an_empty_partition_reads_to_the_end_and_counts_unfetched_
     make_topics(settings)
     fill(settings, {0: 3})  # partition 1 stays empty
     assigned = threading.Event()
+    admin = make_offsets_admin(settings, "ends-test-offsets")  # the worker's lag gauge asks through one
     consumer = make_worker_consumer(settings, client_id="ends-test", on_assign=lambda _: assigned.set())
     try:
         read = []
@@ -42,7 +49,7 @@ def test_a_member_with_an_empty_partition_reads_to_the_end_and_counts_unfetched_
         assert assigned.is_set() and sorted((r.partition, r.offset) for r in read) == [(0, 0), (0, 1), (0, 2)]
         # Partition 1 never handed over a record; it still counts as read to its end (0).
         assert fetched_to_end(consumer)
-        assert {tp.partition: lag for tp, lag in consumer_lag(consumer, settings.broker_kind).items()} == {0: 0, 1: 0}
+        assert {tp.partition: lag for tp, lag in consumer_lag(consumer, settings.broker_kind, admin).items()} == {0: 0, 1: 0}
     finally:
         consumer.close()
     # A new member of the same group that has fetched nothing yet: the backlog behind the (absent) commit is lag.
@@ -57,7 +64,7 @@ def test_a_member_with_an_empty_partition_reads_to_the_end_and_counts_unfetched_
             if message is not None and message.error() is None:
                 handed[message.partition()] += 1
         assert assigned.is_set()
-        lag = {tp.partition: n for tp, n in consumer_lag(consumer, settings.broker_kind).items()}
+        lag = {tp.partition: n for tp, n in consumer_lag(consumer, settings.broker_kind, admin).items()}
         expected = {0: 3 - handed[0], 1: 2 - handed[1]}  # nothing committed: all of it, less what was read
         if settings.broker_kind == "tansu":  # ends come from fetch responses there: one not fetched yet is unknown
             assert lag.items() <= expected.items()
