@@ -136,7 +136,9 @@ class ModelWorker:
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
                     break
                 room = max(1, self.settings.max_poll_records - len(self._buffer))
-                self._buffer.extend(next_records(self.consumer, room, self._poll_timeout_ms(first_at) / 1000))
+                # Read first, then extend: a rebalance inside the read replaces self._buffer (see _on_revoke).
+                polled = next_records(self.consumer, room, self._poll_timeout_ms(first_at) / 1000)
+                self._buffer.extend(polled)
                 if not self._buffer:
                     first_at = None  # nothing held (a rebalance may have dropped the buffer inside poll)
                 elif first_at is None:

@@ -5,11 +5,13 @@ The stack runs as a real CLI process; its log lines name each child's pid as it 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -30,23 +32,42 @@ def running(pid: int) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def cli_process(cmd: list[str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen, dict[str, int], list[str]]]:
+    """Run ``cmd`` in its own session; yields it, the children its log lines name so far ({name: pid}, filled by
+    :func:`read_started`) and its output lines. Afterwards it is stopped, and so is any child still running
+    (only when the test failed: never leave them behind)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
+                            start_new_session=True)
+    started: dict[str, int] = {}
+    try:
+        yield proc, started, []
+    finally:
+        stop_process(Proc("cli", proc, tmp_path / "none"))
+        for pid in started.values():
+            if running(pid):
+                psutil.Process(pid).kill()
+
+
+def read_started(proc: subprocess.Popen, started: dict[str, int], lines: list[str], last: str,
+                 timeout_s: float) -> None:
+    """Read ``proc``'s output into ``lines`` until its log names the start of ``last`` (or ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while last not in started and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if match := STARTED.search(line):
+            started[match[1]] = int(match[2])
+
+
 def test_sigterm_while_the_worker_starts_stops_every_started_process(pr2_registry: Path, tmp_path: Path):
     cmd = [sys.executable, str(REPO_ROOT / "PR2_async_inference" / "local_stack.py"), "--broker", "tansu",
            "--registry", str(pr2_registry), "--api-port", str(free_port()), "--broker-port", str(free_port()),
            "--log-dir", str(tmp_path / "logs")]
-    stack = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
-                             start_new_session=True)
-    started: dict[str, int] = {}
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 180
-        while "worker0" not in started and time.monotonic() < deadline:
-            line = stack.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if match := STARTED.search(line):
-                started[match[1]] = int(match[2])
+    with cli_process(cmd, tmp_path) as (stack, started, lines):
+        read_started(stack, started, lines, "worker0", timeout_s=180)
         assert set(started) == {"broker", "api", "worker0"}, "".join(lines)
         assert running(started["worker0"])  # still loading its model: start-up is not over
         stack.send_signal(signal.SIGTERM)
@@ -54,37 +75,16 @@ def test_sigterm_while_the_worker_starts_stops_every_started_process(pr2_registr
         assert stack.returncode == 130, "".join(lines) + rest
         assert "API at" not in rest  # it never got as far as serving
         assert [name for name, pid in started.items() if running(pid)] == []
-    finally:
-        stop_process(Proc("local-stack", stack, tmp_path / "none"))
-        for pid in started.values():  # only if the test failed: never leave them behind
-            if running(pid):
-                psutil.Process(pid).kill()
 
 
 def test_sigterm_stops_the_broker_of_the_hop_benchmark(tmp_path: Path):
     cmd = [sys.executable, str(REPO_ROOT / "PR2_async_inference" / "benchmarks" / "bench_kafka_hop.py"),
            "--broker", "tansu", "--warmup", "1000000", "--size", "100", "--log-dir", str(tmp_path / "logs")]
-    bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
-                             start_new_session=True)
-    started: dict[str, int] = {}
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 120
-        while not started and time.monotonic() < deadline:
-            line = bench.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if match := STARTED.search(line):
-                started[match[1]] = int(match[2])
+    with cli_process(cmd, tmp_path) as (bench, started, lines):
+        read_started(bench, started, lines, "broker", timeout_s=120)
         assert list(started) == ["broker"], "".join(lines)
         time.sleep(2)  # into the warm-up records
         bench.send_signal(signal.SIGTERM)
         rest, _ = bench.communicate(timeout=60)
         assert bench.returncode == 130, "".join(lines) + rest
         assert not running(started["broker"])
-    finally:
-        stop_process(Proc("hop-bench", bench, tmp_path / "none"))
-        for pid in started.values():  # only if the test failed: never leave them behind
-            if running(pid):
-                psutil.Process(pid).kill()

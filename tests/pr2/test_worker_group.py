@@ -90,7 +90,8 @@ def test_a_rebalance_drops_the_buffer_and_partitions_kept_are_read_again_from_th
     try:
         deadline = time.monotonic() + 60  # the worker's loop without its flush: records stay buffered
         while len(worker._buffer) < per_partition * len(partitions) and time.monotonic() < deadline:
-            worker._buffer.extend(next_records(worker.consumer, max_records=100, timeout_s=0.2))
+            polled = next_records(worker.consumer, max_records=100, timeout_s=0.2)
+            worker._buffer.extend(polled)
         assert len(worker._buffer) == per_partition * len(partitions)
         assert worker.assigned.is_set()
         # A second member joins: the worker's partitions are revoked while it holds all of them unanswered.
