@@ -55,12 +55,14 @@ class ResultsReader:
         ))
         try:
             start = self._start_offsets(consumer)
-            if self.settings.broker_kind != "tansu":  # asked before the fetches start: nothing queues before them
+            # Asked before assign() starts the fetches, which the broker would answer first (one request per
+            # connection at a time, a fetch waiting up to fetch_max_wait_ms for records).
+            if self.settings.broker_kind != "tansu":
                 self._ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S)[1]
                               for tp in start}
-            consumer.assign(start)
             # Where each partition's reading stands: the next offset to read, None when it started at the end.
             self._next = {tp.partition: self._resolve(consumer, tp) for tp in start}
+            consumer.assign(start)
         except Exception:
             consumer.close()
             raise
