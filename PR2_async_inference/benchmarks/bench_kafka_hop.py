@@ -38,6 +38,7 @@ from modelops.errors import UsageError
 from PR2_async_inference.benchmarks.bench_e2e import cpu_seconds
 from PR2_async_inference.local_stack import BROKER_KINDS, TANSU_FETCH_MAX_WAIT_MS, choose_broker, start_broker
 from PR2_async_inference.messaging.admin import ensure_topics
+from PR2_async_inference.messaging.clients import consumer_config
 from PR2_async_inference.messaging.producer import make_producer
 from PR2_async_inference.processes import interrupt_on_stop_signals, stop_process
 from PR2_async_inference.settings import Settings
@@ -90,11 +91,7 @@ class DeliveryClock:
 
     def _run_librdkafka(self) -> None:
         topic = self._settings.requests_topic
-        consumer = confluent_kafka.Consumer({
-            "bootstrap.servers": self._settings.kafka_bootstrap_servers, "group.id": "hop-bench",
-            "enable.auto.commit": False, "fetch.wait.max.ms": self._settings.fetch_max_wait_ms,
-            "socket.nagle.disable": True,
-        })
+        consumer = confluent_kafka.Consumer(consumer_config(self._settings, "hop-bench", "hop-bench"))
         _, end = consumer.get_watermark_offsets(confluent_kafka.TopicPartition(topic, 0), timeout=30)
         consumer.assign([confluent_kafka.TopicPartition(topic, 0, end)])
         self.ready.set()

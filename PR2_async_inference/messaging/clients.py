@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 #: How long one ListOffsets request for the end offsets may take before the lag is reported unknown.
 END_OFFSETS_TIMEOUT_S = 1.0
+#: How long a newly assigned member waits for the group's committed offsets (asked once per assignment).
+COMMITTED_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -111,7 +113,7 @@ class WorkerConsumer(confluent_kafka.Consumer):
     def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         logger.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions))
         try:
-            committed = self.committed(partitions, timeout=END_OFFSETS_TIMEOUT_S * 10)
+            committed = self.committed(partitions, timeout=COMMITTED_TIMEOUT_S)
             self.started_at = {TopicPartition(tp.topic, tp.partition): max(tp.offset, 0) for tp in committed}
         except confluent_kafka.KafkaException as exc:
             logger.warning("committed offsets unknown (%s): positions wait for the first records", exc)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 
 import confluent_kafka
 
-from PR2_async_inference.messaging.clients import ConsumedRecord, consumer_config, next_records
+from PR2_async_inference.messaging.clients import ConsumedRecord, consumer_config, fetched_ends, next_records
 from PR2_async_inference.messaging.messages import StatusMessage
 from PR2_async_inference.settings import Settings
 
@@ -102,18 +102,14 @@ class ResultsReader:
     def _at_end(self, consumer: confluent_kafka.Consumer) -> bool:
         """Read to the ends the partitions had when reading began. On Tansu, whose ListOffsets(LATEST) can answer
         below a partition's end while the high-water mark its fetch responses carry is right, to that mark."""
-        tansu = self.settings.broker_kind == "tansu"
-        topic = self.settings.results_topic
-        for partition, next_offset in self._next.items():
-            if next_offset is None:  # started at the end
-                continue
-            if tansu:
-                end = consumer.get_watermark_offsets(confluent_kafka.TopicPartition(topic, partition), cached=True)[1]
-            else:
-                end = self._ends.get(partition, -1)
-            if end < 0 or next_offset < end:  # a negative end: not known yet
-                return False
-        return True
+        ends = self._ends
+        if self.settings.broker_kind == "tansu":
+            topic = self.settings.results_topic
+            fetched = fetched_ends(consumer, [confluent_kafka.TopicPartition(topic, p) for p in self._next])
+            ends = {tp.partition: end for tp, end in fetched.items()}
+        # A partition that started at the end (None) is read to it; one whose end is unknown (absent or negative)
+        # is not.
+        return all(next_offset is None or 0 <= ends.get(p, -1) <= next_offset for p, next_offset in self._next.items())
 
     def _deliver(self, records: Iterable[ConsumedRecord]) -> None:
         for record in records:

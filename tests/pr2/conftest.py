@@ -111,9 +111,10 @@ def broker_kind_of(broker: Proc | str) -> str:
     return _BROKER_KINDS.get(broker, "kafka")
 
 
-def suite_settings(broker: Proc | str, prefix: str, registry: Path, **overrides: Any) -> Settings:
+def suite_settings(broker: Proc | str, prefix: str, registry: Path | None = None, **overrides: Any) -> Settings:
     """Settings with topics and group of their own, so suites sharing the broker never see each other's data;
-    ``broker`` is a started broker or its bootstrap address. On Tansu the fetch wait is its polling interval."""
+    ``broker`` is a started broker or its bootstrap address. On Tansu the fetch wait is its polling interval.
+    Without ``registry`` the settings' default registry stays (tests of the messaging layer load no model)."""
     kind = broker_kind_of(broker)
     bootstrap = broker.info["bootstrap"] if isinstance(broker, Proc) else broker
     if kind == "tansu":
@@ -121,7 +122,7 @@ def suite_settings(broker: Proc | str, prefix: str, registry: Path, **overrides:
     return Settings(
         kafka_bootstrap_servers=bootstrap, broker_kind=kind, requests_topic=f"{prefix}-requests",
         results_topic=f"{prefix}-results", dlq_topic=f"{prefix}-dlq", worker_group=f"{prefix}-workers",
-        model_registry=registry, **overrides
+        **({"model_registry": registry} if registry is not None else {}), **overrides
     )
 
 

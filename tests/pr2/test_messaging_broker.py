@@ -10,7 +10,6 @@ import confluent_kafka
 import pytest
 
 from PR2_async_inference.local_stack import Proc
-from PR2_async_inference.messaging.admin import ensure_topics
 from PR2_async_inference.messaging.clients import (
     consumer_config,
     consumer_lag,
@@ -29,14 +28,19 @@ from PR2_async_inference.messaging.producer import (
 )
 from PR2_async_inference.messaging.results_reader import ResultsReader
 from PR2_async_inference.settings import Settings
+from tests.pr2.conftest import make_topics, suite_settings
+
+
+def _topics(broker: Proc, prefix: str) -> Settings:
+    """Topics of their own on the session broker: one requests partition, two results partitions."""
+    settings = suite_settings(broker, prefix, requests_partitions=1, results_partitions=2, fetch_max_wait_ms=100)
+    make_topics(settings)
+    return settings
 
 
 def test_consumer_lag_is_end_offset_minus_position(broker: Proc):
     prefix = f"lag-{uuid.uuid4().hex[:8]}"
-    settings = Settings(kafka_bootstrap_servers=broker.info["bootstrap"], broker_kind=broker.info["kind"],
-                        requests_topic=f"{prefix}-requests", results_topic=f"{prefix}-results",
-                        dlq_topic=f"{prefix}-dlq", requests_partitions=1, results_partitions=1, fetch_max_wait_ms=50)
-    ensure_topics(settings)
+    settings = _topics(broker, prefix)
     producer = make_producer(settings)
     try:
         wait_all([producer.send(settings.requests_topic, key=b"k", value=b"v%d" % i) for i in range(5)])
@@ -70,12 +74,7 @@ def test_consumer_lag_is_end_offset_minus_position(broker: Proc):
 def test_the_hop_benchmark_times_records_through_the_broker(broker: Proc):
     from PR2_async_inference.benchmarks.bench_kafka_hop import measure_hops
 
-    prefix = f"hop-{uuid.uuid4().hex[:8]}"
-    settings = Settings(kafka_bootstrap_servers=broker.info["bootstrap"], broker_kind=broker.info["kind"],
-                        requests_topic=f"{prefix}-requests", results_topic=f"{prefix}-results",
-                        dlq_topic=f"{prefix}-dlq", requests_partitions=1, results_partitions=1,
-                        fetch_max_wait_ms=100)
-    ensure_topics(settings)
+    settings = _topics(broker, f"hop-{uuid.uuid4().hex[:8]}")
     result = measure_hops(settings, broker.pid, size=3 * 32 * 32, warmup=3, messages=5, gap_ms=0)
     assert result["messages"] == 5 and result["size_bytes"] == 3 * 32 * 32
     # A record is delivered after its produce began, and an acknowledged produce takes some time.
@@ -84,15 +83,6 @@ def test_the_hop_benchmark_times_records_through_the_broker(broker: Proc):
         assert 0 < result[f"delivery_ms_p50_{client}"] <= result[f"delivery_ms_p90_{client}"]
     # CPU times advance in clock ticks (10 ms): five small records may not move them.
     assert result["broker_cpu_ms_per_record"] >= 0 and result["client_cpu_ms_per_record"] >= 0
-
-
-def _topics(broker: Proc, prefix: str) -> Settings:
-    settings = Settings(kafka_bootstrap_servers=broker.info["bootstrap"], broker_kind=broker.info["kind"],
-                        requests_topic=f"{prefix}-requests", results_topic=f"{prefix}-results",
-                        dlq_topic=f"{prefix}-dlq", requests_partitions=1, results_partitions=2,
-                        fetch_max_wait_ms=100)
-    ensure_topics(settings)
-    return settings
 
 
 def test_the_producer_acknowledges_records_and_fails_one_too_large(broker: Proc):
