@@ -121,6 +121,9 @@ def test_the_results_reader_reads_every_partition_and_says_when_it_has_caught_up
         reader.stop()
 
 
+# A read that waited for a full batch would sit out next_records' 1-hour timeout below: the test's own time limit
+# fails it instead (no timing is asserted).
+@pytest.mark.timeout(300)
 def test_next_records_hands_over_what_is_ready_without_waiting_for_a_full_read(broker: Proc):
     settings = _topics(broker, f"next-{uuid.uuid4().hex[:8]}")
     producer = make_producer(settings)
@@ -131,11 +134,8 @@ def test_next_records_hands_over_what_is_ready_without_waiting_for_a_full_read(b
     consumer = confluent_kafka.Consumer(consumer_config(settings, "next-test", "next-test"))
     try:
         consumer.assign([confluent_kafka.TopicPartition(settings.results_topic, 0, confluent_kafka.OFFSET_BEGINNING)])
-        started = time.monotonic()
-        records = next_records(consumer, timeout_s=60)
-        # One record ready: it comes back at once, not after the timeout (a batch read would wait it out).
+        records = next_records(consumer, timeout_s=3600)  # one record is ready: it comes back without the rest
         assert [(r.key, r.value) for r in records] == [(b"k", b"v")]
-        assert time.monotonic() - started < 60
         assert next_records(consumer, timeout_s=0.5) == []
     finally:
         consumer.close()
