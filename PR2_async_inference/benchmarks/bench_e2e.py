@@ -75,6 +75,28 @@ def cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
+#: HotSpot names its JIT compiler threads "C1 CompilerThread0", "C2 CompilerThread0", ... (Linux cuts a thread's
+#: name to 15 characters: "C2 CompilerThre").
+JIT_THREAD_PREFIXES = ("C1 CompilerThre", "C2 CompilerThre")
+
+
+def jit_cpu_seconds(pid: int) -> float:
+    """User + system CPU time a JVM's JIT compiler threads have used so far (0 for a process without any, such as
+    Tansu, or where /proc has no per-thread names). A broker's JIT compiles its hot paths over its first
+    thousands of requests; a long-serving broker has finished, so this tells warm-up from serving."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if name.startswith(JIT_THREAD_PREFIXES):
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (proc(5) fields 14, 15)
+    return total
+
+
 FORWARD_CPU_METRIC = "inference_forward_cpu_seconds_total"
 
 
@@ -105,12 +127,13 @@ def cpu_per_request(stack: Stack) -> dict[str, float]:
             "loadgen": [os.getpid()]}
     reading = {name: sum(cpu_seconds(p) for p in group) for name, group in pids.items()}
     reading["forward"] = forward_cpu_seconds(stack)
+    reading["broker_jit"] = jit_cpu_seconds(stack.broker.pid)
     return reading
 
 
 def cpu_ms_per_request(before: dict[str, float], after: dict[str, float], done: int) -> dict[str, Any]:
     per_req = {name: (after[name] - before[name]) * 1000 / done
-               for name in ("broker", "api", "workers", "loadgen", "forward")}
+               for name in ("broker", "broker_jit", "api", "workers", "loadgen", "forward")}
     outside = per_req["workers"] - per_req["forward"]
     return {
         **{f"cpu_ms_per_req_{name}": round(value, 2) for name, value in per_req.items()},
@@ -141,6 +164,31 @@ def photo_payloads(shape: list[int], count: int = 8, seed: int = 0) -> list[dict
     return payloads
 
 
+WARMUP_ROUND = 250
+
+
+def warm_up(stack: Stack, args: argparse.Namespace, common: dict[str, Any]) -> int:
+    """Untimed load at the loaded run's concurrency until the stack serves as a long-running one would; returns
+    the requests sent. The worker's first batches allocate, and the broker's JVM compiles its hot paths over its
+    first few thousand requests (on a 2-core EPYC its CPU per request falls from 9 ms over the first 240 to
+    1.4-1.5 ms from about 3600 on, most of the difference its JIT compiler's threads:
+    docs/measurements/broker_warmup.py). So after ``--warmup-requests`` it goes on in rounds of
+    :data:`WARMUP_ROUND` until a round costs the broker's JIT at most ``--warmup-jit-ms`` per request, or
+    ``--warmup-max-requests`` are sent (a broker without a JIT, Tansu, stops after one round)."""
+    run_load(stack.api_url, requests=args.warmup_requests, concurrency=args.concurrency, **common)
+    sent = args.warmup_requests
+    while sent < args.warmup_max_requests:
+        before = jit_cpu_seconds(stack.broker.pid)
+        done = run_load(stack.api_url, requests=WARMUP_ROUND, concurrency=args.concurrency, **common)["succeeded"]
+        sent += WARMUP_ROUND
+        jit_ms = (jit_cpu_seconds(stack.broker.pid) - before) * 1000 / max(1, done)
+        logger.info("warm-up: %d requests sent, the broker's JIT %.2f ms per request in the last %d",
+                    sent, jit_ms, WARMUP_ROUND)
+        if jit_ms <= args.warmup_jit_ms:
+            break
+    return sent
+
+
 def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     config = CONFIGS[name]
     registry = log_dir / f"registry-{name}.yaml"
@@ -155,10 +203,7 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
                         fetch_max_wait_ms=args.fetch_max_wait_ms, runtime_spinning=args.runtime_spinning)
     try:
         common = {"time_limit_s": args.time_limit_s, "payloads": payloads, "client_mode": args.client}
-        # Untimed warm-up at the loaded run's concurrency: the broker's JVM compiles its hot paths (its CPU per
-        # request falls from 5.4-7.3 ms over the first 240 requests to 1.8-2.4 ms after 1900, on a 2-core EPYC:
-        # docs/measurements/broker_warmup.py) and the worker's first batches allocate; a serving stack runs warm.
-        run_load(stack.api_url, requests=args.warmup_requests, concurrency=args.concurrency, **common)
+        warmup = warm_up(stack, args, common)
         before = cpu_per_request(stack)
         loaded = run_load(stack.api_url, requests=args.requests, concurrency=args.concurrency,
                           **common)
@@ -171,7 +216,7 @@ def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) 
             "e2e_throughput_rps": loaded["throughput_rps"], "e2e_latency_ms_p50": loaded["latency_ms_p50"],
             "e2e_latency_ms_p95": loaded["latency_ms_p95"], "e2e_latency_ms_p99": loaded["latency_ms_p99"],
             "e2e_batch_size_mean": loaded["batch_size_mean"], "succeeded": loaded["succeeded"],
-            "errors": loaded["errors"], "low_load_latency_ms_p50": low["latency_ms_p50"],
+            "errors": loaded["errors"], "warmup_requests": warmup, "low_load_latency_ms_p50": low["latency_ms_p50"],
             **{f"low_load_{hop}_p50": low[f"{hop}_p50"] for hop in HOPS}, **cpu_ms}
 
 
@@ -211,7 +256,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--requests", type=int, default=160, help="requests per loaded run (default: 160)")
     parser.add_argument("--concurrency", type=int, default=16, help="clients in the loaded run (default: 16)")
     parser.add_argument("--warmup-requests", type=int, default=2000,
-                        help="untimed requests before each loaded run (default: 2000)")
+                        help="untimed requests before each loaded run, at least (default: 2000)")
+    parser.add_argument("--warmup-jit-ms", type=float, default=0.1,
+                        help=f"then more, in rounds of {WARMUP_ROUND}, until a round costs the broker's JIT "
+                        "compiler at most this much CPU per request (default: 0.1 ms)")
+    parser.add_argument("--warmup-max-requests", type=int, default=8000,
+                        help="untimed requests before each loaded run, at most (default: 8000)")
     parser.add_argument("--low-load-requests", type=int, default=30,
                         help="requests of the one-client run (default: 30)")
     parser.add_argument("--time-limit-s", type=float, default=60.0, help="time limit per run (default: 60)")

@@ -85,6 +85,20 @@ def test_the_hop_benchmark_times_records_through_the_broker(broker: Proc):
     assert result["broker_cpu_ms_per_record"] >= 0 and result["client_cpu_ms_per_record"] >= 0
 
 
+def test_the_benchmarks_jit_reading_counts_only_a_jvms_compiler_threads(broker: Proc):
+    """bench_e2e warms a stack up until the broker's JIT compiler threads go quiet; it reads their CPU apart."""
+    import os
+
+    from PR2_async_inference.benchmarks.bench_e2e import cpu_seconds, jit_cpu_seconds
+
+    jit = jit_cpu_seconds(broker.pid)
+    if broker.info["kind"] == "kafka":  # a JVM that has started compiles its start-up paths
+        assert 0 < jit < cpu_seconds(broker.pid)
+    else:  # Tansu is compiled ahead of time
+        assert jit == 0
+    assert jit_cpu_seconds(os.getpid()) == 0
+
+
 def test_the_producer_acknowledges_records_and_fails_one_too_large(broker: Proc):
     settings = _topics(broker, f"prod-{uuid.uuid4().hex[:8]}")
     producer = make_producer(settings)
