@@ -173,12 +173,8 @@ def derived_manifest(path: Path, spec: ModelSpec) -> Manifest:
                             f"work one out: {first}") from exc
 
 
-def decode_image(data: str, manifest: Manifest) -> np.ndarray:
-    """Base64 PNG/JPEG -> uint8 pixels (C, H, W) of the model's input, by the manifest's preprocessing.
-
-    The resize (and centre crop) is :func:`modelops.preprocessing.image_to_pixels`, the function the model's
-    dataset applied when it was evaluated. Images travel on the requests topic as these pixels, a quarter of
-    the bytes of the float tensor; the worker applies :func:`normalize_pixels` just before the forward pass."""
+def open_image(data: str) -> Any:
+    """Base64 (or a data URL) -> an opened PIL image: its header is read (format, size), its pixels are not."""
     from PIL import Image, UnidentifiedImageError
 
     if "," in data[:100] and data.startswith("data:"):  # data URL
@@ -188,12 +184,31 @@ def decode_image(data: str, manifest: Manifest) -> np.ndarray:
     except (binascii.Error, ValueError) as exc:
         raise UsageError(f"'data' is neither a nested list nor valid base64: {exc}") from exc
     try:
-        with Image.open(io.BytesIO(raw)) as img:
-            img.load()
-            pixels = image_to_pixels(img, manifest.preprocessing or {}, manifest.input_shape)
+        return Image.open(io.BytesIO(raw))
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise UsageError(f"'data' is base64 but not a decodable PNG/JPEG image: {exc}") from exc
+
+
+def image_pixels(image: Any, manifest: Manifest) -> np.ndarray:
+    """An opened PIL image -> uint8 pixels (C, H, W) of the model's input, by the manifest's preprocessing.
+
+    The resize (and centre crop) is :func:`modelops.preprocessing.image_to_pixels`, the function the model's
+    dataset applied when it was evaluated. Images travel on the requests topic as these pixels, a quarter of
+    the bytes of the float tensor; the worker applies :func:`normalize_pixels` just before the forward pass."""
+    from PIL import Image
+
+    try:
+        with image:
+            image.load()
+            pixels = image_to_pixels(image, manifest.preprocessing or {}, manifest.input_shape)
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise UsageError(f"'data' is base64 but not a decodable PNG/JPEG image: {exc}") from exc
     return np.ascontiguousarray(pixels.numpy())
+
+
+def decode_image(data: str, manifest: Manifest) -> np.ndarray:
+    """Base64 PNG/JPEG -> uint8 pixels (C, H, W) of the model's input (:func:`open_image`, :func:`image_pixels`)."""
+    return image_pixels(open_image(data), manifest)
 
 
 def normalize_pixels(pixels: np.ndarray, manifest: Manifest) -> np.ndarray:
