@@ -96,9 +96,9 @@ def model_manifest_or_503(state: ServiceState, label: str) -> Manifest:
 
 
 #: A base64 image this short is opened on the event loop, and decoded there too when it has at most
-#: INLINE_DECODE_PIXELS pixels: a 224x224 JPEG decodes in about 0.45 ms, less than the hop to a worker thread
-#: and back (0.4-0.6 ms at low load), which it saves from every request's latency. Anything larger, and every
-#: nested list, is decoded on a worker thread so that the event loop never waits long.
+#: INLINE_DECODE_PIXELS pixels: decoding a 224x224 JPEG takes about as long as the hop to a worker thread and
+#: back, which it saves from every request's latency. Anything larger, and every nested list, is decoded on a
+#: worker thread so that the event loop never waits long.
 INLINE_BASE64_CHARS = 256 * 1024
 INLINE_DECODE_PIXELS = 512 * 512
 

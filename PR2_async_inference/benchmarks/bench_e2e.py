@@ -5,10 +5,10 @@
 
 For each configuration (batching on/off, 1 and 2 workers) it starts a local stack (``--broker``: Apache Kafka by
 default, at the clients' default fetch settings; Tansu on request; API and workers on 127.0.0.1), sends an
-untimed warm-up (``--warmup-requests``), then a bounded closed-loop burst of JPEG photos (``--concurrency``
-clients, at most ``--requests`` requests and ``--time-limit-s`` seconds), then a low-load run (one client), and
-stops the stack. Clients get their results as ``--client`` says: in the answer to ``POST /inference?wait=S``
-(one call, the default) or by a long-polling GET after the 202 (two calls).
+untimed warm-up until the broker's JIT goes quiet (:func:`warm_up`), then a bounded closed-loop burst of JPEG
+photos (``--concurrency`` clients, at most ``--requests`` requests and ``--time-limit-s`` seconds), then a
+low-load run (one client), and stops the stack. Clients get their results as ``--client`` says: in the answer
+to ``POST /inference?wait=S`` (one call, the default) or by a long-polling GET after the 202 (two calls).
 Before each configuration it times the model outside the service (loaded alone in its own process, the project's
 timing method: batch ``--batch-size`` throughput and batch-1 latency) so both figures come from the same minutes
 of a shared machine. Reported per row: e2e throughput and p50/p95/p99, its ratio to that batched throughput

@@ -5,9 +5,9 @@
 
 Starts one local stack (Apache Kafka by default, one batching worker, the service's settings) and sends
 ``--rounds`` consecutive loaded runs of ``--requests`` JPEG photos from 16 clients, printing after each the CPU
-that the broker, the API and the worker outside its forward pass spent per request in that run (as bench_e2e
-counts them). A JVM interprets its code at first and compiles the hot paths as they run, so the broker's figure
-falls over the first rounds and then holds.
+that the broker (and, apart, its JIT compiler threads), the API and the worker outside its forward pass spent
+per request in that run (as bench_e2e counts them). A JVM interprets its code at first and compiles the hot
+paths as they run, so the broker's figure falls over the first rounds and then holds.
 """
 
 from __future__ import annotations
