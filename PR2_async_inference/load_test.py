@@ -192,7 +192,11 @@ def run_load(url: str, *, requests: int = 200, concurrency: int = 16, time_limit
         raise UsageError(f"requests ({requests}), concurrency ({concurrency}) and time limit must be positive")
     if payloads is None:
         if input_shape is None:
-            models = httpx.get(f"{url}/models", timeout=10).json()
+            try:
+                models = httpx.get(f"{url}/models", timeout=10).json()
+            except httpx.TransportError as exc:
+                raise UsageError(f"no API answers at --url {url} ({exc}); start one with "
+                                 "python PR2_async_inference/local_stack.py") from exc
             input_shape = next(m["input_shape"] for m in models if m["default"])
         payloads = make_payloads(input_shape)
     return asyncio.run(_run(url, requests, concurrency, time_limit_s, payloads, client_mode))

@@ -309,6 +309,14 @@ def test_load_generator_refuses_non_local_targets():
         run_load("http://example.com:8000", requests=1)
 
 
+def test_load_generator_says_when_no_api_answers():
+    from PR2_async_inference.load_test import run_load
+    from PR2_async_inference.processes import free_port
+
+    with pytest.raises(UsageError, match=r"no API answers at --url http://127\.0\.0\.1:\d+ .*local_stack\.py"):
+        run_load(f"http://127.0.0.1:{free_port()}", requests=1)
+
+
 def test_tansu_gets_its_fetch_wait_when_the_caller_passes_none() -> None:
     """bench_e2e and local_stack pass fetch_max_wait_ms=None for "the default": on Tansu that is Tansu's wait."""
     from pathlib import Path
