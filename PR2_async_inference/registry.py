@@ -173,6 +173,11 @@ def derived_manifest(path: Path, spec: ModelSpec) -> Manifest:
                             f"work one out: {first}") from exc
 
 
+def undecodable_image(exc: Exception) -> UsageError:
+    """The error for base64 that holds no image PIL can open or decode (its header, or its pixels)."""
+    return UsageError(f"'data' is base64 but not a decodable PNG/JPEG image: {exc}")
+
+
 def open_image(data: str) -> Any:
     """Base64 (or a data URL) -> an opened PIL image: its header is read (format, size), its pixels are not."""
     from PIL import Image, UnidentifiedImageError
@@ -186,7 +191,7 @@ def open_image(data: str) -> Any:
     try:
         return Image.open(io.BytesIO(raw))
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise UsageError(f"'data' is base64 but not a decodable PNG/JPEG image: {exc}") from exc
+        raise undecodable_image(exc) from exc
 
 
 def image_pixels(image: Any, manifest: Manifest) -> np.ndarray:
@@ -202,7 +207,7 @@ def image_pixels(image: Any, manifest: Manifest) -> np.ndarray:
             image.load()
             pixels = image_to_pixels(image, manifest.preprocessing or {}, manifest.input_shape)
     except (OSError, Image.DecompressionBombError) as exc:
-        raise UsageError(f"'data' is base64 but not a decodable PNG/JPEG image: {exc}") from exc
+        raise undecodable_image(exc) from exc
     return np.ascontiguousarray(pixels.numpy())
 
 
