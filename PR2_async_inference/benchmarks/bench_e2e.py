@@ -18,7 +18,9 @@ on Apache Kafka -, API, workers, this load generator) spent per request in the l
 all share its cores.
 The workers' CPU outside the forward pass is their CPU minus the forward passes' CPU, read from the workers'
 ``inference_forward_cpu_seconds_total`` counter; the service overhead is API + broker + workers outside the
-forward pass.
+forward pass. ``e2e_vs_inproc_cpu_bound`` is the ratio those CPU costs allow on the cores this process may use,
+were the cores never idle (:func:`cpu_bound_ratio`): the measured ratio can approach it but cannot pass it, so it
+tells the cost per request from how well the pipeline keeps the cores busy.
 """
 
 from __future__ import annotations
@@ -142,6 +144,14 @@ def cpu_ms_per_request(before: dict[str, float], after: dict[str, float], done: 
     }
 
 
+def cpu_bound_ratio(cpu_ms: dict[str, Any], inproc_samples_per_s: float, cores: int) -> float:
+    """The e2e / in-process throughput ratio that ``cpu_ms`` (from :func:`cpu_ms_per_request`) allows on ``cores``
+    cores kept busy: every process here shares them, so at most ``cores * 1000 / (CPU ms per request)`` requests
+    per second get through."""
+    total = sum(cpu_ms[f"cpu_ms_per_req_{name}"] for name in ("broker", "api", "workers", "loadgen"))
+    return cores * 1000 / total / inproc_samples_per_s if total > 0 else float("inf")
+
+
 def photo_payloads(shape: list[int], count: int = 8, seed: int = 0) -> list[dict[str, Any]]:
     """Real photos as a client would send them: random crops of scikit-learn's two bundled JPEG photos
     (china.jpg, flower.jpg), resized to the model's input and JPEG-encoded at quality 90."""
@@ -240,6 +250,7 @@ def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     for row in rows:
         row["inproc_samples_per_s"] = round(samples_per_s, 1)
         row["e2e_vs_inproc_throughput"] = round(row["e2e_throughput_rps"] / samples_per_s, 3)
+        row["e2e_vs_inproc_cpu_bound"] = round(cpu_bound_ratio(row, samples_per_s, len(os.sched_getaffinity(0))), 3)
         row["inproc_b1_latency_ms_p50"] = round(b1_p50, 2)
         low = row["low_load_latency_ms_p50"]
         row["added_latency_ms_p50"] = round(low - b1_p50, 2) if low is not None else None

@@ -330,6 +330,20 @@ def test_tansu_gets_its_fetch_wait_when_the_caller_passes_none() -> None:
     assert "INFERENCE_FETCH_MAX_WAIT_MS" not in service_env("127.0.0.1:1", fetch_max_wait_ms=None)
 
 
+def test_bench_e2e_cpu_bound_ratio_is_what_the_cpu_per_request_allows_on_the_cores():
+    from PR2_async_inference.benchmarks.bench_e2e import cpu_bound_ratio, cpu_ms_per_request
+
+    names = ("broker", "broker_jit", "api", "workers", "loadgen", "forward")
+    before = dict.fromkeys(names, 0.0)
+    # 100 requests: broker 0.1 s (JIT included), API 0.2 s, workers 0.5 s (0.4 forward), load generator 0.2 s
+    after = {"broker": 0.1, "broker_jit": 0.02, "api": 0.2, "workers": 0.5, "loadgen": 0.2, "forward": 0.4}
+    cpu_ms = cpu_ms_per_request(before, after, 100)
+    assert cpu_ms["cpu_ms_per_req_service_overhead"] == 4.0  # broker 1 + API 2 + workers outside forward 1
+    # 10 ms of CPU per request: 2 cores pass at most 200 requests/s, half of 400 in-process; 4 cores all of it
+    assert cpu_bound_ratio(cpu_ms, 400.0, cores=2) == pytest.approx(0.5)
+    assert cpu_bound_ratio(cpu_ms, 400.0, cores=4) == pytest.approx(1.0)
+
+
 def test_the_worker_keeps_one_torch_thread_when_every_model_runs_on_its_own_runtime_pool():
     ort, openvino, eager = (SimpleNamespace(backend=b) for b in ("onnxruntime", "openvino", "torch"))
     assert torch_only_preprocesses({"a": ort, "b": openvino}) is True
