@@ -82,11 +82,10 @@ def cpu_seconds(pid: int) -> float:
 JIT_THREAD_PREFIXES = ("C1 CompilerThre", "C2 CompilerThre")
 
 
-def jit_cpu_seconds(pid: int) -> float:
-    """User + system CPU time a JVM's JIT compiler threads have used so far (0 for a process without any, such as
-    Tansu, or where /proc has no per-thread names). A broker's JIT compiles its hot paths over its first
-    thousands of requests; a long-serving broker has finished, so this tells warm-up from serving."""
-    total = 0.0
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU time each live thread of a process has used so far, summed by thread name (as Linux
+    keeps it, cut to 15 characters). psutil gives the times of a process's threads but not their names."""
+    times: dict[str, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -94,9 +93,15 @@ def jit_cpu_seconds(pid: int) -> float:
         except OSError:  # the thread ended
             continue
         name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        if name.startswith(JIT_THREAD_PREFIXES):
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (proc(5) fields 14, 15)
-    return total
+        times[name] = times.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick  # utime, stime: proc(5)
+    return times
+
+
+def jit_cpu_seconds(pid: int) -> float:
+    """User + system CPU time a JVM's JIT compiler threads have used so far (0 for a process without any, such as
+    Tansu, or where /proc has no per-thread names). A broker's JIT compiles its hot paths over its first
+    thousands of requests; a long-serving broker has finished, so this tells warm-up from serving."""
+    return sum(seconds for name, seconds in thread_cpu_seconds(pid).items() if name.startswith(JIT_THREAD_PREFIXES))
 
 
 FORWARD_CPU_METRIC = "inference_forward_cpu_seconds_total"

@@ -24,23 +24,18 @@ from pathlib import Path
 
 from modelops.artifact import read_manifest
 from modelops.errors import UsageError
-from PR2_async_inference.benchmarks.bench_e2e import photo_payloads
+from PR2_async_inference.benchmarks.bench_e2e import photo_payloads, thread_cpu_seconds
 from PR2_async_inference.load_test import run_load
 from PR2_async_inference.local_stack import start_stack, stop_stack
 from PR2_async_inference.processes import interrupt_on_stop_signals
 
 
-def thread_cpu_seconds(pid: int) -> collections.Counter:
-    """CPU seconds so far of each live thread of ``pid``, by thread name with trailing digits folded to N."""
-    tick = os.sysconf("SC_CLK_TCK")
+def thread_cpu_by_kind(pid: int) -> collections.Counter:
+    """CPU seconds so far of each live thread of ``pid``, by name with trailing digits folded to N (the JVM's
+    numbered handler threads, librdkafka's per-broker threads)."""
     out: collections.Counter = collections.Counter()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:  # the thread ended
-            continue
-        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        out[re.sub(r"\d+$", "N", name)] += (int(fields[11]) + int(fields[12])) / tick
+    for name, seconds in thread_cpu_seconds(pid).items():
+        out[re.sub(r"\d+$", "N", name)] += seconds
     return out
 
 
@@ -90,7 +85,7 @@ def main(args: argparse.Namespace) -> None:
         run_load(stack.api_url, requests=args.warmup, **load)
         pids = {"api": stack.api.pid, "broker": stack.broker.pid, "worker": stack.workers[0].pid,
                 "loadgen": os.getpid()}
-        before = {name: thread_cpu_seconds(pid) for name, pid in pids.items()}
+        before = {name: thread_cpu_by_kind(pid) for name, pid in pids.items()}
         spy = None
         if args.spy:
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "-r", "250",
@@ -103,7 +98,7 @@ def main(args: argparse.Namespace) -> None:
         if spy:
             spy.send_signal(2)  # py-spy writes its samples on SIGINT
             spy.wait(30)
-        after = {name: thread_cpu_seconds(pid) for name, pid in pids.items()}
+        after = {name: thread_cpu_by_kind(pid) for name, pid in pids.items()}
     finally:
         stop_stack(stack)
     done = max(1, result["succeeded"])

@@ -330,6 +330,20 @@ def test_tansu_gets_its_fetch_wait_when_the_caller_passes_none() -> None:
     assert "INFERENCE_FETCH_MAX_WAIT_MS" not in service_env("127.0.0.1:1", fetch_max_wait_ms=None)
 
 
+def test_bench_e2e_thread_cpu_seconds_names_the_threads_of_a_process_and_sums_to_its_cpu():
+    from PR2_async_inference.benchmarks.bench_e2e import cpu_seconds, thread_cpu_seconds
+
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # some CPU on this (main) thread
+        pass
+    threads = thread_cpu_seconds(os.getpid())
+    total = cpu_seconds(os.getpid())  # read second: it also counts threads that have ended
+    main_thread_name = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+    assert threads[main_thread_name] > 0
+    assert 0 < sum(threads.values()) <= total + 0.01
+    assert thread_cpu_seconds(2**22 + 1) == {}  # no such process: nothing, not an error
+
+
 def test_bench_e2e_cpu_bound_ratio_is_what_the_cpu_per_request_allows_on_the_cores():
     from PR2_async_inference.benchmarks.bench_e2e import cpu_bound_ratio, cpu_ms_per_request
 
