@@ -11,11 +11,11 @@ low-load run (one client), and stops the stack. Clients get their results as ``-
 to ``POST /inference?wait=S`` (one call, the default) or by a long-polling GET after the 202 (two calls).
 Before each configuration it times the model outside the service (loaded alone in its own process, the project's
 timing method: batch ``--batch-size`` throughput and batch-1 latency) so both figures come from the same minutes
-of a shared machine. Reported per row: e2e throughput and p50/p95/p99, its ratio to that batched throughput
-(the ``inproc_`` figures), the p50 the service adds over that batch-1 latency at low load with the median of
-each hop of a request's way there (``load_test.HOPS``), and the CPU milliseconds each process (broker - the JVM
-on Apache Kafka -, API, workers, this load generator) spent per request in the loaded run: on one machine they
-all share its cores.
+of a shared machine. Reported per row, beside the CPU (``cpu``: model, usable cores, ISA flags): e2e throughput
+and p50/p95/p99, its ratio to that batched throughput (the ``inproc_`` figures), the p50 the service adds over
+that batch-1 latency at low load with the median of each hop of a request's way there (``load_test.HOPS``), and
+the CPU milliseconds each process (broker - the JVM on Apache Kafka -, API, workers, this load generator) spent
+per request in the loaded run: on one machine they all share its cores.
 The workers' CPU outside the forward pass is their CPU minus the forward passes' CPU, read from the workers'
 ``inference_forward_cpu_seconds_total`` counter; the service overhead is API + broker + workers outside the
 forward pass. ``e2e_vs_inproc_cpu_bound`` is the ratio those CPU costs allow on the cores this process may use,
@@ -42,6 +42,7 @@ import psutil
 import torch
 
 from modelops.artifact import read_manifest
+from modelops.cpu import cpu_summary
 from modelops.errors import UsageError
 from modelops.model_process import time_artifacts
 from modelops.results import markdown_table, write_results
@@ -253,6 +254,7 @@ def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     samples_per_s = statistics.median(r["inproc_samples_per_s"] for r in inproc)
     b1_p50 = statistics.median(r["inproc_b1_latency_ms_p50"] for r in inproc)
     for row in rows:
+        row["cpu"] = cpu_summary()
         row["inproc_samples_per_s"] = round(samples_per_s, 1)
         row["e2e_vs_inproc_throughput"] = round(row["e2e_throughput_rps"] / samples_per_s, 3)
         row["e2e_vs_inproc_cpu_bound"] = round(cpu_bound_ratio(row, samples_per_s, len(os.sched_getaffinity(0))), 3)

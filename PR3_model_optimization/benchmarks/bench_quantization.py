@@ -41,7 +41,7 @@ import torch
 
 from modelops.artifact import Manifest, file_size_mb, load_artifact, load_module, save_artifact, write_manifest
 from modelops.cli import run_cli, split_seed
-from modelops.cpu import cpu_info
+from modelops.cpu import cpu_info, cpu_summary
 from modelops.data import load_dataset, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import accuracy, predict_logits
@@ -250,11 +250,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             rows += speed_part(args, arch, Path(tmp))
             write_results(out / "speed.csv", rows)  # an interrupted run keeps what it measured
         digits = accuracy_part(args, Path(tmp))
-    info = cpu_info()
     result = {
-        "machine": f"{info['cpu_model']}, {info['usable_cores']} usable cores, "
-                   f"avx512_vnni={info['has_avx512_vnni']}, avx512_bf16={info['has_avx512_bf16']}, "
-                   f"amx={info['has_amx_int8']}",
+        "machine": cpu_summary(),
         "threads": args.threads, "image_size": args.image_size, "speed": rows, "digits_accuracy": digits,
         "total_s": round(time.perf_counter() - started, 1),
     }
