@@ -7,7 +7,7 @@ requests from 16 clients, then sends ``--requests`` more while ``py-spy record -
 by ``--spy`` (only the thread holding the GIL: where Python spends CPU, not where it waits). Prints the CPU
 milliseconds per request of each process's threads (by name, digits folded: the JVM's ``data-plane-kafka-*``
 and JIT compiler threads, librdkafka's ``rdk:*``, Python's own) and the functions that hold the GIL longest,
-self and inclusive. The raw py-spy samples are written beside ``--output``.
+self and inclusive. The raw py-spy samples go to ``--output``; the processes' logs to a temp folder.
 """
 
 from __future__ import annotations
