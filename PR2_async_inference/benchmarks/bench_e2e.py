@@ -42,13 +42,14 @@ import psutil
 import torch
 
 from modelops.artifact import read_manifest
-from modelops.cpu import cpu_summary
+from modelops.cpu import cpu_info, cpu_summary
 from modelops.errors import UsageError
 from modelops.model_process import time_artifacts
 from modelops.results import markdown_table, write_results
 from PR2_async_inference.load_test import CLIENT_MODES, HOPS, run_load
 from PR2_async_inference.local_stack import BROKER_KINDS, Stack, start_stack, stop_stack
 from PR2_async_inference.processes import interrupt_on_stop_signals
+from PR2_async_inference.registry import write_registry
 
 logger = logging.getLogger(__name__)
 
@@ -207,9 +208,7 @@ def warm_up(stack: Stack, args: argparse.Namespace, common: dict[str, Any]) -> i
 
 def run_config(name: str, model: Path, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     config = CONFIGS[name]
-    registry = log_dir / f"registry-{name}.yaml"
-    registry.write_text(f"default_model: image_classification\nmodels:\n  image_classification:\n"
-                        f"    artifact: {model.resolve()}\n")
+    registry = write_registry(log_dir / f"registry-{name}.yaml", {"image_classification": model})
     shape = read_manifest(model).input_shape
     payloads = photo_payloads(shape)
     stack = start_stack(registry, workers=config["workers"], log_dir=log_dir / name, broker=args.broker,
@@ -253,11 +252,12 @@ def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     inproc.append(in_process(model, args.batch_size, args.threads, args.iters))
     samples_per_s = statistics.median(r["inproc_samples_per_s"] for r in inproc)
     b1_p50 = statistics.median(r["inproc_b1_latency_ms_p50"] for r in inproc)
+    cpu, cores = cpu_summary(), cpu_info()["usable_cores"]
     for row in rows:
-        row["cpu"] = cpu_summary()
+        row["cpu"] = cpu
         row["inproc_samples_per_s"] = round(samples_per_s, 1)
         row["e2e_vs_inproc_throughput"] = round(row["e2e_throughput_rps"] / samples_per_s, 3)
-        row["e2e_vs_inproc_cpu_bound"] = round(cpu_bound_ratio(row, samples_per_s, len(os.sched_getaffinity(0))), 3)
+        row["e2e_vs_inproc_cpu_bound"] = round(cpu_bound_ratio(row, samples_per_s, cores), 3)
         row["inproc_b1_latency_ms_p50"] = round(b1_p50, 2)
         low = row["low_load_latency_ms_p50"]
         row["added_latency_ms_p50"] = round(low - b1_p50, 2) if low is not None else None

@@ -25,13 +25,12 @@ from PR2_async_inference.benchmarks.bench_e2e import cpu_ms_per_request, cpu_per
 from PR2_async_inference.load_test import run_load
 from PR2_async_inference.local_stack import BROKER_KINDS, start_stack, stop_stack
 from PR2_async_inference.processes import interrupt_on_stop_signals
+from PR2_async_inference.registry import write_registry
 
 
 def warmup_curve(model: Path, rounds: int, requests: int, broker: str, log_dir: Path) -> list[dict[str, Any]]:
     """One row per round: requests served so far, throughput, and CPU ms per request of each process."""
-    registry = log_dir / "registry.yaml"
-    registry.write_text(f"default_model: image_classification\nmodels:\n  image_classification:\n"
-                        f"    artifact: {model.resolve()}\n")
+    registry = write_registry(log_dir / "registry.yaml", {"image_classification": model})
     payloads = photo_payloads(read_manifest(model).input_shape)
     stack = start_stack(registry, workers=1, log_dir=log_dir / "stack", broker=broker, max_batch_size=16,
                         max_batch_delay_ms=5, torch_threads=2)

@@ -28,6 +28,7 @@ from PR2_async_inference.benchmarks.bench_e2e import photo_payloads, thread_cpu_
 from PR2_async_inference.load_test import run_load
 from PR2_async_inference.local_stack import start_stack, stop_stack
 from PR2_async_inference.processes import interrupt_on_stop_signals
+from PR2_async_inference.registry import write_registry
 
 
 def thread_cpu_by_kind(pid: int) -> collections.Counter:
@@ -68,14 +69,13 @@ def main(args: argparse.Namespace) -> None:
     model = Path(args.model)
     if args.warmup < 1 or args.requests < 1:
         raise UsageError("--warmup and --requests must be >= 1")
-    if read_manifest(model) is None:
+    manifest = read_manifest(model)
+    if manifest is None:
         raise UsageError(f"{model} has no manifest ({model}.json); pass a modelops artifact")
     interrupt_on_stop_signals()  # SIGTERM, like Ctrl-C, stops the stack
     log_dir = Path(tempfile.mkdtemp(prefix="pr2-bench-profile-"))
-    registry = log_dir / "registry.yaml"
-    registry.write_text("default_model: image_classification\nmodels:\n  image_classification:\n"
-                        f"    artifact: {model.resolve()}\n")
-    load = {"time_limit_s": 300, "payloads": photo_payloads(read_manifest(model).input_shape),
+    registry = write_registry(log_dir / "registry.yaml", {"image_classification": model})
+    load = {"time_limit_s": 300, "payloads": photo_payloads(manifest.input_shape),
             "client_mode": "one-call", "concurrency": 16}
     raw = Path(args.output)
     raw.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from PR2_async_inference.local_stack import (
     start_broker,
     stop_process,
 )
+from PR2_async_inference.registry import write_registry
 from PR2_async_inference.settings import Settings
 
 #: The kind of each broker the fixtures started, by bootstrap address (settings built from an address use it).
@@ -92,16 +93,9 @@ def pr2_model(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="session")
 def pr2_registry(pr2_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """image_classification -> the digits ResNet-18; a long batching delay so bursts form real batches."""
-    path = tmp_path_factory.mktemp("pr2_registry") / "model_registry.yaml"
-    path.write_text(
-        "default_model: image_classification\n"
-        "models:\n"
-        "  image_classification:\n"
-        f"    artifact: {pr2_model}\n"
-        "    max_batch_size: 8\n"
-        "    max_batch_delay_ms: 100\n"
-    )
-    return path
+    return write_registry(tmp_path_factory.mktemp("pr2_registry") / "model_registry.yaml", {
+        "image_classification": {"artifact": pr2_model, "max_batch_size": 8, "max_batch_delay_ms": 100},
+    })
 
 
 def broker_kind_of(broker: Proc | str) -> str:
