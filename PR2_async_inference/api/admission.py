@@ -18,8 +18,8 @@ from modelops.errors import UsageError
 from PR2_async_inference import metrics
 from PR2_async_inference.api.state import ModelUnavailable, RequestProducer, ServiceState
 from PR2_async_inference.callback_security import host_allowed
+from PR2_async_inference.codec import decode_input, decode_tensor, image_pixels, open_image
 from PR2_async_inference.kafka_queue_service import ProduceError, RequestMessage, StatusMessage
-from PR2_async_inference.registry import decode_input, decode_tensor, image_pixels, open_image
 
 
 @dataclass
@@ -104,7 +104,7 @@ INLINE_DECODE_PIXELS = 512 * 512
 
 
 async def decode(data: Any, manifest: Manifest) -> np.ndarray:
-    """A submission's data -> what travels on the queue (:func:`PR2_async_inference.registry.decode_input`)."""
+    """A submission's data -> what travels on the queue (:func:`PR2_async_inference.codec.decode_input`)."""
     if isinstance(data, np.ndarray):
         return await run_in_threadpool(decode_tensor, data, manifest)
     if not isinstance(data, str) or len(data) > INLINE_BASE64_CHARS:

@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient
 
 from modelops.artifact import Predictor
 from PR2_async_inference import metrics
+from PR2_async_inference.codec import top_k
 from PR2_async_inference.messaging.admin import ensure_topics
 from PR2_async_inference.messaging.clients import (
     WorkerConsumer,
@@ -34,7 +35,7 @@ from PR2_async_inference.messaging.clients import (
 )
 from PR2_async_inference.messaging.messages import RequestMessage, StatusMessage
 from PR2_async_inference.messaging.producer import Producer, make_producer, send_status, wait_all
-from PR2_async_inference.registry import Registry, load_registry, top_k
+from PR2_async_inference.registry import Registry, load_registry
 from PR2_async_inference.settings import Settings, get_settings
 from PR2_async_inference.worker.callbacks import CallbackSender
 from PR2_async_inference.worker.health import record_backlog

@@ -12,8 +12,9 @@ import torch
 
 from modelops.artifact import Predictor, load_artifact
 from PR2_async_inference import metrics
+from PR2_async_inference.codec import model_batch
 from PR2_async_inference.messaging.messages import RequestMessage
-from PR2_async_inference.registry import Registry, model_batch
+from PR2_async_inference.registry import Registry
 
 logger = logging.getLogger(__name__)
 

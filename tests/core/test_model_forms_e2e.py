@@ -22,8 +22,9 @@ from modelops.cli import run_cli
 from modelops.errors import ArtifactError
 from modelops.models import create_model
 from PR2_async_inference.api.state import ModelUnavailable, ServiceState
+from PR2_async_inference.codec import decode_input
 from PR2_async_inference.messaging.messages import RequestMessage
-from PR2_async_inference.registry import decode_input, load_registry, write_registry
+from PR2_async_inference.registry import load_registry, write_registry
 from PR2_async_inference.settings import Settings
 from PR2_async_inference.worker.inference import load_predictors, predict_batch
 from PR4_model_benchmarking import benchmark_models, model_flamegraph

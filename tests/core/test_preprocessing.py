@@ -14,7 +14,7 @@ from modelops.artifact import Manifest
 from modelops.cli import common_parser, load_model_dataset
 from modelops.data import load_dataset
 from modelops.errors import UsageError
-from PR2_async_inference.registry import decode_input, model_input
+from PR2_async_inference.codec import decode_input, model_input
 
 
 def image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 5) -> Path:
