@@ -1,4 +1,4 @@
-"""The Kafka layer of the async inference service, and its command line (topic admin).
+"""The command line of the async inference service's Kafka layer (topic admin).
 
     python PR2_async_inference/kafka_queue_service.py create-topics   # settings from INFERENCE_* variables
     python PR2_async_inference/kafka_queue_service.py check
@@ -19,8 +19,8 @@ Three topics (names and partition counts in :mod:`settings`):
 The code lives in :mod:`PR2_async_inference.messaging`: message formats (``messages``), topic admin
 (``admin``, kafka-python), and on librdkafka the producer (``producer``), the worker's group consumer
 (``clients``) and the API's results reader (``results_reader``). Settings one broker needs are chosen by
-``INFERENCE_BROKER_KIND`` (``kafka`` or ``tansu``). This module re-exports the names the API, the worker and
-the tests use.
+``INFERENCE_BROKER_KIND`` (``kafka`` or ``tansu``). The API, the worker and the tests import those modules
+directly; this module is the command line only.
 """
 
 from __future__ import annotations
@@ -30,74 +30,8 @@ import json
 import sys
 from typing import Any
 
-from PR2_async_inference.messaging.admin import (
-    bootstrap_list,
-    broker_reachable,
-    ensure_topics,
-    topic_specs,
-    wait_for_topics,
-)
-from PR2_async_inference.messaging.clients import (
-    ConsumedRecord,
-    WorkerConsumer,
-    consumer_lag,
-    end_offsets,
-    make_worker_consumer,
-    next_records,
-)
-from PR2_async_inference.messaging.messages import (
-    FINAL_STATES,
-    STATUS_RANK,
-    Prediction,
-    RequestMessage,
-    Status,
-    StatusMessage,
-)
-from PR2_async_inference.messaging.producer import (
-    Delivered,
-    ProduceError,
-    Producer,
-    as_asyncio,
-    make_producer,
-    send_dead_letter,
-    send_request,
-    send_status,
-    wait_all,
-)
-from PR2_async_inference.messaging.results_reader import ResultsReader
+from PR2_async_inference.messaging.admin import ensure_topics, wait_for_topics
 from PR2_async_inference.settings import get_settings
-
-__all__ = [
-    "FINAL_STATES",
-    "STATUS_RANK",
-    "ConsumedRecord",
-    "Delivered",
-    "Prediction",
-    "ProduceError",
-    "Producer",
-    "RequestMessage",
-    "ResultsReader",
-    "Status",
-    "StatusMessage",
-    "WorkerConsumer",
-    "as_asyncio",
-    "bootstrap_list",
-    "broker_reachable",
-    "consumer_lag",
-    "end_offsets",
-    "ensure_topics",
-    "get_args_parser",
-    "main",
-    "make_producer",
-    "make_worker_consumer",
-    "next_records",
-    "send_dead_letter",
-    "send_request",
-    "send_status",
-    "topic_specs",
-    "wait_all",
-    "wait_for_topics",
-]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

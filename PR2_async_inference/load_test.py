@@ -30,7 +30,7 @@ import numpy as np
 
 from modelops.errors import UsageError
 from modelops.timing import latency_stats
-from PR2_async_inference.kafka_queue_service import FINAL_STATES
+from PR2_async_inference.messaging.messages import FINAL_STATES
 from PR2_async_inference.settings import MAX_STATUS_WAIT_S
 
 logger = logging.getLogger(__name__)

@@ -274,7 +274,7 @@ def start_stack(
     ``overrides`` become INFERENCE_* settings (e.g. ``max_batch_size=8``). Stop with :func:`stop_stack`; a
     failure or an interrupt part-way stops whatever had started.
     """
-    from PR2_async_inference.kafka_queue_service import ensure_topics
+    from PR2_async_inference.messaging.admin import ensure_topics
     from PR2_async_inference.settings import Settings
 
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="inference-stack-"))

@@ -19,7 +19,8 @@ from PR2_async_inference import metrics
 from PR2_async_inference.api.state import ModelUnavailable, RequestProducer, ServiceState
 from PR2_async_inference.callback_security import host_allowed
 from PR2_async_inference.codec import decode_input, decode_tensor, image_pixels, open_image
-from PR2_async_inference.kafka_queue_service import ProduceError, RequestMessage, StatusMessage
+from PR2_async_inference.messaging.messages import RequestMessage, StatusMessage
+from PR2_async_inference.messaging.producer import ProduceError
 
 
 @dataclass

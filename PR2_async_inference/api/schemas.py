@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from PR2_async_inference.kafka_queue_service import Prediction
+from PR2_async_inference.messaging.messages import Prediction
 from PR2_async_inference.settings import DEFAULT_MODEL_NAME
 
 #: Request bodies validate strictly, as their JSON schema reads: ``"5"`` is not an integer, ``false`` not a number.

@@ -15,18 +15,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from modelops.artifact import Manifest, manifest_path
 from modelops.errors import UsageError
-from PR2_async_inference.kafka_queue_service import (
-    FINAL_STATES,
-    STATUS_RANK,
-    Producer,
-    RequestMessage,
-    ResultsReader,
-    StatusMessage,
-    as_asyncio,
-    make_producer,
-    send_request,
-    send_status,
-)
+from PR2_async_inference.messaging.messages import FINAL_STATES, STATUS_RANK, RequestMessage, StatusMessage
+from PR2_async_inference.messaging.producer import Producer, as_asyncio, make_producer, send_request, send_status
+from PR2_async_inference.messaging.results_reader import ResultsReader
 from PR2_async_inference.registry import Registry, model_manifest
 from PR2_async_inference.settings import Settings
 

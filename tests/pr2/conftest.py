@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 
-from PR2_async_inference.kafka_queue_service import FINAL_STATES, ensure_topics
 from PR2_async_inference.local_stack import (
     BROKER_NAMES,
     TANSU_FETCH_MAX_WAIT_MS,
@@ -24,6 +23,8 @@ from PR2_async_inference.local_stack import (
     start_broker,
     stop_process,
 )
+from PR2_async_inference.messaging.admin import ensure_topics
+from PR2_async_inference.messaging.messages import FINAL_STATES
 from PR2_async_inference.registry import write_registry
 from PR2_async_inference.settings import Settings
 

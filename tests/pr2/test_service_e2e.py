@@ -25,8 +25,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from PIL import Image
 
-from PR2_async_inference.kafka_queue_service import FINAL_STATES, RequestMessage, make_producer, send_request
 from PR2_async_inference.local_stack import Proc, service_env, start_api, start_worker, stop_process
+from PR2_async_inference.messaging.messages import FINAL_STATES, RequestMessage
+from PR2_async_inference.messaging.producer import make_producer, send_request
 from tests.pr2.conftest import make_topics, metric_value, suite_settings, topic_overrides, wait_final
 
 pytestmark = pytest.mark.slow

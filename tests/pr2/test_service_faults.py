@@ -15,7 +15,6 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from PR2_async_inference import apache_kafka
-from PR2_async_inference.kafka_queue_service import FINAL_STATES, StatusMessage
 from PR2_async_inference.local_stack import (
     Proc,
     s3_env,
@@ -26,6 +25,7 @@ from PR2_async_inference.local_stack import (
     start_worker,
     stop_process,
 )
+from PR2_async_inference.messaging.messages import FINAL_STATES, StatusMessage
 from tests.pr2.conftest import make_topics, suite_settings, topic_overrides, wait_final
 
 pytestmark = pytest.mark.slow

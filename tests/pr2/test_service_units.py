@@ -25,7 +25,7 @@ from PR2_async_inference.api.main import create_app
 from PR2_async_inference.async_fastapi_server import ResultStore
 from PR2_async_inference.callback_security import host_allowed, sign
 from PR2_async_inference.codec import decode_input, model_input, top_k
-from PR2_async_inference.kafka_queue_service import RequestMessage, StatusMessage
+from PR2_async_inference.messaging.messages import RequestMessage, StatusMessage
 from PR2_async_inference.model_worker import ModelWorker
 from PR2_async_inference.registry import load_registry
 from PR2_async_inference.settings import IMAGE_NAME, Settings

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from PR2_async_inference.api.deps import StateDep
 from PR2_async_inference.api.schemas import Health
 from PR2_async_inference.callback_security import callbacks_allowed, secret_is_placeholder
-from PR2_async_inference.kafka_queue_service import broker_reachable
+from PR2_async_inference.messaging.admin import broker_reachable
 
 router = APIRouter(tags=["health"])
 

@@ -17,7 +17,7 @@ from PR2_async_inference.api.schemas import (
     InferenceStatus,
     error_responses,
 )
-from PR2_async_inference.kafka_queue_service import FINAL_STATES, StatusMessage
+from PR2_async_inference.messaging.messages import FINAL_STATES, StatusMessage
 from PR2_async_inference.settings import MAX_STATUS_WAIT_S
 
 router = APIRouter(prefix="/inference", tags=["inference"], dependencies=[Depends(require_api_key)])
