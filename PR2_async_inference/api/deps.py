@@ -1,7 +1,8 @@
-"""Dependencies of the routes, as ``Annotated`` aliases (tests swap them with ``app.dependency_overrides``).
+"""Dependencies of the routes, as ``Annotated`` aliases (swappable with ``app.dependency_overrides``).
 
-They are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in its thread pool,
-and a thread hop per dependency costs milliseconds on a busy 2-core machine.
+Each object a route uses comes by one dependency: ``StateDep`` (settings, registry and manifests, results cache)
+and ``ProducerDep`` (the request producer) hold nothing of each other. They are ``async def`` although they
+never await: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop on every request.
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ async def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-async def get_producer(state: StateDep) -> RequestProducer:
-    return state.producer
+async def get_producer(request: Request) -> RequestProducer:
+    return request.app.state.producer
+
+
+ProducerDep = Annotated[RequestProducer, Depends(get_producer)]
 
 
 async def get_app_settings(state: StateDep) -> Settings:
     return state.settings
 
 
-ProducerDep = Annotated[RequestProducer, Depends(get_producer)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 #: The OpenAPI security scheme of the API key; :mod:`.openapi` drops it when no key is set.

@@ -1,5 +1,7 @@
 """The app factory: settings and registry in, a FastAPI app with every router, the body limit and a fitted
-OpenAPI document out. The results reader and the producer live from the app's start-up to its shutdown."""
+OpenAPI document out. The service state (``app.state.service``, its results reader running) and the request
+producer (``app.state.producer``) live from the app's start-up to its shutdown; :mod:`.deps` hands them to the
+routes."""
 
 from __future__ import annotations
 
@@ -13,14 +15,15 @@ from fastapi.concurrency import run_in_threadpool
 from PR2_async_inference.api.middleware import BodyLimitMiddleware
 from PR2_async_inference.api.openapi import fitted_openapi
 from PR2_async_inference.api.routes import ROUTERS
-from PR2_async_inference.api.state import ServiceState
+from PR2_async_inference.api.state import RequestProducer, ServiceState
 from PR2_async_inference.callback_security import require_callback_secret
 from PR2_async_inference.registry import Registry, load_registry
 from PR2_async_inference.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None, registry: Registry | None = None, start_kafka: bool = True) -> FastAPI:
-    """Build the app. ``start_kafka=False`` skips the results reader (for tests that override ProducerDep).
+    """Build the app. ``start_kafka=False`` skips the results reader, for tests without a broker (the producer
+    connects on its first request).
 
     Raises:
         UsageError: callbacks are allowed while the signing secret is the placeholder, or the registry is bad.
@@ -39,7 +42,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         torch.set_num_threads(1)
         try:
             state = ServiceState(settings, registry)
-            app.state.service = state
+            app.state.service, app.state.producer = state, RequestProducer(settings)
             await run_in_threadpool(state.warm_manifests)
             if start_kafka:
                 state.reader.start()
@@ -47,7 +50,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                 yield
             finally:
                 state.reader.stop()
-                state.producer.close()
+                app.state.producer.close()
         finally:
             torch.set_num_threads(torch_threads)
 

@@ -1,4 +1,5 @@
-"""What the API holds between requests: the results cache, the request producer and the model manifests."""
+"""What the API holds between requests: the results cache, the registry's manifests (:class:`ServiceState`) and
+the request producer (:class:`RequestProducer`), each handed to the routes by its own dependency."""
 
 from __future__ import annotations
 
@@ -167,13 +168,13 @@ class ModelUnavailable(Exception):
 
 
 class ServiceState:
-    """Everything the routes share, built once per app in its lifespan."""
+    """What the routes read and update besides the producer: settings, registry and its manifests, results cache,
+    results reader. Built once per app in its lifespan."""
 
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.registry = registry
         self.store = ResultStore(settings.result_cache_size, settings.idempotency_cache_size)
-        self.producer = RequestProducer(settings)
         self.reader = ResultsReader(settings, self.store.apply)
         self._manifests: dict[str, CachedManifest] = {}
         self.idempotency_locks: dict[str, asyncio.Lock] = {}
