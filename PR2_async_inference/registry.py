@@ -9,12 +9,12 @@ one, the manifest the loader works out); the worker loads the artifact with
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from modelops.artifact import Manifest, manifest_path, read_manifest
 from modelops.errors import ArtifactError, UsageError
@@ -87,13 +87,27 @@ def _declares(manifest: Manifest) -> tuple[list[int], list[str]]:
 
 
 class Registry(BaseModel):
+    """The models served by name, and ``default_model``: the one a request that names none gets."""
+
     default_model: str
     models: dict[str, ModelSpec]
+
+    @model_validator(mode="after")
+    def _default_is_a_model(self) -> Registry:
+        check_default_model(self.default_model, self.models)
+        return self
 
     def get(self, name: str) -> ModelSpec:
         if name not in self.models:
             raise UsageError(f"Unknown model {name!r}. Choose one of: {', '.join(sorted(self.models))}")
         return self.models[name]
+
+
+def check_default_model(default_model: str, names: Iterable[str]) -> None:
+    """Raises UsageError unless ``default_model`` is one of the registry's model names."""
+    known = sorted(names)
+    if default_model not in known:
+        raise UsageError(f"default_model {default_model!r} is not one of its models: {', '.join(known)}")
 
 
 def load_registry(path: str | Path) -> Registry:
@@ -115,6 +129,10 @@ def load_registry(path: str | Path) -> Registry:
     if not models:
         raise UsageError(f"registry {path} lists no models")
     default = raw.get("default_model") or next(iter(models))
+    try:
+        check_default_model(default, models)
+    except UsageError as exc:
+        raise UsageError(f"registry {path}: {exc}") from exc
     return Registry(default_model=default, models=models)
 
 
@@ -127,14 +145,15 @@ def write_registry(path: str | Path, models: Mapping[str, str | Path | Mapping[s
         models: name -> artifact path, or name -> entry (``artifact`` plus any :class:`ModelSpec` field).
         default_model: the model served when a request names none (default: the first).
     """
+    default_model = default_model or next(iter(models))
+    check_default_model(default_model, models)
     entries = {}
     for name, entry in models.items():
         entry = dict(entry) if isinstance(entry, Mapping) else {"artifact": entry}
         entry["artifact"] = str(Path(entry["artifact"]).resolve())
         entries[name] = entry
     path = Path(path)
-    path.write_text(yaml.safe_dump({"default_model": default_model or next(iter(models)), "models": entries},
-                                   sort_keys=False))
+    path.write_text(yaml.safe_dump({"default_model": default_model, "models": entries}, sort_keys=False))
     return path
 
 

@@ -15,8 +15,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Docker image built by ``PR2_async_inference/Dockerfile``; used by docker-compose.yaml and PR1's manifests.
 IMAGE_NAME = "inference-service:0.1.0"
-#: The model name clients use when they do not pick one.
-DEFAULT_MODEL_NAME = "image_classification"
 #: Registry shipped beside this file.
 DEFAULT_REGISTRY = Path(__file__).resolve().parent / "model_registry.yaml"
 #: The brokers the clients know: Apache Kafka and Tansu.
@@ -66,7 +64,6 @@ class Settings(BaseSettings):
 
     # Models and batching
     model_registry: Path = DEFAULT_REGISTRY
-    default_model: str = DEFAULT_MODEL_NAME
     max_batch_size: int = Field(16, ge=1)
     max_batch_delay_ms: float = Field(10.0, ge=0)
     # Run a partial batch at once when the broker holds no more requests for this worker (consumer lag 0):

@@ -11,7 +11,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from PR2_async_inference.messaging.messages import Prediction
-from PR2_async_inference.settings import DEFAULT_MODEL_NAME
 
 #: Request bodies validate strictly, as their JSON schema reads: ``"5"`` is not an integer, ``false`` not a number.
 STRICT = ConfigDict(strict=True)
@@ -35,7 +34,10 @@ class InferenceRequest(BaseModel):
         strict=True, json_schema_extra={"examples": [{"data": EXAMPLE_IMAGE, "parameters": {"top_k": 3}}]}
     )
 
-    model_name: str = Field(DEFAULT_MODEL_NAME, min_length=1, max_length=200, description="a name from GET /models")
+    model_name: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="a name from GET /models (default: the registry's default_model, marked default there)",
+    )
     data: Annotated[str, Field(min_length=1)] | Annotated[list[Any], Field(min_length=1)] = Field(
         description="a base64 PNG/JPEG image (preprocessed with the model's manifest), or a nested list "
         "already preprocessed to the model's input shape [C, H, W]"

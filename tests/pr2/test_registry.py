@@ -1,4 +1,5 @@
-"""Serving binds to what the registry names: a fallback only with the same input shape and labels."""
+"""The model registry: serving binds to what it names (a fallback only with the same input shape and labels), and
+its ``default_model`` is one of its models."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from modelops.artifact import Manifest, write_manifest
-from PR2_async_inference.registry import load_registry, model_manifest
+from modelops.errors import UsageError
+from PR2_async_inference.registry import ModelSpec, Registry, load_registry, model_manifest, write_registry
 
 PR2 = Path(__file__).resolve().parents[2] / "PR2_async_inference"
 
@@ -56,6 +59,21 @@ def test_a_fallback_with_the_same_inputs_and_labels_is_served(tmp_path):
     assert model_manifest(spec)[0] == fallback
     artifact(tmp_path / "int8.onnx", [3, 224, 224], ["a", "b"])
     assert spec.resolve() == tmp_path / "int8.onnx"  # the named artifact wins once it exists
+
+
+def test_the_default_model_is_the_named_one_else_the_first_and_always_a_model(tmp_path):
+    models = {"original": tmp_path / "a.pt", "optimized": tmp_path / "b.pt"}
+    assert load_registry(write_registry(tmp_path / "first.yaml", models)).default_model == "original"
+    assert load_registry(write_registry(tmp_path / "named.yaml", models, "optimized")).default_model == "optimized"
+    with pytest.raises(UsageError, match="default_model 'image_classification' is not one of its models: "
+                                         "optimized, original"):
+        write_registry(tmp_path / "bad.yaml", models, "image_classification")
+    bad = tmp_path / "hand_written.yaml"
+    bad.write_text(yaml.safe_dump({"default_model": "gone", "models": {"m": {"artifact": "a.pt"}}}))
+    with pytest.raises(UsageError, match=f"registry {bad}: default_model 'gone' is not one of its models: m"):
+        load_registry(bad)
+    with pytest.raises(ValidationError, match="default_model 'gone' is not one of its models: m"):
+        Registry(default_model="gone", models={"m": ModelSpec(name="m", artifact=tmp_path / "a.pt")})
 
 
 def test_the_shipped_registry_does_not_fall_back_to_another_model():

@@ -21,6 +21,7 @@ from PIL import Image
 
 from PR2_async_inference.api.schemas import EXAMPLE_IMAGE
 from PR2_async_inference.async_fastapi_server import create_app
+from PR2_async_inference.registry import write_registry
 from PR2_async_inference.settings import Settings
 from tests.pr2.conftest import make_topics, metric_value, suite_settings
 
@@ -76,6 +77,23 @@ def test_image_request_is_accepted_with_default_model(api, fmt):
     response = post(api, {"data": png_b64(fmt)})
     assert response.status_code == 202, response.text
     assert response.json()["model_name"] == "image_classification"
+
+
+@pytest.mark.parametrize(("default", "expected"), [(None, "original"), ("optimized", "optimized")])
+def test_a_request_without_model_name_is_served_by_the_registrys_default(broker, pr2_model, tmp_path, default,
+                                                                          expected):
+    """The main job's registry (``original``, ``optimized``): the model GET /models marks default is the one a
+    POST without ``model_name`` gets, whether the registry names it or it is the first entry."""
+    registry = write_registry(tmp_path / "model_registry.yaml", {"original": pr2_model, "optimized": pr2_model},
+                              default_model=default)
+    settings = suite_settings(broker.info["bootstrap"], f"default-{uuid.uuid4().hex[:6]}", registry)
+    for client in client_for(settings):
+        assert [m["name"] for m in client.get("/models").json() if m["default"]] == [expected]
+        response = post(client, {"data": tensor()})
+        assert response.status_code == 202, response.text
+        assert response.json()["model_name"] == expected
+        status = client.get(response.headers["location"]).json()
+        assert status["status"] == "queued" and status["model_name"] == expected
 
 
 def test_the_documented_example_is_accepted(api):

@@ -226,10 +226,19 @@ def test_adaptive_batching_runs_a_partial_batch_only_when_nothing_else_is_queued
     assert worker._should_flush(time.monotonic()) is True
 
 
-def test_shipped_registry_has_the_default_model():
-    registry = load_registry(PR2 / "model_registry.yaml")
-    assert registry.default_model == Settings().default_model == "image_classification"
-    assert registry.models["image_classification"].artifact.name == "quantized_model.pt"
+def test_a_request_without_model_name_asks_the_shipped_registry_for_pr3s_int8_model(tmp_path):
+    """The shipped registry's default model is image_classification, PR3's quantized_model.pt: a request that
+    names no model asks for it (here its file is absent, so the answer is the 503 that names both)."""
+    from fastapi.testclient import TestClient
+
+    copy = tmp_path / "registry" / "model_registry.yaml"  # its ../models/ is empty, whatever the repo's holds
+    copy.parent.mkdir()
+    shutil.copy(PR2 / "model_registry.yaml", copy)
+    with TestClient(create_app(Settings(model_registry=copy), start_kafka=False)) as client:
+        assert [m["name"] for m in client.get("/models").json() if m["default"]] == ["image_classification"]
+        response = client.post("/inference", json={"data": [[[0.0]]]})
+    assert response.status_code == 503, response.text
+    assert "'image_classification'" in response.json()["detail"] and "quantized_model.pt" in response.json()["detail"]
 
 
 def test_metric_names_are_the_shared_ones():

@@ -63,13 +63,15 @@ async def create_inference(
     idempotency_key: IdempotencyKey = None,
     wait: WaitSeconds = 0,
 ) -> InferenceAccepted | Response:
-    """Queue one inference request; poll the status URL (or wait for the callback) for the result.
+    """Queue one inference request; poll the status URL (or wait for the callback) for the result. Without
+    ``model_name`` the registry's ``default_model`` serves it (the one ``GET /models`` marks ``default``).
 
     With ``?wait=S`` the answer is held until the request is final, at most S seconds: a final state comes back
     at once (200, the body of ``GET /inference/{id}``), one call instead of two; otherwise the 202 as without it.
     """
+    model_name = body.model_name or state.registry.default_model
     submission = Submission(
-        model_name=body.model_name,
+        model_name=model_name,
         data=body.data,
         top_k=body.parameters.top_k,
         callback_url=body.callback_url,
@@ -84,7 +86,7 @@ async def create_inference(
             return status_response(found, headers=headers)
     response.headers.update(headers)
     return InferenceAccepted(
-        request_id=accepted.request_id, model_name=body.model_name, status_url=url, deadline=accepted.deadline or 0.0
+        request_id=accepted.request_id, model_name=model_name, status_url=url, deadline=accepted.deadline or 0.0
     )
 
 
