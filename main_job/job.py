@@ -180,7 +180,8 @@ class Job:
             load = {}
             for name, path in served.items():
                 payloads = [{**p, "model_name": name} for p in make_payloads(read_manifest(path).input_shape)]
-                # Untimed warm-up: the worker loads each model on first use and the first batches pay for it.
+                # Untimed warm-up: the worker loads and warms every model before it joins the consumer group,
+                # but the first requests through the API and the broker are still slower than the rest.
                 run_load(stack.api_url, requests=8, concurrency=8, time_limit_s=120,
                          payloads=payloads)
                 load[name] = run_load(stack.api_url, requests=self.size.requests, concurrency=8,
