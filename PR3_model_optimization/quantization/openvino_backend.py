@@ -45,13 +45,13 @@ def quantize_nncf(prepared_onnx: Path, out: Path, config: QuantConfig, calibrati
 
     if not calibration:
         raise UsageError("Calibration needs at least one batch of real data; got none")
-    samples = sum(len(batch) for batch in calibration)
     ignored = onnx_nodes_for_modules(prepared_onnx, config.keep_float)
     input_name = onnx_input_name(prepared_onnx)
     quantized = nncf.quantize(
         onnx.load(str(prepared_onnx)),
         nncf.Dataset(list(calibration), lambda batch: {input_name: batch.detach().float().numpy()}),
-        subset_size=samples, preset=nncf.QuantizationPreset.PERFORMANCE,
+        # NNCF's subset_size counts the items the dataset yields: here batches, not images.
+        subset_size=len(calibration), preset=nncf.QuantizationPreset.PERFORMANCE,
         ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
     )
     onnx.save(quantized, str(out))
