@@ -23,10 +23,9 @@ import sys
 from typing import Any
 
 from PR2_async_inference.api.main import create_app
-from PR2_async_inference.api.state import ResultStore
 from PR2_async_inference.settings import get_settings
 
-__all__ = ["ResultStore", "create_app", "get_args_parser", "main"]
+__all__ = ["create_app", "get_args_parser", "main"]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

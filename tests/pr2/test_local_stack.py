@@ -1,5 +1,5 @@
 """The local stack's own process handling: a SIGTERM at any moment of start-up stops every process it started
-(and the hop benchmark's, its broker).
+(and the hop benchmark's, its broker); the broker's settings it hands its services (Tansu's fetch wait).
 
 The stack runs as a real CLI process; its log lines name each child's pid as it starts."""
 
@@ -17,10 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from PR2_async_inference.local_stack import free_port, stop_process
+from PR2_async_inference.local_stack import TANSU_FETCH_MAX_WAIT_MS, free_port, service_env, stop_process
 from PR2_async_inference.processes import REPO_ROOT, Proc
-
-pytestmark = pytest.mark.slow
 
 STARTED = re.compile(r"started (\S+) \(pid (\d+)\)")
 
@@ -62,6 +60,7 @@ def read_started(proc: subprocess.Popen, started: dict[str, int], lines: list[st
             started[match[1]] = int(match[2])
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_worker_starts_stops_every_started_process(pr2_registry: Path, tmp_path: Path):
     cmd = [sys.executable, str(REPO_ROOT / "PR2_async_inference" / "local_stack.py"), "--broker", "tansu",
            "--registry", str(pr2_registry), "--api-port", str(free_port()), "--broker-port", str(free_port()),
@@ -77,6 +76,7 @@ def test_sigterm_while_the_worker_starts_stops_every_started_process(pr2_registr
         assert [name for name, pid in started.items() if running(pid)] == []
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_broker_of_the_hop_benchmark(tmp_path: Path):
     cmd = [sys.executable, str(REPO_ROOT / "PR2_async_inference" / "benchmarks" / "bench_kafka_hop.py"),
            "--broker", "tansu", "--warmup", "1000000", "--size", "100", "--log-dir", str(tmp_path / "logs")]
@@ -88,3 +88,11 @@ def test_sigterm_stops_the_broker_of_the_hop_benchmark(tmp_path: Path):
         rest, _ = bench.communicate(timeout=60)
         assert bench.returncode == 130, "".join(lines) + rest
         assert not running(started["broker"])
+
+
+def test_tansu_gets_its_fetch_wait_when_the_caller_passes_none() -> None:
+    """bench_e2e and local_stack pass fetch_max_wait_ms=None for "the default": on Tansu that is Tansu's wait."""
+    tansu = Proc("broker", popen=None, log=Path("broker.log"), info={"kind": "tansu", "bootstrap": "127.0.0.1:1"})
+    assert service_env(tansu, fetch_max_wait_ms=None)["INFERENCE_FETCH_MAX_WAIT_MS"] == str(TANSU_FETCH_MAX_WAIT_MS)
+    assert service_env(tansu, fetch_max_wait_ms=80)["INFERENCE_FETCH_MAX_WAIT_MS"] == "80"
+    assert "INFERENCE_FETCH_MAX_WAIT_MS" not in service_env("127.0.0.1:1", fetch_max_wait_ms=None)

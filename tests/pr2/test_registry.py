@@ -3,6 +3,7 @@ its ``default_model`` is one of its models."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -76,9 +77,26 @@ def test_the_default_model_is_the_named_one_else_the_first_and_always_a_model(tm
         Registry(default_model="gone", models={"m": ModelSpec(name="m", artifact=tmp_path / "a.pt")})
 
 
-def test_the_shipped_registry_does_not_fall_back_to_another_model():
-    spec = load_registry(PR2 / "model_registry.yaml").get("image_classification")
-    assert spec.fallbacks == []
+def test_the_shipped_registry_serves_pr3s_int8_model_by_default_and_nothing_in_its_place(tmp_path):
+    """A request without model_name gets the shipped registry's default model, image_classification, PR3's
+    quantized_model.pt; while that file is absent the answer is the 503 that names both, though another model
+    with a manifest lies beside it."""
+    from fastapi.testclient import TestClient
+
+    from PR2_async_inference.api.main import create_app
+    from PR2_async_inference.settings import Settings
+
+    copy = tmp_path / "registry" / "model_registry.yaml"  # ../models/ is tmp_path/models, whatever the repo's holds
+    copy.parent.mkdir()
+    shutil.copy(PR2 / "model_registry.yaml", copy)
+    (tmp_path / "models").mkdir()
+    artifact(tmp_path / "models" / "resnet18.pt", [3, 224, 224], [str(i) for i in range(1000)])
+    with TestClient(create_app(Settings(model_registry=copy), start_kafka=False)) as client:
+        assert [m["name"] for m in client.get("/models").json() if m["default"]] == ["image_classification"]
+        response = client.post("/inference", json={"data": [[[0.0]]]})
+    assert response.status_code == 503, response.text
+    detail = response.json()["detail"]
+    assert detail.endswith("artifact quantized_model.pt of model 'image_classification' does not exist"), detail
 
 
 def test_an_entry_names_the_arch_of_a_bare_state_dict_that_fits_several(tmp_path):

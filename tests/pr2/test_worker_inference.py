@@ -1,17 +1,20 @@
-"""The worker warms every model up before it joins the consumer group: a torch.compile'd model has compiled for
-batch 1 and its max batch size by then, so no request pays that compile."""
+"""The worker's forward passes: every model is warmed up before the worker joins the consumer group (a
+torch.compile'd model has compiled for batch 1 and its max batch size by then, so no request pays that compile),
+a forward pass adds its CPU time to the counter, and torch keeps one thread when runtimes run every model."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from modelops.artifact import Manifest, write_manifest
 from PR2_async_inference.registry import load_registry, write_registry
-from PR2_async_inference.worker.inference import load_predictors
+from PR2_async_inference.worker.inference import load_predictors, torch_only_preprocesses
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -42,3 +45,27 @@ def test_models_are_compiled_for_batch_one_and_their_max_batch_before_serving(tm
     for batch_size in (1, 5):
         assert predictors["tiny"](torch.randn(batch_size, 3, 8, 8)).shape == (batch_size, 3)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled  # requests compile nothing
+
+
+def test_a_forward_pass_adds_its_process_cpu_time_to_the_counter(pr2_model):
+    from prometheus_client import REGISTRY
+
+    from modelops.artifact import load_artifact
+    from PR2_async_inference.worker.inference import forward
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("inference_forward_cpu_seconds_total", {"model": "unit-cpu"}) or 0.0
+
+    predictor = load_artifact(pr2_model, threads=1)
+    before = counted()
+    logits, _ = forward(predictor, [np.zeros(predictor.input_shape, dtype=np.float32)] * 4, "unit-cpu")
+    assert logits.shape[0] == 4
+    assert counted() > before
+
+
+def test_the_worker_keeps_one_torch_thread_when_every_model_runs_on_its_own_runtime_pool():
+    ort, openvino, eager = (SimpleNamespace(backend=b) for b in ("onnxruntime", "openvino", "torch"))
+    assert torch_only_preprocesses({"a": ort, "b": openvino}) is True
+    assert torch_only_preprocesses({"a": ort, "b": eager}) is False  # torch runs a model: its threads stay
+    assert torch_only_preprocesses({"a": eager}) is False
+    assert torch_only_preprocesses({}) is False  # nothing loaded: nothing to decide from
