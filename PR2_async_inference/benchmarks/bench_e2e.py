@@ -187,11 +187,11 @@ WARMUP_ROUND = 250
 def warm_up(stack: Stack, args: argparse.Namespace, common: dict[str, Any]) -> int:
     """Untimed load at the loaded run's concurrency until the stack serves as a long-running one would; returns
     the requests sent. The worker's first batches allocate, and the broker's JVM compiles its hot paths over its
-    first few thousand requests (on a 2-core EPYC its CPU per request falls from 9 ms over the first 240 to
-    1.4-1.5 ms from about 3600 on, most of the difference its JIT compiler's threads:
-    docs/measurements/broker_warmup.py). So after ``--warmup-requests`` it goes on in rounds of
-    :data:`WARMUP_ROUND` until a round costs the broker's JIT at most ``--warmup-jit-ms`` per request, or
-    ``--warmup-max-requests`` are sent (a broker without a JIT, Tansu, stops after one round)."""
+    first few thousand requests, which cost it more CPU than later ones, most of the difference its JIT compiler's
+    threads (docs/measurements/broker_warmup.py; the PR2 README holds the figures). So after
+    ``--warmup-requests`` it goes on in rounds of :data:`WARMUP_ROUND` until a round costs the broker's JIT at
+    most ``--warmup-jit-ms`` per request, or ``--warmup-max-requests`` are sent (a broker without a JIT, Tansu,
+    stops after one round)."""
     run_load(stack.api_url, requests=args.warmup_requests, concurrency=args.concurrency, **common)
     sent = args.warmup_requests
     while sent < args.warmup_max_requests:

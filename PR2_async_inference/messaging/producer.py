@@ -1,11 +1,9 @@
 """The service's producer: requests, state changes and dead letters.
 
-It runs on librdkafka (``confluent-kafka``), whose network work happens in C threads outside the GIL. On one
-150 KB record against a local Apache Kafka broker it halves the hop of kafka-python (acknowledged produce
-0.9-1.7 ms against 1.7-3.6 ms, delivery 1.3-2.3 ms against 2.3-4.8 ms) at a quarter of the client CPU
-(``docs/measurements/2026-12-05-pr2-librdkafka.md``; ``benchmarks/bench_kafka_hop.py`` times the hop to a
-consumer of each client). The service's consumers (:mod:`.clients`) run on it too; the topic admin stays on
-kafka-python.
+It runs on librdkafka (``confluent-kafka``), whose network work happens in C threads outside the GIL, so a
+send holds neither the event loop nor the GIL for its network round trips (``benchmarks/bench_kafka_hop.py``
+times a hop from it to a librdkafka and a kafka-python consumer; the PR2 README holds the figures). The
+service's consumers (:mod:`.clients`) run on it too; the topic admin stays on kafka-python.
 
 Every send returns a :class:`concurrent.futures.Future` that holds the record's :class:`Delivered` position
 once the broker has acknowledged it (acks=all), or a :class:`ProduceError`.

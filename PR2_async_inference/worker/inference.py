@@ -52,10 +52,9 @@ def torch_only_preprocesses(predictors: dict[str, Predictor]) -> bool:
     """True when every loaded model runs on its runtime's own pool, so torch only normalises pixels in the worker:
     the worker then gives torch one thread.
 
-    One thread because OpenMP's idle threads spin-wait for a few milliseconds after each parallel region: after a
-    batch's normalisation they hold the cores the runtime's threads need for the forward pass that follows
-    (``benchmarks/bench_e2e.py``, ONNX Runtime int8 ResNet-18 on a 2-core EPYC: the forward pass 3.4 ms slower
-    at batch 1 with two torch threads).
+    One thread because OpenMP's idle threads spin-wait after each parallel region: after a batch's normalisation
+    they would hold the cores the runtime's threads need for the forward pass that follows
+    (``benchmarks/bench_e2e.py`` measures it; the PR2 README holds the figures).
     """
     return bool(predictors) and all(p.backend in OWN_THREAD_POOL_BACKENDS for p in predictors.values())
 
