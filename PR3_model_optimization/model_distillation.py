@@ -276,7 +276,7 @@ def save_student(student: nn.Module, args: argparse.Namespace, teacher: Predicto
                                       split_seed=data.split_seed)
     manifest.metrics = metrics
     if student_manifest is not None:  # a pruned student keeps its measured memory-format hint
-        manifest.runtime = dict(student_manifest.runtime)
+        manifest.runtime = student_manifest.runtime.model_copy()
     return save_artifact(student, Path(args.save_path), manifest)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from torch import nn
 
-from modelops.artifact import Manifest, file_size_mb, load_module, save_artifact
+from modelops.artifact import Manifest, RuntimeHints, file_size_mb, load_module, save_artifact
 from modelops.artifact import write_manifest as write_artifact_manifest
 from modelops.cli import check_positive, common_parser, run_cli, set_help
 from modelops.errors import UsageError
@@ -212,7 +212,7 @@ def save_pruned(run: PruningRun, args: argparse.Namespace, transform: dict[str, 
     child = run.manifest.derive(parent_path=args.model, transform=transform, metrics=metrics,
                                 split_seed=run.data.split_seed)
     if memory_format == "channels_last":
-        child.runtime = {"memory_format": "channels_last"}
+        child.runtime = RuntimeHints(memory_format="channels_last")
     fmt = "state_dict" if run.manifest.arch else "pickle"
     saved = save_artifact(run.model, save_path, child, fmt=fmt)
     if transform["compressed"]:

@@ -52,11 +52,16 @@ from PR3_model_optimization.quantization.auto import (
     AUTO,
     AUTO_DEFAULT_MAX_DROP,
 )
-from PR3_model_optimization.quantization.backends import BACKENDS
+from PR3_model_optimization.quantization.backends import (
+    REGISTRY,
+    backend_names,
+    backends_for,
+    base_backend,
+    method_refusal,
+)
 from PR3_model_optimization.quantization.bf16 import bf16_support
 from PR3_model_optimization.quantization.config import (
     ACTIVATION_TYPES,
-    BF16_BACKENDS,
     CALIBRATION_METHODS,
     METHODS,
     QuantConfig,
@@ -95,9 +100,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "with fake quantization; bf16: bf16 execution, no calibration, on CPUs with AVX512-BF16 or "
                         "AMX-BF16 (default: static)")
     q.add_argument("--backend", default=None,
-                   help=f"{' | '.join((AUTO, *BACKENDS))}: auto quantizes with every backend installed, times them "
-                        "on this host and keeps the fastest within --max-accuracy-drop (default: auto; onnxruntime "
-                        "for dynamic, pt2e for qat)")
+                   help=f"{' | '.join((AUTO, *backend_names()))}: auto quantizes with every backend installed, "
+                        "times them on this host and keeps the fastest within --max-accuracy-drop (default: auto; "
+                        "onnxruntime for dynamic, pt2e for qat)")
     q.add_argument("--save-path", default=None,
                    help="where to write the int8 model; the name is kept even if the format differs, the manifest "
                         "says the format (default: <model dir>/<model name>_int8.onnx|.pt2)")
@@ -146,7 +151,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse bad flag values before any work, naming the value and the allowed set."""
     check_choice("quantization method", args.quantization_method, METHODS)
     if args.backend is not None:
-        check_choice("backend", args.backend, (AUTO, *BACKENDS))
+        check_choice("backend", args.backend, (AUTO, *backend_names()))
     check_positive("--calibration-batch-size", args.calibration_batch_size)
     if args.calibration_batches < 1 and args.quantization_method == "static":
         raise UsageError(f"Static quantization needs calibration data: --calibration-batches must be at least 1, "
@@ -160,8 +165,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.max_accuracy_drop is not None and args.quantization_method not in ("static", "bf16"):
         raise UsageError("--max-accuracy-drop searches static int8 or bf16 candidates; "
                          f"drop it or use --quantization-method static (got {args.quantization_method})")
-    if args.quantization_method == "qat" and args.backend == "onnxruntime":
-        raise UsageError("QAT is implemented with torchao PT2E: use --backend pt2e (or leave --backend unset)")
+    if args.backend not in (None, AUTO) and args.quantization_method not in REGISTRY[args.backend].methods:
+        raise UsageError(method_refusal(args.quantization_method, args.backend))
 
 
 def check_not_quantized(path: Path) -> None:
@@ -173,8 +178,10 @@ def check_not_quantized(path: Path) -> None:
 
 
 def resolve_backend(args: argparse.Namespace) -> str:
-    """``--backend``, else the method's default: pt2e for qat, onnxruntime for dynamic, auto otherwise."""
-    return args.backend or {"qat": "pt2e", "dynamic": "onnxruntime"}.get(args.quantization_method, AUTO)
+    """``--backend``, else auto for the methods auto chooses for, else the first backend that makes the method
+    (onnxruntime for dynamic, pt2e for qat)."""
+    method = args.quantization_method
+    return args.backend or (AUTO if method in AUTO_DEFAULT_MAX_DROP else backends_for(method)[0])
 
 
 def resolve_keep_float(tokens: Sequence[str], model: nn.Module, arch: str | None) -> tuple[str, ...]:
@@ -298,7 +305,7 @@ def make_plan(args: argparse.Namespace, work_dir: Path | None = None) -> Plan:
     backend = resolve_backend(args)
     auto = backend == AUTO
     check_bf16_support(method)
-    first_backend = (BF16_BACKENDS[0] if method == "bf16" else "onnxruntime") if auto else backend
+    first_backend = base_backend(method) if auto else backend
     fp32, model_path, save_path, data = load_fp32(args, first_backend, work_dir)
     model, manifest = fp32.model, fp32.manifest
     likely, outlook = int8_outlook()

@@ -42,7 +42,7 @@ from modelops.selection import DEFAULT_MAX_ACCURACY_DROP_PTS, accuracy_within, p
 from modelops.stages import StageRunner
 from modelops.timed_modules import medians_or_raise
 from PR3_model_optimization.quantization.auto import AUTO
-from PR3_model_optimization.quantization.backends import BACKENDS
+from PR3_model_optimization.quantization.backends import backend_names
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     group.add_argument("--alpha", type=float, default=0.7, help="distillation soft-target weight (default: 0.7)")
     group.add_argument("--calibration-batches", type=int, default=10,
                        help="int8 calibration batches of real training data (default: 10)")
-    group.add_argument("--quantization-backend", default=AUTO, choices=(AUTO, *BACKENDS),
+    group.add_argument("--quantization-backend", default=AUTO, choices=(AUTO, *backend_names()),
                        help="int8 backend of the quantization stages; auto times every installed one here and keeps "
                             "the fastest (default: auto)")
     group.add_argument("--limit", type=int, default=None,

@@ -1,4 +1,4 @@
-"""Benchmark model artifacts side by side: latency percentiles, throughput, scenarios, memory, size, accuracy.
+"""Benchmark model artifacts side by side: latency, throughput, MLPerf scenarios on LoadGen, memory, size, accuracy.
 
     python PR4_model_benchmarking/benchmark_models.py \\
         --models "original:models/resnet50.pt,quantized:models/quantized_model.pt,pruned:models/pruned_model.pt" \\
@@ -8,7 +8,8 @@ Every model is loaded with ``modelops.artifact.load_artifact`` (state_dict, Torc
 ONNX), by default in its own worker process so that its memory is its own. Latency is measured in
 interleaved turns across the workers (``modelops.timing.run_turns``, the project's one timing method) so that
 drift on a shared machine hits all models alike; every runtime keeps its default threading. The first model
-is the reference for speed-up, size ratio and top-1 agreement.
+is the reference for speed-up, size ratio and top-1 agreement. The MLPerf scenarios (single-stream,
+multi-stream, offline, server) are run by MLPerf LoadGen inside each model's process, model after model.
 """
 
 from __future__ import annotations
@@ -23,9 +24,17 @@ from modelops.artifact import MODEL_SUFFIXES, read_manifest
 from modelops.cli import check_positive, common_parser, run_cli, set_help, split_seed
 from modelops.errors import UsageError
 from modelops.timing import POLICY
-from PR4_model_benchmarking.measure import NO_DATASET, Benchmark, check_shape, parse_choices, parse_int_list
+from PR4_model_benchmarking.loadgen_phase import LOADGEN_MODES
+from PR4_model_benchmarking.measure import (
+    NO_DATASET,
+    Benchmark,
+    check_shape,
+    parse_choices,
+    parse_int_list,
+    parse_scenarios,
+)
 from PR4_model_benchmarking.reports import REPORT_FORMATS, to_markdown, write_reports
-from PR4_model_benchmarking.scenarios import SCENARIOS
+from PR4_model_benchmarking.scenarios import DEFAULT_SCENARIOS, P99_EARLY_STOPPING_QUERIES, SCENARIOS
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +42,14 @@ ISOLATION_CHOICES = ("process", "none")
 COMPILE_CHOICES = ("auto", "on", "off")
 # (normal, --quick) defaults of the flags --quick shortens.
 QUICK_DEFAULTS = {"warmup": (POLICY.warmup, 2), "iters": (30, 8), "batch_sizes": ("1,16", "1,16"),
-                  "server_search_steps": (3, 1), "server_max_seconds": (5.0, 2.0), "server_queries": (200, 60),
-                  "accuracy_samples": (500, 200)}
+                  "server_search_runs": (5, 2), "server_search_seconds": (300.0, 60.0), "accuracy_samples": (500, 200),
+                  "min_duration_ms": (None, 1000)}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Benchmark model artifacts side by side (latency percentiles, throughput, MLPerf-style "
-                    "scenarios, memory, size, accuracy) and write Markdown/HTML/CSV/JSON reports.",
+        description="Benchmark model artifacts side by side (latency percentiles, throughput, MLPerf scenarios "
+                    "run by MLPerf LoadGen, memory, size, accuracy) and write Markdown/HTML/CSV/JSON reports.",
         parents=[common_parser()], add_help=add_help,
     )
     parser.set_defaults(batch_size=128, dataset=None)
@@ -93,22 +102,42 @@ def add_timing_flags(parser: argparse.ArgumentParser) -> None:
                              "each batch size (default: off)")
     timing.add_argument("--max-iters", type=int, default=1000,
                         help="cap on rounds with --min-time (default: 1000)")
-    scen = parser.add_argument_group("scenarios")
-    scen.add_argument("--scenarios", default="single-stream,offline,server",
-                      help=f"comma-separated subset of {', '.join(SCENARIOS)} (default: all three)")
+    scen = parser.add_argument_group("scenarios (run by MLPerf LoadGen)")
+    scen.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                      help=f"comma-separated subset of {', '.join(SCENARIOS)}, or none (default: "
+                           f"{','.join(DEFAULT_SCENARIOS)})")
+    scen.add_argument("--loadgen-mode", default="performance", choices=LOADGEN_MODES,
+                      help="performance: LoadGen's PerformanceOnly runs of --scenarios; accuracy: one AccuracyOnly "
+                           "run (offline, every sample once, top-1 scored from LoadGen's accuracy log; needs a "
+                           "dataset); both (default: performance)")
+    scen.add_argument("--min-duration-ms", type=int, default=None,
+                      help="LoadGen's minimum run duration (default: LoadGen's, 10000; --quick: 1000)")
+    scen.add_argument("--min-query-count", type=int, default=None,
+                      help="LoadGen's minimum query count (default: LoadGen's, 100; multi-stream and server: "
+                           f"{P99_EARLY_STOPPING_QUERIES}, what early stopping needs for a 99th percentile)")
+    scen.add_argument("--max-duration-ms", type=int, default=None,
+                      help="LoadGen stops issuing queries after this long (default: LoadGen's, no limit)")
+    scen.add_argument("--qsl-samples", type=int, default=128,
+                      help="inputs in LoadGen's query sample library: the first N test images with a dataset, "
+                           "else seeded random inputs (default: 128)")
+    scen.add_argument("--loadgen-accuracy-samples", type=int, default=None,
+                      help="test images in the LoadGen accuracy run (default: --accuracy-samples)")
+    scen.add_argument("--offline-batch-size", type=int, default=None,
+                      help="offline: samples per model call (default: each model's fastest timed batch size)")
+    scen.add_argument("--multi-stream-samples", type=int, default=None,
+                      help="multi-stream: samples per query (default: LoadGen's, 8)")
     scen.add_argument("--target-qps", type=float, default=None,
-                      help="server scenario: Poisson arrival rate (default: half of what the first model "
+                      help="server: the first rate the search tries (default: half of what the first model "
                            "serves at batch 1)")
     scen.add_argument("--latency-bound-ms", type=float, default=None,
-                      help="server scenario: p99 bound for the max-QPS search (default: 5x the first model's "
+                      help="server: LoadGen's bound on the 99th percentile latency (default: 5x the first model's "
                            "batch-1 p90)")
-    scen.add_argument("--server-queries", type=int, default=None,
-                      help="server scenario: queries per trial at most (default: 200; --quick: 60)")
-    scen.add_argument("--server-max-seconds", type=float, default=None,
-                      help="server scenario: a trial's queries are spread over about this many seconds and "
-                           "may take this long again to drain (default: 5; --quick: 2)")
-    scen.add_argument("--server-search-steps", type=int, default=None,
-                      help="server scenario: bisection steps of the max-QPS search (default: 3; --quick: 1)")
+    scen.add_argument("--server-search-runs", type=int, default=None,
+                      help="server: LoadGen runs per model in the search for the highest VALID rate "
+                           "(default: 5; --quick: 2)")
+    scen.add_argument("--server-search-seconds", type=float, default=None,
+                      help="server: no search run starts after this many seconds per model (default: 300; "
+                           "--quick: 60)")
 
 
 # ---------------------------------------------------------------------- argument checks
@@ -146,9 +175,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for name in ("warmup", "accuracy_samples", "untimed_per_turn", "settle_ms"):
         check_positive(f"--{name.replace('_', '-')}", getattr(args, name), allow_zero=True)
     for name in ("iters", "calls_per_turn", "max_iters", "min_time", "target_qps", "latency_bound_ms",
-                 "server_queries", "server_max_seconds", "batch_size"):
+                 "server_search_runs", "server_search_seconds", "batch_size", "min_duration_ms", "min_query_count",
+                 "max_duration_ms", "qsl_samples", "offline_batch_size", "multi_stream_samples"):
         check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
-    check_positive("--server-search-steps", args.server_search_steps, allow_zero=True)
+    check_positive("--loadgen-accuracy-samples", args.loadgen_accuracy_samples, allow_zero=True)
     return args
 
 
@@ -191,14 +221,19 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     formats = parse_choices(args.report_format, REPORT_FORMATS, "--report-format")
     models = parse_models(args.models)
     parse_int_list(args.batch_sizes, "--batch-sizes")
-    parse_choices(args.scenarios, SCENARIOS, "--scenarios")
+    parse_scenarios(args.scenarios)
     data = check_inputs(models, args)
+    if args.loadgen_accuracy_samples is None:
+        args.loadgen_accuracy_samples = args.accuracy_samples
+    if args.loadgen_mode != "performance" and (data is None or not args.loadgen_accuracy_samples):
+        raise UsageError(f"--loadgen-mode {args.loadgen_mode} scores LoadGen's accuracy log against a dataset's "
+                         "labels: pass --dataset and a positive --loadgen-accuracy-samples, or use performance")
     bench = Benchmark(args, models, data)
     try:
         bench.load()
         bench.latency()
         bench.evaluate()
-        bench.serve()
+        bench.scenarios_phase()
     except KeyboardInterrupt:
         bench.interrupted = True
         logger.warning("interrupted: writing the reports with what was measured")

@@ -1,4 +1,4 @@
-"""One benchmark run's phases: load every model, time them in turns, accuracy, server scenario, the report dict.
+"""One benchmark run's phases: load every model, time them in turns, accuracy, LoadGen scenarios, the report dict.
 
 :class:`Benchmark` keeps what each phase measured, so an interrupted run can still report it.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.metadata
 import logging
 import os
 import platform
@@ -21,8 +22,9 @@ from modelops.cli import usable_cores
 from modelops.errors import UsageError
 from modelops.model_process import WorkerError, start_session, time_batch
 from modelops.timing import TimingPolicy
+from PR4_model_benchmarking.loadgen_phase import ModelSpeed, ScenarioPlan, run_model_scenarios, scenario_fields
 from PR4_model_benchmarking.runner import BenchSession
-from PR4_model_benchmarking.scenarios import SCENARIOS, search_server_qps
+from PR4_model_benchmarking.scenarios import P99_EARLY_STOPPING_QUERIES, P99_SCENARIOS, SCENARIOS
 from PR4_model_benchmarking.summary import add_comparisons, headline, model_row, per_batch_rows
 
 # What a speed-only run (no --dataset, no manifest naming one) says in place of accuracy.
@@ -49,6 +51,11 @@ def parse_choices(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
+def parse_scenarios(value: str) -> list[str]:
+    """``--scenarios``: a comma list of :data:`SCENARIOS`, or ``none`` for no LoadGen performance run."""
+    return [] if value.strip() == "none" else parse_choices(value, SCENARIOS, "--scenarios")
+
+
 def check_shape(name: str, path: Path, shape: list[int], data: Any, dataset: str) -> None:
     if list(shape) != list(data.input_shape):
         raise UsageError(f"Model {name!r} ({path}) expects input {tuple(shape)} but dataset {dataset!r} gives "
@@ -71,6 +78,10 @@ def environment(args: argparse.Namespace, threads: int) -> dict[str, Any]:
         env["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         env["onnxruntime"] = None
+    try:
+        env["loadgen"] = importlib.metadata.version("mlcommons-loadgen")
+    except importlib.metadata.PackageNotFoundError:
+        env["loadgen"] = None
     env["load_average_start"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     return env
 
@@ -90,9 +101,9 @@ class Benchmark:
         self.threads = args.threads or usable_cores()
         self.policy = timing_policy(args)
         self.batch_sizes = parse_int_list(args.batch_sizes, "--batch-sizes")
-        self.scenarios = parse_choices(args.scenarios, SCENARIOS, "--scenarios")
+        self.scenarios = parse_scenarios(args.scenarios)
         if ("single-stream" in self.scenarios or "server" in self.scenarios) and 1 not in self.batch_sizes:
-            self.batch_sizes.insert(0, 1)  # both scenarios are batch-1 scenarios
+            self.batch_sizes.insert(0, 1)  # both size their LoadGen runs from the batch-1 latency
         self.created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.env = environment(args, self.threads)
         self.sessions: dict[str, Any] = {}
@@ -102,7 +113,8 @@ class Benchmark:
         self.samples: dict[str, dict[str, list[float]]] = {name: {} for name, _ in models}
         self.memory: dict[str, dict[str, dict[str, Any]]] = {name: {} for name, _ in models}
         self.accuracy: dict[str, dict[str, Any]] = {}
-        self.server: dict[str, dict[str, Any]] = {}
+        self.loadgen: dict[str, dict[str, Any]] = {}
+        self.plan: ScenarioPlan | None = None
         self.notes: list[str] = []
         self.interrupted = False
         self.progress: Any = None
@@ -200,27 +212,48 @@ class Benchmark:
             bar.update(1)
         bar.close()
 
-    def serve(self) -> None:
-        if "server" not in self.scenarios:
-            return
+    def plan_scenarios(self) -> ScenarioPlan | None:
+        """The LoadGen phase's plan; None when neither a scenario nor an accuracy run is wanted."""
         args = self.args
-        names = [n for n in self.active() if self.samples[n].get("1")]
-        if not names:
+        names = [n for n in self.active() if self.samples[n]]
+        if not names or (args.loadgen_mode == "performance" and not self.scenarios):
+            return None
+        first = self.samples[names[0]].get("1")
+        qps = args.target_qps or (0.5 * 1e3 / float(np.mean(first)) if first else None)
+        bound = args.latency_bound_ms or (5 * float(np.percentile(first, 90)) if first else None)
+        samples: dict[str, Any] = {"count": args.qsl_samples}
+        accuracy = None
+        if self.data is not None:
+            dataset = {"dataset": args.dataset, "image_size": self.data.image_size,
+                       "split_seed": self.data.split_seed, "data_dir": args.data_dir}
+            samples = {**dataset, "count": min(args.qsl_samples, len(self.data.test))}
+            if args.loadgen_accuracy_samples:
+                accuracy = {**dataset, "count": min(args.loadgen_accuracy_samples, len(self.data.test))}
+        return ScenarioPlan(
+            scenarios=tuple(self.scenarios), mode=args.loadgen_mode, out_dir=Path(args.output_dir), samples=samples,
+            accuracy_samples=accuracy, min_duration_ms=args.min_duration_ms, min_query_count=args.min_query_count,
+            max_duration_ms=args.max_duration_ms, offline_batch_size=args.offline_batch_size,
+            multi_stream_samples=args.multi_stream_samples, server_qps=qps, server_bound_ms=bound,
+            search_runs=args.server_search_runs, search_seconds=args.server_search_seconds)
+
+    def speed(self, name: str) -> ModelSpeed:
+        per = self.samples[name]
+        means = {int(b): float(np.mean(v)) for b, v in per.items() if v}
+        best = max(means, key=lambda b: b * 1e3 / means[b], default=None)
+        return ModelSpeed(batch1_mean_ms=means.get(1), best_samples_per_s=best * 1e3 / means[best] if best else None,
+                          best_batch_size=best, mean_ms=means)
+
+    def scenarios_phase(self) -> None:
+        """Each model's LoadGen scenarios, one model after another (a real-time run cannot be interleaved)."""
+        self.plan = self.plan_scenarios()
+        if self.plan is None:
             return
-        first = self.samples[names[0]]["1"]
-        target = args.target_qps or 0.5 * 1e3 / float(np.mean(first))
-        bound = args.latency_bound_ms or 5 * float(np.percentile(first, 90))
-        bar = self._bar(len(names), f"server {target:.1f} qps")
+        names = [n for n in self.active() if self.samples[n]]
+        bar = self._bar(len(names), "LoadGen")
         for name in names:
-            capacity = 1e3 / float(np.mean(self.samples[name]["1"]))
-            session = self.sessions[name]
             try:
-                self.server[name] = search_server_qps(
-                    # the queue may drain for --server-max-seconds after the last arrival, no longer
-                    lambda arrivals, s=session: s.serve(arrivals.tolist(),
-                                                        float(arrivals[-1]) + args.server_max_seconds),
-                    target_qps=target, capacity_qps=capacity, bound_ms=bound, steps=args.server_search_steps,
-                    max_queries=args.server_queries, max_seconds=args.server_max_seconds, seed=args.seed)
+                self.loadgen[name] = run_model_scenarios(self.sessions[name], name, self.plan, self.speed(name),
+                                                         on_run=bar.set_description)
             except WorkerError as exc:
                 self.fail(name, exc)
             bar.update(1)
@@ -240,14 +273,8 @@ class Benchmark:
             row = model_row(name, str(path), self.infos.get(name, {}), batches, primary=self.batch_sizes[0],
                             isolated=self.args.isolation == "process")
             row.update(self.accuracy.get(name, {}))
-            at_one = next((r for r in batches if r["batch_size"] == 1), {})
-            if "single-stream" in self.scenarios:
-                row["single_stream_latency_ms_p90"] = at_one.get("latency_ms_p90")
-            if "offline" in self.scenarios:
-                row["offline_samples_per_s"], row["offline_batch_size"] = (row["best_samples_per_s"],
-                                                                           row["best_batch_size"])
-            if name in self.server:
-                row.update({k: v for k, v in self.server[name].items() if k != "trials"})
+            if name in self.loadgen:
+                row.update(scenario_fields(self.loadgen[name]))
             row["error"] = self.errors.get(name)
             rows.append(row)
         return add_comparisons(rows, self.args.accuracy_tolerance)
@@ -266,9 +293,42 @@ class Benchmark:
             "is that process's peak RSS while timing over its RSS with only the runtimes imported."
             if args.isolation == "process" else
             "All models ran in this process (--isolation none): weights only, no per-model RSS figure.",
-            "Server scenario: Poisson arrivals, one FIFO server, latency = completion - arrival; models run "
-            "one after another (a real-time queue cannot be interleaved).",
+            *self.loadgen_notes(),
         ]
+
+    def loadgen_notes(self) -> list[str]:
+        plan = self.plan
+        if plan is None:
+            return []
+        inputs = (f"the first {plan.samples['count']} images of the {plan.samples['dataset']!r} test split"
+                  if plan.samples.get("dataset") else f"{plan.samples['count']} seeded random inputs")
+        asked = {"minimum duration (ms)": plan.min_duration_ms, "minimum query count": plan.min_query_count,
+                 "maximum duration (ms)": plan.max_duration_ms}
+        changed = ", ".join(f"{k} {v}" for k, v in asked.items() if v is not None) or "none"
+        notes = [
+            f"Scenarios ({', '.join(plan.scenarios) or 'accuracy only'}) are run by MLPerf LoadGen in each model's "
+            f"own process with the threads of its latency figures, one model after another; LoadGen's query sample "
+            f"library holds {inputs}. LoadGen's settings are its defaults except: {changed}. Each run's settings "
+            "are in its mlperf_log_detail.txt.",
+            "VALID/INVALID is LoadGen's verdict: minimum duration and query count met, early stopping satisfied "
+            "and, in the server scenario, the 99th percentile latency under the bound. A server range is the "
+            "highest rate LoadGen called VALID and the lowest it called INVALID among the rates tried.",
+        ]
+        if plan.min_query_count is None and set(plan.scenarios) & set(P99_SCENARIOS):
+            notes.append(f"Multi-stream and server runs ask for at least {P99_EARLY_STOPPING_QUERIES} queries, what "
+                         "LoadGen's early stopping needs to estimate a 99th percentile at all.")
+        return notes
+
+    def plan_config(self) -> dict[str, Any] | None:
+        if self.plan is None:
+            return None
+        plan = self.plan
+        return {"scenarios": list(plan.scenarios), "mode": plan.mode, "samples": plan.samples,
+                "accuracy_samples": plan.accuracy_samples,
+                "run_length": {s: plan.length(s) for s in plan.scenarios},
+                "offline_batch_size": plan.offline_batch_size, "multi_stream_samples": plan.multi_stream_samples,
+                "server_first_qps": plan.server_qps, "server_latency_bound_ms": plan.server_bound_ms,
+                "server_search_runs": plan.search_runs, "server_search_seconds": plan.search_seconds}
 
     def report(self) -> dict[str, Any]:
         args = self.args
@@ -291,7 +351,9 @@ class Benchmark:
                        "dataset": args.dataset, "image_size": self.data.image_size if self.data is not None else None,
                        "accuracy": None if self.data is not None else NO_DATASET,
                        "accuracy_samples": args.accuracy_samples, "threads": self.threads,
-                       "device": args.device, "isolation": args.isolation, "seed": args.seed},
+                       "loadgen_plan": self.plan_config(),
+                       "device": args.device, "isolation": args.isolation, "seed": args.seed,
+                       "output_dir": str(args.output_dir)},
             "models": models, "per_batch": per_batch, "samples_ms": self.samples,
-            "server": self.server, "notes": notes + self.notes,
+            "loadgen": self.loadgen, "notes": notes + self.notes,
         }

@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from modelops.errors import UsageError
+from PR4_model_benchmarking.report_format import fmt
 from PR4_model_benchmarking.summary import HEADLINE_BATCHES, speedup_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEPT_REPORT = Path("docs/measurements/main_job_report.json")
 BLOCK = re.compile(r"<!-- measured-table: begin report=(?P<report>\S+) -->\n(?P<body>.*?)<!-- measured-table: end -->",
                    re.DOTALL)
+LOADGEN_NOTE = ("Single-stream p90 and offline samples/s are MLPerf LoadGen's figures with its verdict, under "
+                "MLPerf Inference's scenario rules (see PR4's README); not an MLPerf submission.")
 CPU_NOTE = ("Speed-up ratios depend on the CPU class: int8 kernels gain least with AVX2 alone, more with "
             "AVX512-VNNI (or AVX-VNNI), most with AMX; the same run on another class gives other ratios.")
 
@@ -53,20 +56,33 @@ def _ratio(value: Any) -> str:
     return f"{value:.2f}x" if isinstance(value, int | float) else "-"
 
 
+def _loadgen(value: Any, result: Any) -> str:
+    """A LoadGen figure with LoadGen's verdict: "14.4 (VALID)"."""
+    return "-" if value is None else f"{fmt(value)} ({result or '?'})"
+
+
 def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per benchmarked variant, every figure copied from the report's Benchmark section."""
+    """One row per benchmarked variant, every figure copied from the report's Benchmark section; the MLPerf
+    LoadGen columns where the report has them."""
     rows = report["sections"]["Benchmark"]
     ref = rows[0]
+    loadgen = any(row.get("single_stream_latency_ms_p90") is not None or row.get("offline_samples_per_s") is not None
+                  for row in rows)
     out = []
     for row in rows:
         size = row.get("size_mb")
         share = f"{100 * size / ref['size_mb']:.1f}%" if size and ref.get("size_mb") else "-"
         delta = row.get("accuracy_delta_pt")
-        out.append({"variant": row["model"], "what was done": row.get("transform") or row.get("backend") or "-",
-                    "size (% of original)": f"{share} ({size} MB)" if size else share,
-                    **{f"speed-up batch {b}": _ratio(row.get(speedup_key(b))) for b in HEADLINE_BATCHES},
-                    "top-1 change (pts)": "-" if delta is None else f"{delta:+.2f}",
-                    "top-1 (%)": "-" if row.get("accuracy_pct") is None else f"{row['accuracy_pct']:.2f}"})
+        line = {"variant": row["model"], "what was done": row.get("transform") or row.get("backend") or "-",
+                "size (% of original)": f"{share} ({fmt(size)} MB)" if size else share,
+                **{f"speed-up batch {b}": _ratio(row.get(speedup_key(b))) for b in HEADLINE_BATCHES},
+                "top-1 change (pts)": "-" if delta is None else f"{delta:+.2f}",
+                "top-1 (%)": "-" if row.get("accuracy_pct") is None else f"{row['accuracy_pct']:.2f}"}
+        if loadgen:
+            line["single-stream p90 (ms)"] = _loadgen(row.get("single_stream_latency_ms_p90"),
+                                                       row.get("single_stream_result"))
+            line["offline (samples/s)"] = _loadgen(row.get("offline_samples_per_s"), row.get("offline_result"))
+        out.append(line)
     return out
 
 
@@ -75,12 +91,14 @@ def render(report: dict[str, Any], report_path: str) -> str:
     head = report.get("headline") or {}
     env = report.get("environment", {})
     cpu = head.get("cpu_model") or env.get("cpu_model")
+    rows = table_rows(report)
+    loadgen = [LOADGEN_NOTE] if rows and "offline (samples/s)" in rows[0] else []
     return "\n".join([
         f"The main job's benchmark (`python -m main_job`, report `{report_path}`) on {cpu} "
         f"({head.get('cpu_class', 'unknown class')} int8 kernels, {head.get('threads')} threads); ratios are "
         "median latencies against the original at the same batch size, each model in its own process, timed in "
         "interleaved turns with every runtime's default threading.", "",
-        markdown_text(table_rows(report)), "", CPU_NOTE,
+        markdown_text(rows), "", CPU_NOTE, *loadgen,
         "Regenerate: `python PR4_model_benchmarking/readme_table.py --report runs/main_job/report.json`.", ""])
 
 

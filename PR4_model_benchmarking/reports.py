@@ -11,13 +11,15 @@ import html
 import io
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from modelops.results import json_safe, markdown_table, write_results
+from modelops.results import json_safe, write_results
+from PR4_model_benchmarking.report_format import facts_html, fmt, html_page, html_table, markdown_table
 from PR4_model_benchmarking.summary import HEADLINE_BATCHES, speedup_key
 
 logger = logging.getLogger(__name__)
@@ -33,8 +35,11 @@ SUMMARY_COLUMNS = ("model", "transform", "backend", "size_mb", "accuracy_pct", "
                    "latency_ms_p50", "weights_mb", "model_rss_mb", "verdict", "error")
 BATCH_COLUMNS = ("model", "batch_size", "iters", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
                  "samples_per_s", "peak_rss_mb")
-SCENARIO_COLUMNS = ("model", "single_stream_latency_ms_p90", "offline_samples_per_s", "offline_batch_size",
-                    "server_target_qps", "server_latency_ms_p99", "server_meets_bound", "server_max_qps")
+SCENARIO_COLUMNS = ("model", "single_stream_latency_ms_p90", "single_stream_result",
+                    "multi_stream_early_stopping_ms_p99", "multi_stream_result", "offline_samples_per_s",
+                    "offline_result", "server_latency_bound_ms", "server_highest_valid_qps",
+                    "server_lowest_invalid_qps", "loadgen_accuracy_pct")
+RUN_COLUMNS = ("model", "scenario", "target_qps", "figure", "query_count", "result", "invalid_reason", "summary_log")
 
 
 class BatchStats(BaseModel):
@@ -91,7 +96,7 @@ class BenchmarkReport(BaseModel):
     models: list[ModelSummary]
     per_batch: list[BatchStats]
     samples_ms: dict[str, dict[str, list[float]]]
-    server: dict[str, Any]
+    loadgen: dict[str, Any] = {}
     notes: list[str]
 
 
@@ -99,20 +104,16 @@ def report_json_schema() -> dict[str, Any]:
     return BenchmarkReport.model_json_schema()
 
 
-def _select(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
-    present = [c for c in columns if any(row.get(c) is not None for row in rows)]
-    return [{c: ("" if row.get(c) is None else row.get(c)) for c in present} for row in rows]
-
-
-def _env_rows(environment: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"key": k, "value": v} for k, v in environment.items()]
-
-
 def summary_columns(report: dict[str, Any]) -> tuple[str, ...]:
-    """The summary table's columns: :data:`SUMMARY_COLUMNS` with one speed-up column per timed batch size."""
+    """The summary's figures: :data:`SUMMARY_COLUMNS` with one speed-up column per timed batch size."""
     speedups = tuple(speedup_key(b) for b in report["config"].get("batch_sizes", []))
     cut = SUMMARY_COLUMNS.index("weights_mb")
     return SUMMARY_COLUMNS[:cut] + speedups + SUMMARY_COLUMNS[cut:]
+
+
+def shown_summary_columns(report: dict[str, Any]) -> tuple[str, ...]:
+    """The summary table as shown: :func:`summary_columns` less the weights (in the CSV and JSON)."""
+    return tuple(c for c in summary_columns(report) if c != "weights_mb")
 
 
 def _ratio(value: Any) -> str:
@@ -121,12 +122,13 @@ def _ratio(value: Any) -> str:
 
 def headline_lines(report: dict[str, Any]) -> list[str]:
     """The lines a reader acts on, every figure copied from the report's ``headline`` (itself from the tables)."""
-    head, env = report.get("headline") or {}, report["environment"]
-    done = ", ".join(f"{name} ({what})" for name, what in (head.get("variants") or {}).items()) or "none"
-    lines = [f"Compared {head.get('reference')} ({head.get('reference_size_mb')} MB) with: {done}."]
+    head = report.get("headline") or {}
+    done = ", ".join(f"{name} ({what or 'not loaded'})" for name, what in (head.get("variants") or {}).items())
+    done = done or "none"
+    lines = [f"Compared {head.get('reference')} ({fmt(head.get('reference_size_mb'))} MB) with: {done}."]
     if head.get("best"):
         ratio = head.get("best_size_ratio")
-        size = f"{head.get('best_size_mb')} MB" + (f" ({ratio * 100:.1f}% of the original)" if ratio else "")
+        size = f"{fmt(head.get('best_size_mb'))} MB" + (f" ({fmt(ratio * 100)}% of the original)" if ratio else "")
         delta = head.get("best_accuracy_delta_pt")
         accuracy = "accuracy not measured" if delta is None else f"accuracy {delta:+.2f} points"
         speeds = ", ".join(f"{_ratio(head.get(speedup_key(b)))} at batch {b}" for b in HEADLINE_BATCHES)
@@ -134,9 +136,87 @@ def headline_lines(report: dict[str, Any]) -> list[str]:
     else:
         lines.append("Best variant: none is faster than the original without losing accuracy.")
     lines.append(f"CPU: {head.get('cpu_model')} ({head.get('cpu_class')} int8 kernels), {head.get('threads')} "
-                 f"threads; measured {report['created_at']} with torch {env.get('torch')}, onnxruntime "
-                 f"{env.get('onnxruntime')}, load average at start {env.get('load_average_start')}.")
+                 f"threads; measured {report['created_at']}.")
     return lines
+
+
+def environment_lines(report: dict[str, Any]) -> list[str]:
+    """Where and how the run happened, one fact a line (the CPU's name is in the headline only)."""
+    env, cfg = report["environment"], report["config"]
+    features = ", ".join(f"{name} {'yes' if env.get(key) else 'no'}" for name, key in (
+        ("AVX2", "has_avx2"), ("AVX-512", "has_avx512f"), ("AVX512-VNNI", "has_avx512_vnni"),
+        ("AVX-VNNI", "has_avx_vnni"), ("AMX-INT8", "has_amx_int8")) if key in env)
+    isolation = ("each model in its own process" if env.get("isolation") == "process"
+                 else "all models in this process")
+    lines = [f"CPU features: {features}; {env.get('usable_cores')} usable cores." if features else None,
+             f"Threads: {env.get('threads')} per model, {isolation}, device {env.get('device')}.",
+             f"Software: Python {env.get('python')}, torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, "
+             f"MLPerf LoadGen {env.get('loadgen') or 'not used'}.",
+             f"Load average: {env.get('load_average_start')} at the start, {env.get('load_average_end')} at the end.",
+             f"OMP_WAIT_POLICY: {env.get('omp_wait_policy') or 'not set (each runtime default)'}.",
+             f"Dataset: {cfg.get('dataset') or 'none (speed only)'}; seed {cfg.get('seed')}."]
+    return [line for line in lines if line]
+
+
+def _figure_text(scenario: str, fig: dict[str, Any]) -> str:
+    """One LoadGen run's figure under the name its summary prints."""
+    if scenario == "single-stream":
+        estimate = fig.get("early_stopping_latency_ms_p90")
+        return (f"90th percentile latency {fmt(fig.get('latency_ms_p90'))} ms"
+                + (f" (early-stopping estimate {fmt(estimate)} ms)" if estimate else ""))
+    if scenario == "multi-stream":
+        estimate = fig.get("early_stopping_latency_ms_p99")
+        return (f"99th percentile query latency {fmt(fig.get('query_latency_ms_p99'))} ms, "
+                f"{fig.get('samples_per_query')} samples a query"
+                + (f" (early-stopping estimate {fmt(estimate)} ms)" if estimate else ""))
+    if scenario == "offline":
+        return f"Samples per second {fmt(fig.get('samples_per_s'))}"
+    return (f"Completed samples per second {fmt(fig.get('completed_qps'))}; 99th percentile latency "
+            f"{fmt(fig.get('latency_ms_p99'))} ms (bound {fmt(fig.get('latency_bound_ms'))} ms)")
+
+
+def loadgen_run_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per LoadGen run: model, scenario, rate asked, LoadGen's figure, queries, verdict, why, log."""
+    rows: list[dict[str, Any]] = []
+    for model, result in (report.get("loadgen") or {}).items():
+        for scenario, run in result.get("runs", {}).items():
+            fig = run["figures"]
+            rows.append({"model": model, "scenario": scenario, "figure": _figure_text(scenario, fig),
+                         "query_count": fig.get("query_count"), "result": fig.get("result"),
+                         "invalid_reason": fig.get("invalid_reason"), "summary_log": run.get("summary_log")})
+        for run in (result.get("server_search") or {}).get("runs", []):
+            rows.append({"model": model, "scenario": "server", "target_qps": run.get("target_qps"),
+                         "figure": _figure_text("server", run), "query_count": run.get("query_count"),
+                         "result": run.get("result"), "invalid_reason": run.get("invalid_reason"),
+                         "summary_log": run.get("summary_log")})
+        if result.get("accuracy"):
+            acc = result["accuracy"]
+            rows.append({"model": model, "scenario": "offline, AccuracyOnly",
+                         "figure": f"top-1 {fmt(acc.get('accuracy_pct'))}% of {acc.get('accuracy_samples')} samples",
+                         "summary_log": acc.get("summary_log")})
+    return rows
+
+
+def server_lines(report: dict[str, Any]) -> list[str]:
+    """Each model's server range in words, with its bound and how many runs it took."""
+    lines = []
+    for model, result in (report.get("loadgen") or {}).items():
+        search = result.get("server_search")
+        if search:
+            lines.append(f"Server, {model} (99th percentile bound {fmt(search.get('latency_bound_ms'))} ms, "
+                         f"{len(search['runs'])} LoadGen runs): {search.get('range')}.")
+    return lines
+
+
+def _relative(path: str | None, base: str | None) -> str | None:
+    if not path or not base:
+        return path
+    return os.path.relpath(path, base)
+
+
+def _runs_for_page(report: dict[str, Any]) -> list[dict[str, Any]]:
+    base = report["config"].get("output_dir")
+    return [{**row, "summary_log": _relative(row.get("summary_log"), base)} for row in loadgen_run_rows(report)]
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -146,14 +226,15 @@ def to_markdown(report: dict[str, Any]) -> str:
         parts += ["**Interrupted: partial results.**", ""]
     parts += [f"## Summary (latency at batch {cfg.get('primary_batch_size')}; ratios against "
               f"`{report['models'][0]['model'] if report['models'] else '-'}` at the same batch size)", "",
-              markdown_table(_select(report["models"], summary_columns(report))), ""]
+              markdown_table(report["models"], shown_summary_columns(report)), ""]
     if report["per_batch"]:
-        parts += ["## Latency and throughput per batch size", "",
-                  markdown_table(_select(report["per_batch"], BATCH_COLUMNS)), ""]
-    scen = _select(report["models"], SCENARIO_COLUMNS)
-    if scen and len(scen[0]) > 1:
-        parts += ["## Scenarios (MLPerf LoadGen style)", "", markdown_table(scen), ""]
-    parts += ["## Environment", "", markdown_table(_env_rows(report["environment"])), ""]
+        parts += ["## Latency and throughput per batch size", "", markdown_table(report["per_batch"], BATCH_COLUMNS),
+                  ""]
+    scenario_table = markdown_table(report["models"], SCENARIO_COLUMNS)
+    if report.get("loadgen") and scenario_table:
+        parts += ["## MLPerf scenarios (run by MLPerf LoadGen)", "", scenario_table, "", *server_lines(report), "",
+                  "### LoadGen runs", "", markdown_table(_runs_for_page(report), RUN_COLUMNS), ""]
+    parts += ["## Where it ran", "", *[f"- {line}" for line in environment_lines(report)], ""]
     if report.get("notes"):
         parts += ["## Notes", "", *[f"- {note}" for note in report["notes"]], ""]
     return "\n".join(parts)
@@ -221,29 +302,29 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
 
 
 def to_html(report: dict[str, Any]) -> str:
-    from tabulate import tabulate
-
-    def table(rows: list[dict[str, Any]]) -> str:
-        return tabulate(rows, headers="keys", tablefmt="html", floatfmt=".4g") if rows else ""
-
     images = plots(report)
     titles = {"latency_distribution": "Latency distribution", "throughput": "Throughput vs batch size",
               "tradeoff": "Size / speed / accuracy trade-off"}
-    body = ["<h1>Model benchmark</h1>", "".join(f"<p>{html.escape(line)}</p>" for line in headline_lines(report))]
+    body = ["<h1>Model benchmark</h1>", facts_html(headline_lines(report))]
     if report.get("interrupted"):
         body.append("<p><b>Interrupted: partial results.</b></p>")
-    body += ["<h2>Summary</h2>", table(_select(report["models"], summary_columns(report)))]
-    body += ["<h2>Latency and throughput per batch size</h2>", table(_select(report["per_batch"], BATCH_COLUMNS))]
-    body += ["<h2>Scenarios</h2>", table(_select(report["models"], SCENARIO_COLUMNS))]
+    cfg = report["config"]
+    reference = report["models"][0]["model"] if report["models"] else "-"
+    body += [f"<h2>Summary</h2><p>Latency at batch {cfg.get('primary_batch_size')}; ratios against "
+             f"{html.escape(reference)} at the same batch size.</p>",
+             html_table(report["models"], shown_summary_columns(report))]
+    body += ["<h2>Latency and throughput per batch size</h2>", html_table(report["per_batch"], BATCH_COLUMNS)]
+    scenario_table = html_table(report["models"], SCENARIO_COLUMNS)
+    if report.get("loadgen") and scenario_table:
+        runs = html_table(_runs_for_page(report), RUN_COLUMNS, links={"summary_log": "summary"})
+        body += ["<h2>MLPerf scenarios (run by MLPerf LoadGen)</h2>", scenario_table,
+                 facts_html(server_lines(report)), "<h3>LoadGen runs</h3>", runs]
     for key, data in images.items():
-        body.append(f'<h2>{titles[key]}</h2><img alt="{key}" src="data:image/png;base64,{data}"/>')
-    body += ["<h2>Environment</h2>", table(_env_rows(report["environment"]))]
+        body.append(f'<h2>{titles[key]}</h2><img alt="{titles[key]}" src="data:image/png;base64,{data}"/>')
+    body += ["<h2>Where it ran</h2>", facts_html(environment_lines(report))]
     if report.get("notes"):
-        body.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report["notes"]) + "</ul>")
-    style = ("body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;margin-bottom:1em}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px} img{max-width:100%}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Model benchmark</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+        body += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report["notes"]) + "</ul>"]
+    return html_page("Model benchmark", body)
 
 
 def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -262,14 +343,14 @@ def write_reports(report: dict[str, Any], output_dir: str | Path, formats: Seque
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str] = {}
-    for fmt in formats:
-        path = output_dir / REPORT_FILES[fmt]
+    for kind in formats:
+        path = output_dir / REPORT_FILES[kind]
         try:
-            if fmt == "markdown":
+            if kind == "markdown":
                 path.write_text(to_markdown(report))
-            elif fmt == "html":
+            elif kind == "html":
                 path.write_text(to_html(report))
-            elif fmt == "json":
+            elif kind == "json":
                 path.write_text(json.dumps(json_safe(report), indent=1, default=str) + "\n")
             else:
                 write_results(path, csv_rows(report), fmt="csv")
@@ -280,7 +361,7 @@ def write_reports(report: dict[str, Any], output_dir: str | Path, formats: Seque
                     write_results(output_dir / SAMPLES_CSV, samples, fmt="csv")
                     paths["csv_samples"] = str(output_dir / SAMPLES_CSV)
         except Exception as exc:  # one broken writer must not lose the other reports
-            logger.error("could not write the %s report: %s", fmt, exc)
+            logger.error("could not write the %s report: %s", kind, exc)
             continue
-        paths[fmt] = str(path)
+        paths[kind] = str(path)
     return paths

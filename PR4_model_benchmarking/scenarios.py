@@ -1,176 +1,167 @@
-"""Scenarios modelled on MLPerf LoadGen, plus the ratios and verdicts of a comparison.
+"""The MLPerf Inference scenarios, run by MLPerf LoadGen: what each asks of LoadGen and the figures it gives.
 
-- single-stream: one batch-1 query after another; the figure is the p90 latency.
-- offline: all samples available at once; the figure is the best throughput over the batch sizes.
-- server: queries arrive as a Poisson process at a target rate and wait in one FIFO queue for one
-  server; a query's latency is its completion time minus its arrival time (queueing included).
-  The figure is p99 at ``--target-qps`` and the highest rate that keeps p99 under the latency bound.
+- single-stream: one sample per query, the next issued when the last completes; MLPerf's figure is LoadGen's
+  early-stopping estimate of the 90th percentile latency (``early_stopping_latency_ss``).
+- multi-stream: queries of ``samples_per_query`` samples (LoadGen: 8) back to back; the figure is the
+  early-stopping estimate of the 99th percentile query latency (``early_stopping_latency_ms``).
+- offline: every sample in one query; the figure is ``result_samples_per_second``.
+- server: one-sample queries with Poisson arrivals at ``server_target_qps``; a run is VALID only if LoadGen is
+  99% confident that the 99th percentile latency is under the bound; the figure is
+  ``result_completed_samples_per_sec`` of a VALID run. :func:`search_server_rate` brackets the highest rate
+  that stays VALID with LoadGen runs.
+
+These are the keys MLPerf's submission checker reads (v5.0 and later). LoadGen takes percentiles as order
+statistics of the run's latencies; the project's own timing (``modelops.timing``) interpolates.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-
-from modelops.timing import latency_stats, sync
-
-SCENARIOS = ("single-stream", "offline", "server")
-# A server trial needs enough queries for a p99 to mean something, but never runs unbounded.
-MIN_SERVER_QUERIES = 20
-
-
-def poisson_arrivals(qps: float, count: int, seed: int = 0) -> np.ndarray:
-    """Arrival times (seconds from 0) of ``count`` queries of a Poisson process at ``qps`` queries per second.
-
-    Inter-arrival gaps are exponential with mean ``1 / qps``, as in LoadGen's server scenario.
-    """
-    if qps <= 0 or not math.isfinite(qps):
-        raise ValueError(f"qps must be a positive finite number, got {qps}")
-    if count < 1:
-        raise ValueError(f"count must be at least 1, got {count}")
-    gaps = np.random.default_rng(seed).exponential(1.0 / qps, size=count)
-    return np.cumsum(gaps)
+SCENARIOS = ("single-stream", "multi-stream", "offline", "server")
+DEFAULT_SCENARIOS = ("single-stream", "offline", "server")
+# The detail-log key of each scenario's published figure, as MLPerf's submission checker reads it.
+RESULT_KEYS = {"single-stream": "early_stopping_latency_ss", "multi-stream": "early_stopping_latency_ms",
+               "offline": "result_samples_per_second", "server": "result_completed_samples_per_sec"}
+# Queries LoadGen's early stopping needs before it can estimate a 99th percentile at all (its log says "would
+# need to process at least 662 total queries"); the 90th percentile of single-stream needs 64, under LoadGen's
+# default minimum of 100 queries.
+P99_EARLY_STOPPING_QUERIES = 662
+P99_SCENARIOS = ("multi-stream", "server")
+# A search stops bisecting when the bracket is this narrow, relative to its lower end.
+SEARCH_PRECISION = 0.05
 
 
-def queue_latencies(arrivals_s: Sequence[float], service_s: Sequence[float]) -> np.ndarray:
-    """Latencies (seconds) of a single-server FIFO queue: completion_i = max(arrival_i, completion_{i-1}) + service_i.
-
-    The same definition :func:`run_server_queries` measures in real time; useful to reason about a run.
-    """
-    completion, out = 0.0, []
-    for arrival, service in zip(arrivals_s, service_s, strict=True):
-        completion = max(arrival, completion) + service
-        out.append(completion - arrival)
-    return np.asarray(out)
+def _ms(ns: Any) -> float | None:
+    return round(float(ns) / 1e6, 4) if isinstance(ns, int | float) and ns > 0 else None
 
 
-def run_server_queries(fn: Callable[[], object], arrivals_s: np.ndarray, *, max_seconds: float,
-                       device: str | None = None) -> dict[str, Any]:
-    """Run ``fn`` once per arrival, in real time, one at a time; latency = completion - arrival.
+def run_figures(scenario: str, detail: Mapping[str, Any]) -> dict[str, Any]:
+    """One LoadGen run's figures, from its detail log (LoadGen's keys), with the project's units in the names."""
+    out: dict[str, Any] = {
+        "result": detail.get("result_validity"), "query_count": detail.get("result_query_count"),
+        "min_duration_met": detail.get("result_min_duration_met"),
+        "min_queries_met": detail.get("result_min_queries_met"), "early_stopping_met": detail.get("early_stopping_met"),
+    }
+    if scenario == "single-stream":
+        out.update(latency_ms_p90=_ms(detail.get("result_90.00_percentile_latency_ns")),
+                   early_stopping_latency_ms_p90=_ms(detail.get("early_stopping_latency_ss")),
+                   qps=detail.get("result_qps_with_loadgen_overhead"))
+    elif scenario == "multi-stream":
+        out.update(query_latency_ms_p99=_ms(detail.get("result_99.00_percentile_per_query_latency_ns")),
+                   early_stopping_latency_ms_p99=_ms(detail.get("early_stopping_latency_ms")),
+                   samples_per_query=detail.get("effective_samples_per_query"))
+    elif scenario == "offline":
+        out.update(samples_per_s=detail.get("result_samples_per_second"))
+    else:
+        out.update(target_qps=detail.get("effective_target_qps"),
+                   latency_bound_ms=_ms(detail.get("effective_target_latency_ns")),
+                   latency_ms_p99=_ms(detail.get("result_99.00_percentile_latency_ns")),
+                   completed_qps=detail.get("result_completed_samples_per_sec"),
+                   scheduled_qps=detail.get("result_scheduled_samples_per_sec"),
+                   perf_constraints_met=detail.get("result_perf_constraints_met"),
+                   overlatency_queries=detail.get("result_overlatency_query_count"))
+    out["early_stopping"] = " ".join(str(detail.get("early_stopping_result") or "").split())
+    out["invalid_reason"] = invalid_reason(scenario, detail)
+    return out
 
-    A query that arrives while the server is busy waits. Stops after ``max_seconds`` (the result
-    says ``truncated``) so an overloaded trial never runs away.
-    """
-    latencies_ms: list[float] = []
-    truncated = False
-    start = time.perf_counter()
-    for arrival in arrivals_s:
-        now = time.perf_counter() - start
-        if now > max_seconds:
-            truncated = True
-            break
-        if now < arrival:
-            time.sleep(arrival - now)
-        fn()
-        sync(device)
-        done = time.perf_counter() - start
-        latencies_ms.append((done - float(arrival)) * 1e3)
-    return {"latencies_ms": latencies_ms, "completed": len(latencies_ms), "offered": len(arrivals_s),
-            "elapsed_s": round(time.perf_counter() - start, 3), "truncated": truncated}
+
+def invalid_reason(scenario: str, detail: Mapping[str, Any]) -> str | None:
+    """Why LoadGen called a run INVALID, in words (None for a VALID run)."""
+    if detail.get("result_validity") == "VALID":
+        return None
+    reasons = []
+    if detail.get("result_min_duration_met") is False:
+        reasons.append("minimum duration not met")
+    if detail.get("result_min_queries_met") is False:
+        reasons.append("minimum query count not met")
+    if scenario == "server" and detail.get("result_perf_constraints_met") is False:
+        reasons.append("99th percentile latency over the bound")
+    if detail.get("early_stopping_met") is False:
+        reasons.append("early stopping not satisfied")
+    extra = str(detail.get("result_invalid_reason") or "").strip()
+    if extra:
+        reasons.append(extra)
+    return "; ".join(reasons) or "LoadGen gave no reason"
 
 
-def server_trial_queries(qps: float, max_queries: int, max_seconds: float) -> int:
-    """How many queries a trial at ``qps`` sends: ``max_queries``, fewer if they would take over ``max_seconds``."""
-    return max(MIN_SERVER_QUERIES, min(max_queries, int(qps * max_seconds)))
+def effective_settings(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings LoadGen ran with, as its detail log states them (``effective_*`` keys, prefix dropped)."""
+    keep = ("scenario", "test_mode", "min_duration_ms", "max_duration_ms", "min_query_count", "max_query_count",
+            "target_qps", "target_latency_ns", "target_latency_percentile", "samples_per_query",
+            "performance_sample_count", "sample_index_rng_seed", "schedule_rng_seed")
+    out = {key: detail.get(f"effective_{key}") for key in keep if f"effective_{key}" in detail}
+    out["loadgen_version"] = detail.get("loadgen_version")
+    return out
 
 
-def search_server_qps(
-    serve: Callable[[np.ndarray], dict[str, Any]], *, target_qps: float, capacity_qps: float, bound_ms: float,
-    steps: int, max_queries: int, max_seconds: float, seed: int = 0,
-) -> dict[str, Any]:
-    """p99 at ``target_qps``, then a bisection for the highest QPS whose p99 stays under ``bound_ms``.
+def default_min_query_count(scenario: str) -> int | None:
+    """The minimum query count a run asks for when the user gives none: LoadGen's own (None) except in the
+    99th-percentile scenarios, where it is what early stopping needs to estimate that percentile at all."""
+    return P99_EARLY_STOPPING_QUERIES if scenario in P99_SCENARIOS else None
+
+
+# ---------------------------------------------------------------------- server search
+
+
+def search_server_rate(run: Callable[[float], Mapping[str, Any]], *, start_qps: float, ceiling_qps: float,
+                       max_runs: int, max_seconds: float, clock: Callable[[], float] = time.monotonic,
+                       ) -> dict[str, Any]:
+    """Bracket the highest server rate LoadGen calls VALID, with at most ``max_runs`` runs.
+
+    The first run is at ``start_qps``. Until a VALID and an INVALID rate are both known the search steps: up to
+    ``ceiling_qps`` (what one server at batch 1 can sustain at best) and doubling beyond it after a VALID run,
+    halving after an INVALID one; then it bisects between the highest VALID and the lowest INVALID rate until
+    they are within :data:`SEARCH_PRECISION`. No run starts once ``max_seconds`` have passed.
 
     Args:
-        serve: runs the queries at the given arrival times and returns :func:`run_server_queries`' dict.
-        target_qps: the rate asked for (``--target-qps``).
-        capacity_qps: the rate one server could sustain at best (1000 / mean batch-1 ms); the search's ceiling.
-        bound_ms: the p99 latency bound.
-        steps: bisection steps after the target trial (bounded work).
-        max_queries: queries per trial at most; max_seconds: a trial sends at most ``qps * max_seconds``
-            queries (so its arrivals span about ``max_seconds``); ``serve`` bounds the wall time.
+        run: one LoadGen server run at a rate; returns :func:`run_figures`' dict (``result`` is LoadGen's verdict).
+
+    Returns the runs in order and the bracket: ``highest_valid_qps`` and ``lowest_invalid_qps`` (each None when no
+    run gave that verdict; every rate tried after the first lies between them, so the highest VALID is always
+    below the lowest INVALID); ``stopped`` says why the search ended.
     """
-    trials: list[dict[str, Any]] = []
-
-    def trial(qps: float) -> bool:
-        arrivals = poisson_arrivals(qps, server_trial_queries(qps, max_queries, max_seconds), seed=seed + len(trials))
-        result = serve(arrivals)
-        lat = result["latencies_ms"]
-        p99 = float(np.percentile(lat, 99)) if lat else math.inf
-        ok = bool(lat) and not result["truncated"] and p99 <= bound_ms
-        trials.append({"qps": round(qps, 3), "queries": result["completed"], "offered": result["offered"],
-                       "latency_ms_p99": round(p99, 3), "truncated": result["truncated"], "meets_bound": ok,
-                       "latencies_ms": [round(x, 4) for x in lat]})
-        return ok
-
-    target_ok = trial(target_qps)
-    target = trials[0]
-    if target_ok:
-        lo, hi = target_qps, max(capacity_qps * 1.05, target_qps * 2)
-    else:
-        lo, hi = 0.0, target_qps
-    for _ in range(steps):
-        if hi - lo <= 0.05 * hi:
+    if start_qps <= 0 or not math.isfinite(start_qps):
+        raise ValueError(f"start_qps must be a positive finite rate, got {start_qps}")
+    started = clock()
+    runs: list[dict[str, Any]] = []
+    qps, stopped = start_qps, "run limit"
+    while len(runs) < max_runs:
+        if runs and clock() - started >= max_seconds:
+            stopped = "time limit"
             break
-        mid = (lo + hi) / 2
-        if trial(mid):
-            lo = mid
+        runs.append({**run(qps), "target_qps": round(qps, 3)})
+        valid = [r["target_qps"] for r in runs if r.get("result") == "VALID"]
+        invalid = [r["target_qps"] for r in runs if r.get("result") != "VALID"]
+        high, low = max(valid, default=None), min(invalid, default=None)
+        if high is not None and low is not None:
+            if low - high <= SEARCH_PRECISION * high:
+                stopped = "bracket narrow enough"
+                break
+            qps = (high + low) / 2
+        elif high is not None:
+            qps = ceiling_qps if high < ceiling_qps * (1 - SEARCH_PRECISION) else 2 * high
         else:
-            hi = mid
-    stats = latency_stats(target["latencies_ms"]) if target["latencies_ms"] else {}
-    return {
-        "server_target_qps": round(target_qps, 3),
-        "server_latency_ms_p99": target["latency_ms_p99"] if target["latencies_ms"] else None,
-        "server_latency_ms_p50": stats.get("latency_ms_p50"),
-        "server_meets_bound": target_ok,
-        "server_latency_bound_ms": round(bound_ms, 3),
-        "server_max_qps": round(lo, 3) if lo > 0 else None,
-        "trials": trials,
-    }
+            qps = low / 2
+    valid = [r["target_qps"] for r in runs if r.get("result") == "VALID"]
+    invalid = [r["target_qps"] for r in runs if r.get("result") != "VALID"]
+    best = max((r for r in runs if r.get("result") == "VALID"), key=lambda r: r["target_qps"], default=None)
+    high, low = max(valid, default=None), min(invalid, default=None)
+    return {"highest_valid_qps": high, "lowest_invalid_qps": low,
+            "highest_valid_completed_qps": best.get("completed_qps") if best else None, "stopped": stopped,
+            "elapsed_s": round(clock() - started, 1), "runs": runs}
 
 
-# ---------------------------------------------------------------------- comparison
-
-
-def offline_throughput(per_batch: Sequence[dict[str, Any]]) -> tuple[float | None, int | None]:
-    """Best samples/s over the measured batch sizes and the batch size that gave it."""
-    best = max(per_batch, key=lambda row: row.get("samples_per_s") or 0.0, default=None)
-    if not best or not best.get("samples_per_s"):
-        return None, None
-    return best["samples_per_s"], best["batch_size"]
-
-
-def verdicts(rows: Sequence[dict[str, Any]], *, speed_margin: float = 1.1, size_margin: float = 0.9,
-             accuracy_tolerance_pt: float = 1.0) -> list[str]:
-    """One word per model against the first: baseline, best, faster, smaller, same, slower, worse or failed.
-
-    "worse" means it lost more than ``accuracy_tolerance_pt`` points of accuracy (or is slower and no
-    smaller); "best" is the fastest model that is not worse, if it is at least ``speed_margin`` faster.
-    """
-    words: list[str] = []
-    for i, row in enumerate(rows):
-        if row.get("error"):
-            words.append("failed")
-            continue
-        if i == 0:
-            words.append("baseline")
-            continue
-        speedup, size_ratio = row.get("speedup_x"), row.get("size_ratio")
-        delta = row.get("accuracy_delta_pt")
-        if delta is not None and delta < -accuracy_tolerance_pt:
-            words.append("worse")
-        elif speedup is not None and speedup >= speed_margin:
-            words.append("faster")
-        elif size_ratio is not None and size_ratio <= size_margin:
-            words.append("smaller")
-        elif speedup is not None and speedup < 1 / speed_margin:
-            words.append("slower" if size_ratio is None or size_ratio < 1 else "worse")
-        else:
-            words.append("same")
-    candidates = [i for i, w in enumerate(words) if w == "faster"]
-    if candidates:
-        words[max(candidates, key=lambda i: rows[i]["speedup_x"])] = "best"
-    return words
+def bracket_text(search: Mapping[str, Any]) -> str:
+    """The server range in words: what was measured, never more."""
+    high, low = search.get("highest_valid_qps"), search.get("lowest_invalid_qps")
+    if high is None and low is None:
+        return "not run"
+    if high is None:
+        return f"no VALID rate: INVALID down to {low:.3g} queries/s"
+    if low is None:
+        return f"VALID up to {high:.3g} queries/s; no INVALID rate tried"
+    return f"VALID at {high:.3g}, INVALID at {low:.3g} queries/s"

@@ -11,9 +11,49 @@ from typing import Any
 
 from modelops.selection import accuracy_within, pick_best
 from modelops.timing import latency_stats
-from PR4_model_benchmarking.scenarios import offline_throughput, verdicts
 
 HEADLINE_BATCHES = (1, 16)
+
+
+def offline_throughput(per_batch: Sequence[dict[str, Any]]) -> tuple[float | None, int | None]:
+    """Best samples/s over the timed batch sizes and the batch size that gave it."""
+    best = max(per_batch, key=lambda row: row.get("samples_per_s") or 0.0, default=None)
+    if not best or not best.get("samples_per_s"):
+        return None, None
+    return best["samples_per_s"], best["batch_size"]
+
+
+def verdicts(rows: Sequence[dict[str, Any]], *, speed_margin: float = 1.1, size_margin: float = 0.9,
+             accuracy_tolerance_pt: float = 1.0) -> list[str]:
+    """One word per model against the first: baseline, best, faster, smaller, same, slower, worse or failed.
+
+    "worse" means it lost more than ``accuracy_tolerance_pt`` points of accuracy (or is slower and no
+    smaller); "best" is the fastest model that is not worse, if it is at least ``speed_margin`` faster.
+    """
+    words: list[str] = []
+    for i, row in enumerate(rows):
+        if row.get("error"):
+            words.append("failed")
+            continue
+        if i == 0:
+            words.append("baseline")
+            continue
+        speedup, size_ratio = row.get("speedup_x"), row.get("size_ratio")
+        delta = row.get("accuracy_delta_pt")
+        if delta is not None and delta < -accuracy_tolerance_pt:
+            words.append("worse")
+        elif speedup is not None and speedup >= speed_margin:
+            words.append("faster")
+        elif size_ratio is not None and size_ratio <= size_margin:
+            words.append("smaller")
+        elif speedup is not None and speedup < 1 / speed_margin:
+            words.append("slower" if size_ratio is None or size_ratio < 1 else "worse")
+        else:
+            words.append("same")
+    candidates = [i for i, w in enumerate(words) if w == "faster"]
+    if candidates:
+        words[max(candidates, key=lambda i: rows[i]["speedup_x"])] = "best"
+    return words
 
 
 def speedup_key(batch_size: int) -> str:

@@ -39,12 +39,14 @@ class JobSize:
     bench_iters: int
     flame_duration_s: float
     requests: int
+    loadgen_min_duration_ms: int | None  # None: LoadGen's own minimum duration (10 s a run)
 
 
 DEMO = JobSize(image_size=32, teacher_epochs=8, small_epochs=12, optimize_epochs=6,
-               calibration_batches=10, bench_iters=40, flame_duration_s=5, requests=200)
+               calibration_batches=10, bench_iters=40, flame_duration_s=5, requests=200,
+               loadgen_min_duration_ms=None)
 TINY = JobSize(image_size=16, teacher_epochs=1, small_epochs=1, optimize_epochs=1,
-               calibration_batches=2, bench_iters=5, flame_duration_s=2, requests=20)
+               calibration_batches=2, bench_iters=5, flame_duration_s=2, requests=20, loadgen_min_duration_ms=100)
 
 
 def _script(module: str) -> Any:
@@ -139,15 +141,19 @@ class Job:
         return {name: found[name] for name in VARIANTS if name in found and found[name].exists()}
 
     def benchmark(self) -> dict:
-        from PR4_model_benchmarking.reports import summary_columns
+        """Every variant timed in turns, then single-stream and offline on MLPerf LoadGen (benchmark_models.py)."""
+        from PR4_model_benchmarking.reports import SCENARIO_COLUMNS, summary_columns
 
         spec = ",".join(f"{name}:{path}" for name, path in self.variants().items())
+        loadgen = ([] if self.size.loadgen_min_duration_ms is None
+                   else ["--min-duration-ms", str(self.size.loadgen_min_duration_ms)])
         result = _run_script("PR4_model_benchmarking.benchmark_models", [
-            "--models", spec, "--scenarios", "single-stream,offline", "--batch-sizes", "1,16",
+            "--models", spec, "--scenarios", "single-stream,offline", *loadgen, "--batch-sizes", "1,16",
             "--iters", str(self.size.bench_iters), "--report-format", "markdown,html,json,csv",
             "--accuracy-tolerance", str(DEFAULT_MAX_ACCURACY_DROP_PTS),
             "--output-dir", str(self.out / "benchmark"), *self.common])
-        summary = [{c: row.get(c) for c in summary_columns(result["report"]) if c in row} for row in result["models"]]
+        columns = (*summary_columns(result["report"]), *SCENARIO_COLUMNS[1:])
+        summary = [{c: row.get(c) for c in columns if c in row} for row in result["models"]]
         return {"reports": result["reports"], "summary": summary, "headline": result["report"]["headline"],
                 "best_variant": best_variant(result["models"])}
 

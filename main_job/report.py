@@ -1,4 +1,9 @@
-"""The main job's report: one md, html and json file whose every figure is read from the stage summaries."""
+"""The main job's report: one md, html and json file whose every figure is read from the stage summaries.
+
+The JSON keeps every figure of every section; the Markdown and HTML show the columns in :data:`SHOWN` under
+people-facing names (PR4's :mod:`~PR4_model_benchmarking.report_format`), so the page reads as a document and
+fits its window.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,22 @@ from html import escape
 from pathlib import Path
 
 from modelops.cpu import cpu_info
-from modelops.results import markdown_table, write_results
+from modelops.results import write_results
+from PR4_model_benchmarking.report_format import facts_html, html_page, html_table, markdown_table
+
+# The columns each section shows, in order; the rest are in report.json.
+SHOWN = {
+    "Baseline models": ("model", "test_accuracy", "size_mb", "params_m", "train_s"),
+    "Optimization pipeline": ("model", "description", "size_mb", "size_pct_of_original", "params_m", "accuracy",
+                              "accuracy_change_pts"),
+    "Benchmark": ("model", "transform", "size_mb", "accuracy_pct", "accuracy_delta_pt", "speedup_b1_x",
+                  "speedup_b16_x", "single_stream_latency_ms_p90", "single_stream_result", "offline_samples_per_s",
+                  "offline_result", "verdict", "error"),
+    "Async serving (end to end)": ("model", "requests_sent", "succeeded", "failed", "throughput_rps",
+                                   "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "batch_size_mean"),
+}
+PLOT_TITLES = {"latency_distribution": "Latency distribution", "throughput": "Throughput vs batch size",
+               "tradeoff": "Size / speed / accuracy trade-off"}
 
 
 def report_sections(results: dict[str, dict]) -> dict[str, list[dict]]:
@@ -32,55 +52,59 @@ def report_sections(results: dict[str, dict]) -> dict[str, list[dict]]:
     return sections
 
 
-def headline_lines(results: dict[str, dict]) -> list[str]:
-    """The benchmark report's headline (what was done, best variant, size, speed-ups, accuracy, CPU), if it ran."""
+def _benchmark_report(results: dict[str, dict]) -> dict | None:
     bench_json = Path(results.get("benchmark", {}).get("reports", {}).get("json", "missing.json"))
-    if not bench_json.exists():
-        return []
+    return json.loads(bench_json.read_text()) if bench_json.exists() else None
+
+
+def headline_lines(results: dict[str, dict], env: dict) -> list[str]:
+    """The benchmark report's headline (what was done, best variant, size, speed-ups, accuracy, CPU) when it ran,
+    else the CPU alone: the CPU is named once."""
+    bench = _benchmark_report(results)
+    if bench is None:
+        return [f"CPU: {env['cpu_model']} ({env['usable_cores']} usable cores)."]
     from PR4_model_benchmarking.reports import headline_lines as benchmark_headline
 
-    return benchmark_headline(json.loads(bench_json.read_text()))
+    return benchmark_headline(bench)
+
+
+def _links(out: Path, results: dict[str, dict]) -> dict[str, str]:
+    links = {}
+    for key in ("html", "markdown", "json", "csv"):
+        if results.get("benchmark", {}).get("reports", {}).get(key):
+            links[f"Benchmark report ({key})"] = results["benchmark"]["reports"][key]
+    for profiled in results.get("flamegraph", {}).get("models", []):
+        for kind in ("flamegraph", "trace"):
+            if profiled.get(kind):
+                links[f"{kind.capitalize()} of {Path(profiled['model']).name}"] = profiled[kind]
+    return links
 
 
 def write_report(out: Path, results: dict[str, dict]) -> dict:
     env = cpu_info()
     sections = report_sections(results)
-    head = headline_lines(results)
-    md = ["# Main job report", "", *head, "",
-          f"Measured on {env['cpu_model']} ({env['usable_cores']} usable cores). Every figure below is read from "
-          f"the stage summaries in `{out / 'stages'}`.", ""]
-    html = ["<html><head><meta charset='utf-8'><title>Main job report</title>",
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 6px}</style></head><body><h1>Main job report</h1>",
-            *[f"<p>{escape(line)}</p>" for line in head],
-            f"<p>Measured on {env['cpu_model']} ({env['usable_cores']} usable cores).</p>"]
-    import pandas as pd
-
+    head = headline_lines(results, env)
+    source = f"Every figure is read from the stage summaries in {out / 'stages'}."
+    md = ["# Main job report", "", *head, "", source, ""]
+    html = ["<h1>Main job report</h1>", facts_html([*head, source])]
     for title, rows in sections.items():
-        md += [f"## {title}", "", markdown_table(rows), ""]
-        html += [f"<h2>{title}</h2>", pd.DataFrame(rows).to_html(index=False, na_rep="")]
-    links = {}
-    bench = results.get("benchmark", {})
-    for key in ("html", "markdown", "json", "csv"):
-        if bench.get("reports", {}).get(key):
-            links[f"benchmark {key}"] = bench["reports"][key]
-    for profiled in results.get("flamegraph", {}).get("models", []):
-        for kind in ("flamegraph", "trace"):
-            if profiled.get(kind):
-                links[f"{kind} of {Path(profiled['model']).name}"] = profiled[kind]
+        columns = SHOWN.get(title) or tuple(dict.fromkeys(k for row in rows for k in row))
+        md += [f"## {title}", "", markdown_table(rows, columns), ""]
+        html += [f"<h2>{escape(title)}</h2>", html_table(rows, columns)]
+    links = _links(out, results)
     if links:
         md += ["## Files", ""] + [f"- {k}: `{v}`" for k, v in links.items()] + [""]
-        html += ["<h2>Files</h2><ul>"] + [f"<li>{k}: <a href='{Path(v).resolve().as_uri()}'>{v}</a></li>"
-                                          for k, v in links.items()] + ["</ul>"]
-    bench_json = Path(bench.get("reports", {}).get("json", out / "benchmark" / "missing.json"))
-    if bench_json.exists():
+        html += ["<h2>Files</h2><ul>"] + [f"<li><a href='{escape(Path(v).resolve().as_uri(), quote=True)}'>"
+                                          f"{escape(k)}</a></li>" for k, v in links.items()] + ["</ul>"]
+    bench = _benchmark_report(results)
+    if bench is not None:
         from PR4_model_benchmarking.reports import plots
 
-        for name, png in plots(json.loads(bench_json.read_text())).items():
-            html.append(f'<h3>{name}</h3><img alt="{name}" src="data:image/png;base64,{png}" style="max-width:100%">')
-    html.append("</body></html>")
+        for name, png in plots(bench).items():
+            title = PLOT_TITLES.get(name, name)
+            html.append(f'<h2>{escape(title)}</h2><img alt="{escape(title)}" src="data:image/png;base64,{png}">')
     (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text("\n".join(html))
+    (out / "report.html").write_text(html_page("Main job report", html))
     write_results(out / "report.json", {"environment": env, "headline": results.get("benchmark", {}).get("headline"),
                                         "sections": sections}, "json")
     return {"report_md": str(out / "report.md"), "report_html": str(out / "report.html"),

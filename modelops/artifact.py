@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from modelops.arch_inference import command_line_arch, infer_architecture, normalise_state_dict
-from modelops.errors import ArtifactError, UsageError
+from modelops.errors import ArtifactError
 from modelops.fixed_batch import run_any_batch
 from modelops.manifest import (  # noqa: F401  (re-exported: the artifact module is where callers look)
     FORMATS,
@@ -42,14 +42,18 @@ from modelops.manifest import (  # noqa: F401  (re-exported: the artifact module
     SCHEMA_VERSION,
     SUFFIX_FORMAT,
     Manifest,
+    RuntimeHints,
     file_sha256,
     file_size_mb,
     manifest_path,
     read_manifest,
     write_manifest,
 )
-from modelops.model_probe import exported_input_shape, onnx_input_shape, probe
+from modelops.model_probe import exported_input_shape
 from modelops.models import check_arch, create_model, resize_to_state_dict
+from modelops.predictor import LoadRequest, Predictor, Runtime, infer_manifest
+from modelops.runtimes.onnxruntime_predictor import load_onnxruntime
+from modelops.runtimes.openvino_predictor import load_openvino
 from modelops.saving import export_onnx, save_artifact  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -107,71 +111,6 @@ def detect_format(path: str | Path) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-class Predictor:
-    """A loaded artifact: ``predictor(batch) -> logits`` whatever the format.
-
-    Attributes:
-        manifest: the artifact's manifest (a minimal one is inferred when the file has none).
-        path: the model file.
-        backend: ``torch`` (eager), ``torchscript``, ``exported_program``, ``onnxruntime`` or ``openvino`` (an
-            ONNX artifact whose manifest says ``runtime: {"engine": "openvino"}``).
-        module: the ``nn.Module`` behind it, or None for ONNX Runtime.
-    """
-
-    def __init__(
-        self, fn: Callable[[torch.Tensor], torch.Tensor], *, manifest: Manifest, path: Path, backend: str,
-        module: nn.Module | None = None, device: str = "cpu", memory_format: torch.memory_format | None = None,
-    ) -> None:
-        self._fn = fn
-        self.manifest = manifest
-        self.path = path
-        self.backend = backend
-        self.module = module
-        self.device = torch.device(device)
-        self.memory_format = memory_format
-
-    @property
-    def input_shape(self) -> list[int]:
-        return list(self.manifest.input_shape)
-
-    @property
-    def num_classes(self) -> int:
-        return self.manifest.num_classes
-
-    def check_input(self, batch: torch.Tensor) -> None:
-        expected = tuple(self.manifest.input_shape)
-        if batch.dim() != len(expected) + 1 or tuple(batch.shape[1:]) != expected:
-            raise UsageError(
-                f"Model {self.path.name} expects input of shape (N, {', '.join(map(str, expected))}), "
-                f"got {tuple(batch.shape)}"
-            )
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            if self.backend != "onnxruntime":
-                batch = batch.to(self.device)
-                if self.memory_format is not None:
-                    batch = batch.contiguous(memory_format=self.memory_format)
-            return self._fn(batch)
-
-    def __repr__(self) -> str:
-        return f"Predictor({self.path}, format={self.manifest.format}, backend={self.backend})"
-
-
-def _infer_manifest(
-    path: Path, fmt: str, fn: Callable[[torch.Tensor], torch.Tensor], *, arch: str | None = None,
-    input_shape: list[int] | None = None, inferred: dict[str, Any] | None = None,
-) -> Manifest:
-    """A manifest for a model file that has none: input shape and class count from a forward pass of ``fn``."""
-    shape, num_classes = probe(fn, path, input_shape)
-    facts = {**(inferred or {}), "input_shape": shape, "num_classes": num_classes,
-             "input_from": "declared by the file" if input_shape else "a forward pass that ran"}
-    logger.warning("%s has no manifest (%s); using input %s, %d classes", path, manifest_path(path).name, shape,
-                   num_classes)
-    return Manifest(format=fmt, file=path.name, arch=arch, num_classes=num_classes, input_shape=shape,
-                    inferred=facts, sha256=file_sha256(path), size_mb=round(file_size_mb(path), 4))
-
-
 def _load_torch_file(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -215,7 +154,7 @@ def load_module(path: str | Path, *, trust_pickle: bool = False, arch: str | Non
     obj = _load_torch_file(path, trust_pickle)
     if isinstance(obj, nn.Module):
         model = obj.eval()
-        manifest = manifest or _infer_manifest(path, "pickle", model)
+        manifest = manifest or infer_manifest(path, "pickle", model)
         return model, manifest
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path} holds a {type(obj).__name__}, not a model or state_dict")
@@ -247,26 +186,10 @@ def _module_from_state_dict(
         raise ArtifactError(f"{path}: the weights do not fit architecture {arch!r} ({first[:120]}...); "
                             "pass the --arch it was trained as (arch: in a model registry entry)") from exc
     if manifest is None:
-        manifest = _infer_manifest(path, "state_dict", model.eval(), arch=arch, inferred=inferred)
+        manifest = infer_manifest(path, "state_dict", model.eval(), arch=arch, inferred=inferred)
     elif inferred:
         manifest = manifest.model_copy(update={"arch": arch, "inferred": {**manifest.inferred, **inferred}})
     return model, manifest
-
-
-def _onnx_session(path: Path, threads: int | None, session_config: dict[str, str] | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    for key, value in (session_config or {}).items():
-        options.add_session_config_entry(key, value)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-        raise ArtifactError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0][:300]}") from exc
 
 
 def compile_for_inference(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -287,17 +210,18 @@ def load_artifact(
     ort_session_config: dict[str, str] | None = None,
     arch: str | None = None,
 ) -> Predictor:
-    """Load any artifact as a :class:`Predictor`.
+    """Load any artifact as a :class:`Predictor`, with the runtime of :data:`RUNTIMES` its manifest names
+    (``runtime.engine``; without one, the first runtime that runs its format).
 
     Args:
         path: the model file (its manifest ``<path>.json`` is read when present).
-        device: ``cpu`` or ``cuda`` (ONNX Runtime artifacts run on CPU here).
+        device: ``cpu`` or ``cuda`` (ONNX files run on CPU here).
         trust_pickle: allow whole pickled modules (runs arbitrary code; off by default).
         compile: run torch models through ``torch.compile`` (default: the manifest's ``runtime.compile``); an
             ExportedProgram whose manifest names an AOTInductor package (``runtime.aoti``) runs that package
             instead, already compiled (:mod:`modelops.runtimes.aoti`; without one, or where it cannot run,
             ``torch.compile`` with the reason logged).
-        threads: ONNX Runtime intra-op threads (torch uses ``torch.set_num_threads``).
+        threads: intra-op threads of the ONNX runtimes (torch uses ``torch.set_num_threads``).
         ort_session_config: extra ONNX Runtime session config entries, e.g.
             ``{"session.intra_op.allow_spinning": "0"}`` so idle threads do not spin (a server sharing its cores).
         arch: the architecture of a bare state_dict (see :func:`load_module`).
@@ -305,58 +229,82 @@ def load_artifact(
     path = _check_path(path)
     manifest = read_manifest(path)
     fmt = manifest.format if manifest else detect_format(path)
-    runtime = manifest.runtime if manifest else {}
-    want_compile = runtime.get("compile", False) if compile is None else compile
-    memory_format = torch.channels_last if runtime.get("memory_format") == "channels_last" else None
-
-    if fmt == "onnx":
-        return _onnx_predictor(path, manifest, threads, ort_session_config)
-    if fmt in ("torchscript", "exported_program"):
-        module, backend, declared_shape = _traced_module(path, fmt, device)
-        manifest = manifest or _infer_manifest(path, fmt, module, input_shape=declared_shape)
-    else:
-        module, manifest = load_module(path, trust_pickle=trust_pickle, arch=arch)
-        module = module.to(device)
-        if memory_format is not None:
-            module = module.to(memory_format=memory_format)
-        backend = "torch"
-    fn = _aoti_or_compiled(path, module, runtime, fmt, device) if want_compile else module
-    return Predictor(
-        fn, manifest=manifest, path=path, backend=backend, module=module, device=device, memory_format=memory_format
-    )
+    hints = manifest.runtime if manifest else RuntimeHints()
+    request = LoadRequest(path=path, fmt=fmt, manifest=manifest, hints=hints, device=device,
+                          trust_pickle=trust_pickle, compile=compile, threads=threads,
+                          ort_session_config=ort_session_config, arch=arch)
+    return runtime_for(path, fmt, hints).load(request)
 
 
-def _aoti_or_compiled(path: Path, module: nn.Module, runtime: dict[str, Any], fmt: str,
+def runtime_for(path: Path, fmt: str, hints: RuntimeHints) -> Runtime:
+    """The runtime that runs a ``fmt`` file with these hints; an :class:`ArtifactError` names what is known."""
+    if hints.engine is None:
+        return next(r for r in RUNTIMES.values() if fmt in r.formats)
+    runtime = RUNTIMES.get(hints.engine)
+    if runtime is None:
+        raise ArtifactError(f"{path}: its manifest asks for runtime {hints.engine!r}, which is not known here. "
+                            f"Known: {', '.join(RUNTIMES)}")
+    if fmt not in runtime.formats:
+        raise ArtifactError(f"{path}: runtime {hints.engine!r} runs {', '.join(runtime.formats)} files, not {fmt}")
+    return runtime
+
+
+def load_eager(request: LoadRequest) -> Predictor:
+    """A state_dict or pickled module as an eager module (channels_last where the hints say)."""
+    module, manifest = load_module(request.path, trust_pickle=request.trust_pickle, arch=request.arch)
+    module = module.to(request.device)
+    if request.memory_format is not None:
+        module = module.to(memory_format=request.memory_format)
+    fn = compile_for_inference(module) if request.wants_compile else module
+    return Predictor(fn, manifest=manifest, path=request.path, backend="torch", module=module,
+                     device=request.device, memory_format=request.memory_format)
+
+
+def load_traced(request: LoadRequest) -> Predictor:
+    """A TorchScript or ExportedProgram file; compiled (or its AOTInductor package run) where asked."""
+    path, fmt = request.path, request.fmt
+    module, backend, declared_shape = _traced_module(path, fmt, request.device)
+    manifest = request.manifest or infer_manifest(path, fmt, module, input_shape=declared_shape)
+    fn: Callable[[torch.Tensor], torch.Tensor] = module
+    if request.wants_compile:
+        fn = _aoti_or_compiled(path, module, request.hints, fmt, request.device)
+    return Predictor(fn, manifest=manifest, path=path, backend=backend, module=module, device=request.device,
+                     memory_format=request.memory_format)
+
+
+def _aoti_or_compiled(path: Path, module: nn.Module, hints: RuntimeHints, fmt: str,
                       device: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The artifact's AOTInductor package where it has one that runs here, else ``torch.compile``."""
     if fmt == "exported_program":
         from modelops.runtimes.aoti import load_package
 
-        packaged = load_package(path, runtime.get("aoti"), device)
+        packaged = load_package(path, hints.aoti, device)
         if packaged is not None:
             return packaged
     return compile_for_inference(module)
 
 
-def _onnx_predictor(
-    path: Path, manifest: Manifest | None, threads: int | None, ort_session_config: dict[str, str] | None
-) -> Predictor:
-    """An ONNX file run by OpenVINO when its manifest says so, else by ONNX Runtime."""
-    runtime = manifest.runtime if manifest else {}
-    if manifest is not None and runtime.get("engine") == "openvino":
-        from modelops.runtimes.openvino_predictor import openvino_runner
+# The loader's one table of runtimes, by the name a manifest's ``runtime.engine`` gives. The first entry that
+# runs a format is its default. Add one with :func:`register_runtime`.
+RUNTIMES: dict[str, Runtime] = {runtime.name: runtime for runtime in (
+    Runtime("torch", ("state_dict", "pickle"), load_eager),
+    Runtime("torchscript", ("torchscript",), load_traced),
+    Runtime("exported_program", ("exported_program",), load_traced),
+    Runtime("onnxruntime", ("onnx",), load_onnxruntime),
+    Runtime("openvino", ("onnx",), load_openvino),
+)}
 
-        run_openvino = openvino_runner(path, threads=threads, precision=runtime.get("precision"))
-        return Predictor(run_openvino, manifest=manifest, path=path, backend="openvino", device="cpu")
-    session = _onnx_session(path, threads, ort_session_config)
-    input_name = session.get_inputs()[0].name
 
-    def run_onnx(batch: torch.Tensor) -> torch.Tensor:
-        array = batch.detach().cpu().float().contiguous().numpy()
-        return torch.from_numpy(session.run(None, {input_name: array})[0])
+def register_runtime(runtime: Runtime) -> None:
+    """Add ``runtime`` to :data:`RUNTIMES` (a manifest picks it with ``runtime.engine``); names are unique."""
+    if runtime.name in RUNTIMES and RUNTIMES[runtime.name] != runtime:
+        raise ValueError(f"a different runtime named {runtime.name!r} is already registered")
+    RUNTIMES[runtime.name] = runtime
 
-    manifest = manifest or _infer_manifest(path, "onnx", run_onnx, input_shape=onnx_input_shape(session))
-    return Predictor(run_onnx, manifest=manifest, path=path, backend="onnxruntime", device="cpu")
+
+def unregister_runtime(name: str) -> None:
+    """Remove the runtime ``name`` from :data:`RUNTIMES` (a no-op where there is none)."""
+    RUNTIMES.pop(name, None)
 
 
 def _traced_module(path: Path, fmt: str, device: str) -> tuple[nn.Module, str, list[int] | None]:

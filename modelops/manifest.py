@@ -9,10 +9,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from modelops.errors import ArtifactError, UsageError
 
@@ -23,6 +23,31 @@ ONNX_INPUT_NAME = "input"
 ONNX_OUTPUT_NAME = "logits"
 MANIFEST_SUFFIX = ".json"
 SCHEMA_VERSION = 1
+
+
+class RuntimeHints(BaseModel):
+    """How the loader runs an artifact (the manifest's ``runtime``); every field is optional.
+
+    Written as a JSON object holding only the fields that differ from their defaults, as manifests always held
+    them, so older manifests load unchanged. ``engine`` names an entry of the loader's runtime table
+    (:data:`modelops.artifact.RUNTIMES`); the other fields are read by the runtime that serves the file.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: str | None = Field(default=None, description="the runtime that runs the file (default: the format's "
+                               "own: torch, torchscript, exported_program, onnxruntime), e.g. openvino")
+    compile: bool = Field(default=False, description="torch formats: run through torch.compile (inductor, freezing)")
+    memory_format: Literal["channels_last", "contiguous"] | None = Field(
+        default=None, description="eager torch: the module's and input's memory format")
+    aoti: dict[str, Any] | None = Field(
+        default=None, description="exported_program: the AOTInductor package beside the file (file, torch, isa)")
+    precision: Literal["f32", "bf16"] | None = Field(
+        default=None, description="openvino: its INFERENCE_PRECISION_HINT (default: OpenVINO's own choice)")
+
+    def merged(self, other: RuntimeHints) -> RuntimeHints:
+        """These hints with the fields ``other`` sets (those that differ from the defaults) laid over them."""
+        return self.model_copy(update=other.model_dump(exclude_defaults=True))
 
 
 class Manifest(BaseModel):
@@ -50,7 +75,7 @@ class Manifest(BaseModel):
     inferred: dict[str, Any] = Field(
         default_factory=dict, description="facts the loader worked out because the file did not say them"
     )
-    runtime: dict[str, Any] = Field(default_factory=dict, description="hints for the loader: compile, memory_format")
+    runtime: RuntimeHints = Field(default_factory=RuntimeHints, description="how the loader runs the file")
     sha256: str = ""
     size_mb: float = 0.0
     created_at: str = ""
@@ -63,10 +88,14 @@ class Manifest(BaseModel):
         child.transform = dict(transform)
         child.lineage = [*self.lineage, dict(transform)]
         child.metrics = {}
-        child.runtime = {}
+        child.runtime = RuntimeHints()
         for key, value in changes.items():
-            setattr(child, key, value)
+            setattr(child, key, RuntimeHints.model_validate(value) if key == "runtime" else value)
         return child
+
+    @field_serializer("runtime")
+    def _runtime_as_written(self, runtime: RuntimeHints) -> dict[str, Any]:
+        return runtime.model_dump(exclude_defaults=True)
 
 
 def manifest_path(path: str | Path) -> Path:

@@ -93,7 +93,7 @@ def onnx_weight_bytes(path: str | Path) -> int:
 
 def weight_bytes(predictor: Any) -> int | None:
     """Bytes of a loaded model's weights: tensors of its module, or initializers of its ONNX graph."""
-    if predictor.backend in ("onnxruntime", "openvino"):  # both run an ONNX file
+    if predictor.manifest.format == "onnx":
         return onnx_weight_bytes(predictor.path)
     if predictor.module is None:
         return None

@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelops.artifact import RUNTIMES, register_runtime
 from modelops.model_session import ModelSession
+from modelops.predictor import Runtime
 from modelops.timing import POLICY, TimingPolicy, latency_stats, run_turns
 
 logger = logging.getLogger(__name__)
@@ -38,10 +40,14 @@ logger = logging.getLogger(__name__)
 WORKER_REPLY_TIMEOUT_S = 1800.0
 
 
-def _worker_main(conn: Any, session_cls: type[ModelSession], kwargs: dict[str, Any]) -> None:
-    """Entry point of a spawned worker: build a session, then answer (method, args, kwargs) messages."""
+def _worker_main(conn: Any, session_cls: type[ModelSession], kwargs: dict[str, Any],
+                 runtimes: Sequence[Runtime] = ()) -> None:
+    """Entry point of a spawned worker: take the parent's runtimes (a spawned process starts with the built-in
+    table only), build a session, then answer (method, args, kwargs) messages."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING)
+    for runtime in runtimes:
+        register_runtime(runtime)
     session = session_cls(**kwargs)
     parent = os.getppid()
     while True:
@@ -99,8 +105,8 @@ class WorkerProxy(_SessionProxy):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self.name = kwargs["name"]
-        self.process = ctx.Process(target=_worker_main, args=(child, session, kwargs), daemon=True,
-                                   name=f"bench-{self.name}")
+        self.process = ctx.Process(target=_worker_main, args=(child, session, kwargs, list(RUNTIMES.values())),
+                                   daemon=True, name=f"bench-{self.name}")
         self.process.start()
         child.close()
 

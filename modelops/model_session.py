@@ -84,7 +84,7 @@ class ModelSession:
             generator = torch.Generator().manual_seed(self.seed + batch_size)
             batch = torch.randn(batch_size, *self.predictor.input_shape, generator=generator)
             self.predictor.check_input(batch)
-            if self.predictor.backend != "onnxruntime":
+            if self.predictor.manifest.format != "onnx":  # an ONNX runtime takes the CPU tensor
                 batch = batch.to(self.device)
             self._batches[batch_size] = batch
         return self._batches[batch_size]
@@ -146,7 +146,7 @@ def _params_and_macs(predictor: Any) -> tuple[int | None, int | None]:
             params = sum(int(np.prod(t.shape)) for t in module.state_dict().values() if hasattr(t, "shape"))
         except Exception:  # scripted/exported modules may hold packed params without a shape
             params = None
-    if params is None and predictor.backend in ("onnxruntime", "openvino"):  # both run an ONNX file
+    if params is None and predictor.manifest.format == "onnx":
         try:
             import onnx
 

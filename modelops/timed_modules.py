@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from modelops.manifest import Manifest
+from modelops.manifest import Manifest, RuntimeHints
 from modelops.model_process import ProcessTimes, time_artifacts
 from modelops.saving import save_artifact
 
@@ -37,7 +37,7 @@ def timing_folder() -> Iterator[Path]:
 def save_for_timing(module: nn.Module, manifest: Manifest, folder: Path, name: str, *,
                     channels_last: bool = False) -> Path:
     """``module`` saved whole in ``folder`` as ``<name>.pt`` (with the channels_last hint when asked)."""
-    runtime = {"memory_format": "channels_last"} if channels_last else {}
+    runtime = RuntimeHints(memory_format="channels_last") if channels_last else RuntimeHints()
     copy = Manifest(arch=manifest.arch, num_classes=manifest.num_classes, input_shape=list(manifest.input_shape),
                     runtime=runtime)
     path = folder / f"{name}.pt"

@@ -89,7 +89,7 @@ def _resolve_dataset(args: argparse.Namespace, manifest: Manifest) -> DatasetSpl
 def start_run(args: argparse.Namespace, model: nn.Module, manifest: Manifest) -> PruningRun:
     """Copy the original and measure it before pruning starts."""
     original = copy.deepcopy(model).eval()
-    original_fn: Variant = (original, True) if manifest.runtime.get("memory_format") == "channels_last" \
+    original_fn: Variant = (original, True) if manifest.runtime.memory_format == "channels_last" \
         else original
     data = _resolve_dataset(args, manifest)
     return PruningRun(model=model, manifest=manifest, original=original, original_fn=original_fn, data=data,

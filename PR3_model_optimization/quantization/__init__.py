@@ -6,7 +6,13 @@
 - :mod:`.coverage`: MACs per layer and the share int8 carries; :mod:`.detect`: is a file already int8?
 """
 
-from PR3_model_optimization.quantization.backends import BACKENDS, REGISTRY, Backend
+from PR3_model_optimization.quantization.backends import (
+    REGISTRY,
+    Backend,
+    backend_names,
+    register_backend,
+    unregister_backend,
+)
 from PR3_model_optimization.quantization.config import (
     ACTIVATION_TYPES,
     CALIBRATION_METHODS,
@@ -18,6 +24,7 @@ from PR3_model_optimization.quantization.coverage import dynamic_coverage, layer
 from PR3_model_optimization.quantization.detect import quantized_reason
 
 __all__ = [
-    "ACTIVATION_TYPES", "BACKENDS", "CALIBRATION_METHODS", "METHODS", "REGISTRY", "Backend", "QuantConfig",
-    "check_choice", "dynamic_coverage", "layer_macs", "mac_fraction", "quantized_reason", "sensitive_layers",
+    "ACTIVATION_TYPES", "CALIBRATION_METHODS", "METHODS", "REGISTRY", "Backend", "QuantConfig", "backend_names",
+    "check_choice", "dynamic_coverage", "layer_macs", "mac_fraction", "quantized_reason", "register_backend",
+    "sensitive_layers", "unregister_backend",
 ]

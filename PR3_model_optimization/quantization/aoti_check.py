@@ -40,15 +40,15 @@ def _place(source: Path, target: Path) -> None:
 
 def _variants(artifact: Path, manifest: Manifest, entry: dict[str, Any], folder: Path) -> dict[str, Path]:
     """The artifact twice under ``folder``: once with no package (the loader compiles), once with it."""
-    runtime = {k: v for k, v in manifest.runtime.items() if k != "aoti"}
+    runtime = manifest.runtime.model_copy(update={"aoti": None})
     paths = {COMPILED: folder / "compiled" / artifact.name, PACKAGED: folder / "packaged" / artifact.name}
     for name, path in paths.items():
         _place(artifact, path)
         with_package = name == PACKAGED
         if with_package:
             _place(package_path(artifact), path.with_name(entry["file"]))
-        write_manifest(path, manifest.model_copy(update={"runtime": {**runtime, "aoti": entry} if with_package
-                                                          else runtime}), fmt="exported_program")
+        write_manifest(path, manifest.model_copy(update={"runtime": runtime.model_copy(update={"aoti": entry})
+                                                          if with_package else runtime}), fmt="exported_program")
     return paths
 
 

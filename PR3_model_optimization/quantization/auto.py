@@ -19,6 +19,7 @@ from pathlib import Path
 from modelops.cpu import ISA_FLAGS, cpu_info
 from modelops.model_process import ProcessTimes, time_artifacts
 from modelops.results import markdown_table
+from PR3_model_optimization.quantization.backends import REGISTRY
 from PR3_model_optimization.quantization.config import QuantConfig
 
 AUTO = "auto"
@@ -34,14 +35,7 @@ FP32 = "fp32"
 
 def auto_candidates(base: QuantConfig, backends: Sequence[str]) -> list[QuantConfig]:
     """One configuration per backend: the user's settings where the backend takes them."""
-    candidates = []
-    for backend in backends:
-        if backend == "pt2e":  # the x86 PT2E quantizer has no calibration-method or activation-type choice
-            candidates.append(QuantConfig(backend="pt2e", method=base.method,
-                                          calibration_batches=base.calibration_batches, keep_float=base.keep_float))
-        else:
-            candidates.append(base.with_(backend=backend))
-    return candidates
+    return [REGISTRY[backend].config_from(base) for backend in backends]
 
 
 @dataclass
@@ -155,8 +149,6 @@ def selection_record(rows: Sequence[dict], fp32_ms: Mapping[int, float], chosen:
 
 def unavailable_candidates(configs: Sequence[QuantConfig]) -> tuple[list[QuantConfig], list[Candidate]]:
     """Split configurations into those whose backend runs here and candidates that say why one cannot."""
-    from PR3_model_optimization.quantization.backends import REGISTRY
-
     runnable, skipped = [], []
     for config in configs:
         reason = REGISTRY[config.backend].unavailable_reason()

@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from modelops.errors import UsageError
-from PR3_model_optimization.quantization.backends import BACKENDS
+from PR3_model_optimization.quantization.backends import REGISTRY, backend_names, method_refusal
 
-METHODS = ("static", "dynamic", "qat", "bf16")
 # bf16 needs no calibration: the float model runs with bf16 arithmetic (AVX512-BF16 / AMX-BF16).
-BF16_BACKENDS = ("openvino", "pt2e")
+METHODS = ("static", "dynamic", "qat", "bf16")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("quint8", "qint8")
 
@@ -27,8 +26,8 @@ class QuantConfig:
     """One way to quantize a model (a trial in the accuracy-aware search).
 
     Args:
-        backend: a name from :data:`~PR3_model_optimization.quantization.backends.BACKENDS`
-            (default: onnxruntime).
+        backend: a registered backend's name (:func:`~PR3_model_optimization.quantization.backends.backend_names`;
+            default: onnxruntime).
         method: ``static``, ``dynamic``, ``qat`` or ``bf16`` (default: static).
         per_channel: one weight scale per output channel instead of one per tensor (default: True;
             the PT2E x86 quantizer is always per-channel).
@@ -47,18 +46,15 @@ class QuantConfig:
     keep_float: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        check_choice("backend", self.backend, BACKENDS)
+        check_choice("backend", self.backend, backend_names())
         check_choice("quantization method", self.method, METHODS)
         check_choice("calibration method", self.calibration_method, CALIBRATION_METHODS)
         check_choice("activation type", self.activation_type, ACTIVATION_TYPES)
-        if self.method == "qat" and self.backend != "pt2e":
-            raise UsageError(
-                "QAT fine-tunes a PT2E fake-quant graph: use --backend pt2e (or leave --backend unset)")
-        if self.method == "bf16" and self.backend not in BF16_BACKENDS:
-            raise UsageError(f"bf16 runs on {' or '.join(BF16_BACKENDS)}, not {self.backend} (it has no bf16 CPU "
-                             "kernels): use --backend auto, openvino or pt2e")
-        if self.backend == "pt2e" and not self.per_channel:
-            raise UsageError("The PT2E x86 quantizer only offers per-channel weights")
+        backend = REGISTRY[self.backend]
+        if self.method not in backend.methods:
+            raise UsageError(method_refusal(self.method, self.backend))
+        if not self.per_channel and not backend.per_tensor:
+            raise UsageError(f"The {self.backend} backend only offers per-channel weights")
 
     @property
     def label(self) -> str:
@@ -66,8 +62,9 @@ class QuantConfig:
             return f"{self.backend} bf16"
         parts = [self.backend, self.method, "per-channel" if self.per_channel else "per-tensor"]
         if self.method == "static":
-            if self.backend == "onnxruntime":
-                parts += [self.calibration_method, f"act-{self.activation_type}"]
+            labelled = REGISTRY[self.backend].labelled
+            parts += [self.calibration_method] if "calibration_method" in labelled else []
+            parts += [f"act-{self.activation_type}"] if "activation_type" in labelled else []
             parts.append(f"calib-{self.calibration_batches}")
         if self.keep_float:
             parts.append("float:" + "+".join(self.keep_float))
@@ -77,9 +74,8 @@ class QuantConfig:
         """The manifest's ``transform`` entry for a model made with this config."""
         info = {"kind": "quantization", **asdict(self), "keep_float": list(self.keep_float),
                 "dtype": "bf16" if self.method == "bf16" else "int8"}
-        if self.backend == "pt2e":
-            info.pop("calibration_method")
-            info.pop("activation_type")
+        for option in REGISTRY[self.backend].fixed:
+            info.pop(option)
         return info
 
     def with_(self, **changes) -> QuantConfig:

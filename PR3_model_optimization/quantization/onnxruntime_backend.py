@@ -191,3 +191,6 @@ class OnnxRuntimeQuantizer:
 
     def fp32_artifact(self) -> Path | None:
         return self._prepared
+
+    def package(self, artifact: Path, config: QuantConfig) -> dict | None:
+        return None  # an ONNX file needs no ahead-of-time step

@@ -202,3 +202,8 @@ class Pt2eQuantizer:
 
     def fp32_artifact(self) -> Path | None:
         return None
+
+    def package(self, artifact: Path, config: QuantConfig) -> dict | None:
+        """An int8 program's AOTInductor package (:func:`package_for_serving`); a bf16 one is left to
+        ``torch.compile``."""
+        return None if config.method == "bf16" else package_for_serving(artifact, self.example)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from modelops.artifact import Manifest, file_size_mb, load_artifact, write_manifest
+from modelops.artifact import Manifest, RuntimeHints, file_size_mb, load_artifact, write_manifest
 from modelops.cli import usable_cores
 from modelops.cpu import cpu_info
 from modelops.data import DatasetSplits, calibration_batches, make_loader
@@ -34,7 +34,6 @@ from PR3_model_optimization.quantization.auto import Candidate, Selection, selec
 from PR3_model_optimization.quantization.backends import REGISTRY, Quantizer
 from PR3_model_optimization.quantization.config import QuantConfig
 from PR3_model_optimization.quantization.coverage import layer_macs, mac_fraction, sensitive_layers
-from PR3_model_optimization.quantization.pt2e_backend import package_for_serving
 from PR3_model_optimization.quantization.search import pick_best, plan_trials
 
 logger = logging.getLogger(__name__)
@@ -158,10 +157,10 @@ class QuantizationRun:
                            trust_pickle=self.args.trust_pickle)
         return medians_or_raise(times, batch_size)
 
-    def child_manifest(self, config: QuantConfig, metrics: dict, runtime: dict | None = None) -> Manifest:
+    def child_manifest(self, config: QuantConfig, metrics: dict, runtime: RuntimeHints | None = None) -> Manifest:
+        hints = REGISTRY[config.backend].runtime_for(config.method)
         return self.manifest.derive(parent_path=str(self.model_path), transform=config.transform(),
-                                    metrics=dict(metrics),
-                                    runtime={**REGISTRY[config.backend].runtime_for(config.method), **(runtime or {})})
+                                    metrics=dict(metrics), runtime=hints.merged(runtime or RuntimeHints()))
 
     def trial(self, index: int, config: QuantConfig, budget: float | None) -> tuple[dict, Path]:
         """Quantize with ``config``, reload the result through ``load_artifact`` and measure it."""
@@ -210,27 +209,29 @@ class QuantizationRun:
         partial.replace(save_path)
         metrics = {k: v for k, v in row.items() if k not in ("trial", "config", "error")}
         metrics.update({"accuracy": row["val_accuracy"], "accuracy_split": "val", **extra})
-        runtime = {}
-        if config.backend == "pt2e" and config.method != "bf16" and not getattr(self.args, "no_aoti", False):
-            runtime = self.package(save_path, self.child_manifest(config, metrics), metrics)
+        runtime = RuntimeHints()
+        if not getattr(self.args, "no_aoti", False):
+            runtime = self.package(save_path, config, metrics)
         return write_manifest(save_path, self.child_manifest(config, metrics, runtime),
                               fmt=REGISTRY[config.backend].format)
 
-    def package(self, save_path: Path, manifest: Manifest, metrics: dict) -> dict:
-        """Compile the published program ahead of time, so a served model's first request does not pay
-        inductor's compile, and keep the package only if it runs as fast as ``torch.compile`` here (the
-        figures go to ``metrics["aoti_check"]``); the manifest's ``runtime`` additions."""
-        aoti = package_for_serving(save_path, self.example())
+    def package(self, save_path: Path, config: QuantConfig, metrics: dict) -> RuntimeHints:
+        """Compile the published program ahead of time where its backend can (the quantizer's ``package``), so a
+        served model's first request does not pay inductor's compile, and keep the package only if it runs as
+        fast as ``torch.compile`` here (the figures go to ``metrics["aoti_check"]``); the manifest's ``runtime``
+        additions."""
+        aoti = self.quantizer(config.backend).package(save_path, config)
         if not aoti:
-            return {}
+            return RuntimeHints()
+        manifest = self.child_manifest(config, metrics)
         keep, record = check_package(save_path, manifest, aoti, [1, self.args.latency_batch_size],
                                      self.args.latency_rounds, threads=self.threads, timer=self.timer)
         metrics["aoti_check"] = record
         logger.info("AOTInductor package %s: %s", "kept" if keep else "dropped", record["why"])
         if not keep:
             package_path(save_path).unlink(missing_ok=True)
-            return {}
-        return {"aoti": aoti}
+            return RuntimeHints()
+        return RuntimeHints(aoti=aoti)
 
 
 
@@ -255,7 +256,7 @@ def fp32_reference_file(run: QuantizationRun) -> Path:
     the way the run's reference runs (without torch.compile)."""
     path = run.work_dir / f"fp32_reference{run.model_path.suffix}"
     shutil.copyfile(run.model_path, path)
-    runtime = {k: v for k, v in run.manifest.runtime.items() if k != "compile"}
+    runtime = run.manifest.runtime.model_copy(update={"compile": False})
     write_manifest(path, run.manifest.model_copy(update={"runtime": runtime}))
     return path
 

@@ -8,27 +8,18 @@ from collections.abc import Sequence
 from modelops.errors import UsageError
 from modelops.selection import pick_best as select_best
 from PR3_model_optimization.quantization.auto import AUTO, Candidate, auto_candidates, unavailable_candidates
-from PR3_model_optimization.quantization.backends import BACKENDS, REGISTRY
-from PR3_model_optimization.quantization.config import BF16_BACKENDS, QuantConfig
+from PR3_model_optimization.quantization.backends import REGISTRY, backend_names, backends_for
+from PR3_model_optimization.quantization.config import QuantConfig
 
 
 def search_space(base: QuantConfig, sensitive: Sequence[str], backends: Sequence[str]) -> list[QuantConfig]:
-    """The configurations the accuracy-aware search tries, the user's own first."""
+    """The configurations the accuracy-aware search tries, the user's own first, then each backend's trials
+    (:attr:`~PR3_model_optimization.quantization.backends.Backend.trials`) in registry order."""
     trials = [base]
-    if "onnxruntime" in backends:
-        ort = base if base.backend == "onnxruntime" else base.with_(backend="onnxruntime")
-        trials += [
-            ort, ort.with_(activation_type="qint8" if ort.activation_type == "quint8" else "quint8"),
-            ort.with_(keep_float=()), ort.with_(keep_float=tuple(sensitive)),
-            ort.with_(per_channel=not ort.per_channel), ort.with_(calibration_method="percentile"),
-            ort.with_(calibration_method="entropy"), ort.with_(calibration_batches=ort.calibration_batches * 3),
-        ]
-    if "pt2e" in backends:
-        pt2e = QuantConfig(backend="pt2e", calibration_batches=base.calibration_batches, keep_float=base.keep_float)
-        trials += [pt2e, pt2e.with_(keep_float=())]
-    if "openvino" in backends:
-        openvino = base.with_(backend="openvino")
-        trials += [openvino, openvino.with_(keep_float=())]
+    for name in backend_names():
+        if name in backends:
+            backend = REGISTRY[name]
+            trials += backend.trials(backend.config_from(base), sensitive)
     allowed = [t for t in trials if t.backend in backends]
     return list(dict.fromkeys(allowed))  # QuantConfig is frozen, hence hashable: drop repeats, keep order
 
@@ -44,9 +35,9 @@ def plan_trials(base: QuantConfig, sensitive: Sequence[str], args: argparse.Name
     if args.backend and args.backend != AUTO:
         backends: Sequence[str] = [args.backend]
     else:
-        backends = BF16_BACKENDS if base.method == "bf16" else BACKENDS
+        backends = backends_for(base.method)
     refused = [b for b in backends if start not in REGISTRY[b].starts_from]
-    takers = [b for b in BACKENDS if start in REGISTRY[b].starts_from]
+    takers = [b for b in backend_names() if start in REGISTRY[b].starts_from]
     if refused and not auto:
         raise UsageError(f"--backend {refused[0]} does not start from {form or start} files: use --backend "
                          f"{' or '.join(takers)}, or quantize the model's state_dict (with --arch)")

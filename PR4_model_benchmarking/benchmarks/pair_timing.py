@@ -45,7 +45,7 @@ def benchmark_ratios(paths: dict[str, Path], batch_sizes: Sequence[int], *, iter
     from PR4_model_benchmarking import benchmark_models
 
     argv = ["--models", f"fp32:{paths['fp32']},int8:{paths['int8']}", "--batch-sizes",
-            ",".join(map(str, batch_sizes)), "--iters", str(iters), "--scenarios", "offline", "--dataset", "fake",
+            ",".join(map(str, batch_sizes)), "--iters", str(iters), "--scenarios", "none", "--dataset", "fake",
             "--accuracy-samples", "0", "--threads", str(threads), "--report-format", "json",
             "--output-dir", str(output_dir), "--no-progress", *extra]
     report = benchmark_models.run_benchmark(benchmark_models.get_args_parser().parse_args(argv))["report"]

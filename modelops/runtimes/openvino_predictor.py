@@ -26,6 +26,7 @@ import torch
 
 from modelops.errors import ArtifactError, UsageError
 from modelops.manifest import file_sha256
+from modelops.predictor import LoadRequest, Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +141,11 @@ def openvino_runner(path: str | Path, *, threads: int | None = None,
                     precision: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Compile ``path`` with OpenVINO for the CPU (see :class:`OpenVinoRunner`)."""
     return OpenVinoRunner(path, threads=threads, precision=precision)
+
+
+def load_openvino(request: LoadRequest) -> Predictor:
+    """The predictor of an ONNX file whose manifest asks for OpenVINO (``runtime.precision`` applies)."""
+    if request.manifest is None:  # only a manifest names this engine
+        raise ArtifactError(f"{request.path}: OpenVINO runs files whose manifest asks for it")
+    runner = openvino_runner(request.path, threads=request.threads, precision=request.hints.precision)
+    return Predictor(runner, manifest=request.manifest, path=request.path, backend=ENGINE, device="cpu")

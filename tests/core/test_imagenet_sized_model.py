@@ -29,7 +29,7 @@ def test_a_1000_class_model_is_quantized_and_benchmarked_on_fake_data(tmp_path):
 
     result = benchmark_models.main(benchmark_models.get_args_parser().parse_args([
         "--models", f"original:{fp32},int8:{int8}", "--dataset", "fake", "--isolation", "none", "--iters", "2",
-        "--warmup", "1", "--batch-sizes", "1", "--scenarios", "single-stream", "--accuracy-samples", "8",
+        "--warmup", "1", "--batch-sizes", "1", "--scenarios", "none", "--accuracy-samples", "8",
         "--threads", "1", "--output-dir", str(tmp_path / "bench"), "--report-format", "markdown",
         "--no-progress"]))
     rows = {row["model"]: row for row in result["models"]}

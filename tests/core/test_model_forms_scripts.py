@@ -114,7 +114,7 @@ def test_an_exported_program_is_quantized_by_openvino_from_its_onnx_export(user_
     code = run_cli(mq.main, mq.get_args_parser(), [
         "--model", str(user_files / "model.pt2"), "--save-path", str(int8), "--backend", "openvino", *QUANTIZE_FLAGS])
     assert code == 0, capsys.readouterr().err
-    assert read_manifest(int8).runtime["engine"] == "openvino"
+    assert read_manifest(int8).runtime.engine == "openvino"
     assert load_artifact(int8)(torch.zeros(2, 3, SIDE, SIDE)).shape == (2, NUM_CLASSES)
 
 

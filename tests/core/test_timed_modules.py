@@ -8,7 +8,7 @@ import pytest
 from torch import nn
 
 from modelops.artifact import read_manifest
-from modelops.manifest import Manifest
+from modelops.manifest import Manifest, RuntimeHints
 from modelops.model_process import ProcessTimes
 from modelops.timed_modules import medians_or_raise, time_modules
 
@@ -42,7 +42,7 @@ def test_modules_are_saved_for_the_timer_then_removed() -> None:
     times = time_modules({"plain": model, "nhwc": (model, True)}, Manifest(num_classes=5, input_shape=INPUT),
                          [2], 3, threads=1, timer=timer)
     assert list(timer.paths) == ["plain", "nhwc"]
-    assert timer.hints == {"plain": {}, "nhwc": {"memory_format": "channels_last"}}
+    assert timer.hints == {"plain": RuntimeHints(), "nhwc": RuntimeHints(memory_format="channels_last")}
     assert timer.options == {"threads": 1, "trust_pickle": True}  # the files are the caller's own
     assert not any(path.exists() for path in timer.paths.values())
     assert not timer.paths["plain"].parent.exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelops.artifact import load_artifact, read_manifest, write_manifest
+from modelops.artifact import RuntimeHints, load_artifact, read_manifest, write_manifest
 from modelops.cli import run_cli
 from modelops.errors import UsageError
 from modelops.model_process import ProcessTimes
@@ -83,7 +83,7 @@ def fp32(digits_resnet18: Path) -> Path:
 def test_openvino_artifact_runs_on_openvino_and_agrees(built, digits_resnet18: Path, digits_data) -> None:
     _, save, _ = built[1]
     manifest = read_manifest(save)
-    assert manifest.runtime == {"engine": "openvino"} and manifest.transform["backend"] == "openvino"
+    assert manifest.runtime == RuntimeHints(engine="openvino") and manifest.transform["backend"] == "openvino"
     predictor = load_artifact(save, threads=1)
     assert predictor.backend == "openvino"
     assert predictor(torch.zeros(3, 3, 32, 32)).shape == (3, 10)
@@ -156,7 +156,7 @@ def test_bf16_on_openvino_needs_no_calibration_and_keeps_accuracy(digits_resnet1
     save = tmp_path / "bf16.onnx"
     summary = quantize(digits_resnet18, save, "--quantization-method", "bf16", "--backend", "openvino")
     manifest = read_manifest(save)
-    assert manifest.runtime == {"engine": "openvino", "precision": "bf16"}
+    assert manifest.runtime == RuntimeHints(engine="openvino", precision="bf16")
     assert manifest.transform["dtype"] == "bf16" and summary["quantized_layers"] == 0
     assert load_artifact(save, threads=1).backend == "openvino"
     assert OpenVinoRunner(save, threads=1, precision="bf16").precision == "bf16"

@@ -1,4 +1,4 @@
-"""PR4 benchmark: statistics, scenarios, reports in every format, every artifact format, bad input."""
+"""PR4 benchmark: statistics, verdicts, reports in every format, every artifact format, bad input."""
 
 from __future__ import annotations
 
@@ -12,26 +12,20 @@ import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from modelops.cli import run_cli
 from modelops.errors import UsageError
 from modelops.timing import latency_stats
 from PR4_model_benchmarking import benchmark_models
+from PR4_model_benchmarking.report_format import label
 from PR4_model_benchmarking.reports import SAMPLES_CSV, SUMMARY_COLUMNS, BenchmarkReport, report_json_schema
-from PR4_model_benchmarking.scenarios import (
-    poisson_arrivals,
-    queue_latencies,
-    run_server_queries,
-    search_server_qps,
-    verdicts,
-)
+from PR4_model_benchmarking.summary import verdicts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "PR4_model_benchmarking" / "benchmark_models.py"
 
 
-# ---------------------------------------------------------------------- statistics and scenarios
+# ---------------------------------------------------------------------- statistics and verdicts
 
 
 def test_percentiles_on_known_data():
@@ -42,73 +36,6 @@ def test_percentiles_on_known_data():
     assert stats_["latency_ms_p99"] == pytest.approx(99.01)
     assert stats_["latency_ms_mean"] == pytest.approx(50.5)
     assert stats_["latency_ms_std"] == pytest.approx(np.std(np.arange(1, 101), ddof=1), abs=1e-3)
-
-
-def test_poisson_arrivals_follow_the_requested_rate():
-    qps, n = 40.0, 4000
-    arrivals = poisson_arrivals(qps, n, seed=123)
-    gaps = np.diff(np.concatenate([[0.0], arrivals]))
-    assert np.all(gaps > 0) and np.all(np.diff(arrivals) > 0)
-    assert n / arrivals[-1] == pytest.approx(qps, rel=0.05)
-    # Exponential gaps: Kolmogorov-Smirnov against Exp(1/qps) does not reject.
-    assert stats.kstest(gaps, "expon", args=(0, 1 / qps)).pvalue > 0.01
-    # Poisson counts per second: variance close to the mean (dispersion index ~1).
-    counts = np.bincount(arrivals.astype(int))[:-1]
-    assert counts.mean() == pytest.approx(qps, rel=0.1)
-    assert counts.var(ddof=1) / counts.mean() == pytest.approx(1.0, abs=0.35)
-    assert np.array_equal(arrivals, poisson_arrivals(qps, n, seed=123))
-    assert not np.array_equal(arrivals, poisson_arrivals(qps, n, seed=124))
-    with pytest.raises(ValueError):
-        poisson_arrivals(0, 10)
-
-
-def test_queue_latency_includes_waiting():
-    latencies = queue_latencies([0.0, 0.05, 0.3], [0.1, 0.1, 0.1])
-    assert latencies == pytest.approx([0.1, 0.15, 0.1])  # the second query waited 0.05 s for the first
-
-
-def test_server_queries_run_in_real_time_and_queue():
-    import time
-
-    starts: list[float] = []
-
-    def work():  # a 5 ms service, busy so it does not depend on sleep granularity
-        starts.append(time.perf_counter())
-        end = starts[-1] + 0.005
-        while time.perf_counter() < end:
-            pass
-
-    burst = run_server_queries(work, np.zeros(10), max_seconds=5)
-    assert burst["completed"] == 10 and not burst["truncated"]
-    lat = np.array(burst["latencies_ms"])
-    assert np.all(np.diff(lat) > 0)  # all arrived at 0: each waits for the ones before it
-    assert lat[-1] >= 10 * 5
-    starts.clear()
-    arrivals = np.arange(5) * 0.05
-    spread = run_server_queries(work, arrivals, max_seconds=5)
-    assert spread["completed"] == 5
-    # the server never starts a query before it arrives (lower bounds only: no wall-clock ceilings)
-    assert np.all(np.array(starts) - starts[0] >= arrivals - arrivals[0] - 1e-4)
-    assert spread["elapsed_s"] >= arrivals[-1]
-    cut = run_server_queries(work, np.arange(100) * 0.02, max_seconds=0.2)
-    assert cut["truncated"] and cut["completed"] < 100
-
-
-def test_qps_search_finds_the_rate_under_the_bound():
-    service_s = 0.01  # capacity 100 qps
-
-    def serve(arrivals):
-        return {"latencies_ms": list(queue_latencies(arrivals, [service_s] * len(arrivals)) * 1e3),
-                "completed": len(arrivals), "offered": len(arrivals), "truncated": False}
-
-    result = search_server_qps(serve, target_qps=20, capacity_qps=100, bound_ms=50, steps=6, max_queries=400,
-                               max_seconds=10, seed=0)
-    assert result["server_meets_bound"] is True
-    assert 20 <= result["server_max_qps"] < 100
-    passing = [t for t in result["trials"] if t["meets_bound"]]
-    assert all(t["latency_ms_p99"] <= 50 for t in passing)
-    assert max(t["qps"] for t in passing) == pytest.approx(result["server_max_qps"], rel=1e-3)
-    assert len(result["trials"]) <= 7
 
 
 def test_verdicts():
@@ -164,20 +91,22 @@ def test_script_as_written_rejects_a_malformed_spec():
 
 
 def test_quick_run_in_process(digits_resnet18, tmp_path):
-    """The fast path the main job uses: one model, no worker process, markdown + JSON."""
+    """The fast path: one model, no worker process, single-stream and offline on LoadGen, markdown + JSON."""
     args = benchmark_models.get_args_parser().parse_args([
         "--models", f"base:{digits_resnet18}", "--isolation", "none", "--iters", "3", "--warmup", "1",
-        "--batch-sizes", "1,2", "--scenarios", "single-stream,offline", "--accuracy-samples", "32",
-        "--threads", "1", "--output-dir", str(tmp_path), "--no-progress"])
+        "--batch-sizes", "1,2", "--scenarios", "single-stream,offline", "--min-duration-ms", "100",
+        "--accuracy-samples", "32", "--threads", "1", "--output-dir", str(tmp_path), "--no-progress"])
     result = benchmark_models.main(args)
     (row,) = result["models"]
     assert row["error"] is None and row["verdict"] == "baseline"
-    assert row["single_stream_latency_ms_p90"] >= row["latency_ms_p50"] > 0
+    assert row["single_stream_latency_ms_p90"] > 0 and row["single_stream_result"] in ("VALID", "INVALID")
     assert row["offline_batch_size"] in (1, 2) and row["offline_samples_per_s"] > 0
     assert "peak_rss_mb" not in row and row["weights_mb"] > 40  # shared process: the weights, no RSS figure
     assert set(result["reports"]) == {"markdown", "json"}
     report = BenchmarkReport.model_validate_json(Path(result["reports"]["json"]).read_text())
-    assert [b.batch_size for b in report.per_batch] == [1, 2] and report.server == {}
+    assert [b.batch_size for b in report.per_batch] == [1, 2]
+    assert set(report.loadgen["base"]["runs"]) == {"single-stream", "offline"}
+    assert (tmp_path / "loadgen" / "base" / "offline" / "mlperf_log_summary.txt").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +119,8 @@ def full_run(bench_variants, tmp_path_factory):
     spec = ",".join(f"{name}:{bench_variants[name]}" for name in order) + f",broken:{broken}"
     args = benchmark_models.get_args_parser().parse_args([
         "--models", spec, "--quick", "--iters", "4", "--warmup", "1", "--batch-sizes", "1,4",
-        "--accuracy-samples", "64", "--server-queries", "20", "--server-max-seconds", "1",
-        "--server-search-steps", "1", "--threads", "1", "--report-format", "markdown,html,csv,json",
+        "--accuracy-samples", "64", "--scenarios", "server", "--min-duration-ms", "100", "--min-query-count", "10",
+        "--server-search-runs", "1", "--threads", "1", "--report-format", "markdown,html,csv,json",
         "--output-dir", str(out), "--no-progress"])
     return benchmark_models.main(args), out, order
 
@@ -211,6 +140,7 @@ def test_every_format_is_measured(full_run):
         assert row["peak_rss_mb"] > row["model_rss_mb"] > 0  # own worker process: its own peak
         assert row["weights_mb"] > 0 and row["load_rss_mb"] is not None
         assert row["accuracy_pct"] > 50 and row["server_latency_ms_p99"] > 0
+        assert row["server_result"] in ("VALID", "INVALID") and row["server_runs"] == 1
     for name in ("torchscript", "exported_program", "onnx"):  # same weights: same answers
         assert rows[name]["top1_agreement_pct"] >= 98
         assert rows[name]["size_ratio"] == pytest.approx(1.0, abs=0.05)
@@ -234,19 +164,21 @@ def test_json_report_holds_every_figure(full_run):
         assert row["latency_ms_p99"] == pytest.approx(expected["latency_ms_p99"])
         assert row["samples_per_s"] == pytest.approx(row["batch_size"] * 1e3 / expected["latency_ms_mean"], rel=1e-3)
     assert {r["model"] for r in report["per_batch"]} == set(order)
-    assert set(report["server"]) == set(order)
-    assert all(t["latencies_ms"] for t in report["server"]["state_dict"]["trials"])
+    assert set(report["loadgen"]) == set(order)  # every model ran on LoadGen in its own worker
+    (run,) = report["loadgen"]["state_dict"]["server_search"]["runs"]
+    assert Path(run["summary_log"]).is_file() and run["settings"]["scenario"] == "Server"
 
 
 @pytest.mark.slow
 def test_markdown_csv_html_reports(full_run):
     result, out, order = full_run
     md = Path(result["reports"]["markdown"]).read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| model"))
+    header = next(line for line in md.splitlines() if line.startswith("| Model"))
     columns = [c.strip() for c in header.strip("|").split("|")]
-    assert columns[0] == "model" and {"latency_ms_p50", "speedup_b1_x", "speedup_b4_x", "size_mb", "verdict",
-                                      "error"} <= set(columns)
-    assert set(columns) <= {*SUMMARY_COLUMNS, "speedup_b1_x", "speedup_b4_x"} and len(columns) <= 14
+    keys = {"latency_ms_p50", "speedup_b1_x", "speedup_b4_x", "size_mb", "verdict", "error"}
+    assert columns[0] == "Model" and {label(key) for key in keys} <= set(columns)
+    assert set(columns) <= {label(key) for key in (*SUMMARY_COLUMNS, "speedup_b1_x", "speedup_b4_x")}
+    assert len(columns) <= 13
     for name in [*order, "broken"]:
         assert any(line.startswith(f"| {name} ") for line in md.splitlines())
     csv = pd.read_csv(result["reports"]["csv"])

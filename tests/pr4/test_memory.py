@@ -47,7 +47,7 @@ def test_tiny_and_large_model_report_their_own_memory(tmp_path):
     tiny, large = _random_artifact("mobilenet_v3_small", tmp_path), _random_artifact("resnet50", tmp_path)
     args = benchmark_models.get_args_parser().parse_args([
         "--models", f"tiny:{tiny},large:{large}", "--isolation", "process", "--iters", "2", "--warmup", "1",
-        "--batch-sizes", "1,8", "--scenarios", "offline", "--accuracy-samples", "0", "--threads", "1",
+        "--batch-sizes", "1,8", "--scenarios", "none", "--accuracy-samples", "0", "--threads", "1",
         "--settle-ms", "0", "--report-format", "json", "--output-dir", str(tmp_path / "out"), "--no-progress"])
     result = benchmark_models.main(args)
     rows = {row["model"]: row for row in result["models"]}

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from PR4_model_benchmarking.report_format import label
 from PR4_model_benchmarking.reports import headline_lines, summary_columns, to_html, to_markdown
 from PR4_model_benchmarking.summary import add_comparisons, cpu_class, headline, model_row, per_batch_rows
 
@@ -54,25 +55,26 @@ def test_headline_figures_equal_the_table_figures():
     report = _report()
     head = report["headline"]
     assert head["best"] == "quantized"  # pruned is faster than the original but loses 3 points: "worse"
-    table = {row["model"]: row for row in _md_table(to_markdown(report))}
-    best = table["quantized"]
+    table = {row[label("model")]: row for row in _md_table(to_markdown(report))}
+    best = {key: table["quantized"][label(key)] for key in ("speedup_b1_x", "speedup_b16_x", "size_mb",
+                                                              "accuracy_delta_pt")}
     assert float(best["speedup_b1_x"]) == head["speedup_b1_x"] == 4.0
     assert float(best["speedup_b16_x"]) == head["speedup_b16_x"] == 5.0
     assert float(best["size_mb"]) == head["best_size_mb"] and float(best["accuracy_delta_pt"]) == -0.5
     assert head["cpu_class"] == "AVX512-VNNI" and head["variants"] == {"quantized": "quantization",
                                                                         "pruned": "pruning"}
     text = " ".join(headline_lines(report))
-    assert "Best variant: quantized, 24.0 MB (25.5% of the original), 4.00x at batch 1, 5.00x at batch 16, " \
+    assert "Best variant: quantized, 24 MB (25.5% of the original), 4.00x at batch 1, 5.00x at batch 16, " \
            "accuracy -0.50 points" in text
     assert "Test CPU 9000 (AVX512-VNNI int8 kernels), 2 threads" in text
     # each speed-up appears once in the tables: not again in the per-batch table
-    assert "speedup" not in to_markdown(report).split("## Latency and throughput")[1]
+    assert "Speed-up" not in to_markdown(report).split("## Latency and throughput")[1]
 
 
 def test_headline_leads_both_reports_and_tables_fit_a_screen():
     report = _report()
     md, page = to_markdown(report), to_html(report)
-    assert md.splitlines()[2].startswith("Compared original (94.0 MB) with: quantized (quantization)")
+    assert md.splitlines()[2].startswith("Compared original (94 MB) with: quantized (quantization)")
     assert page.index("Best variant: quantized") < page.index("<h2>Summary</h2>")
     assert len(summary_columns(report)) <= 14
     assert all(len(line) <= 200 for line in md.split("## Environment")[0].splitlines() if line.startswith("|"))

@@ -28,7 +28,7 @@ def test_two_manifestless_torchscript_models_without_a_dataset_are_timed_and_acc
     out = tmp_path / "bench"
     code = run_cli(benchmark_models.main, benchmark_models.get_args_parser(), [
         "--models", f"original:{original},small:{small}", "--isolation", "none", "--iters", "2", "--warmup", "1",
-        "--batch-sizes", "1", "--scenarios", "single-stream", "--threads", "1", "--output-dir", str(out),
+        "--batch-sizes", "1", "--scenarios", "none", "--threads", "1", "--output-dir", str(out),
         "--report-format", "markdown,json", "--no-progress"])
     assert code == 0, capsys.readouterr().err
     markdown = next(out.glob("*.md")).read_text()
