@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import main_job
 from main_job.job import STAGES, Job
-from modelops.cli import common_parser, run_cli
+from modelops.cli import common_parser, run_cli, set_help
+from modelops.logs import logging_to
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -24,12 +26,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list of stages to run (default: all: "
                         f"{','.join(STAGES)})")
     parser.add_argument("--force", action="store_true", help="redo stages that already have results (default: reuse)")
+    set_help(parser, "log_file", "also write every log record to FILE, libraries' warnings included, which the "
+             "terminal shows only with -v (default: <output-dir>/job.log)")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
-    summary = Job(args).run()
-    print(f"\nReport: {summary['report_md']}\n        {summary['report_html']}")
+    # The terminal shows the job's progress and results; libraries' messages go to the job's log file.
+    log_file = Path(args.log_file or Path(args.output_dir) / "job.log")
+    with logging_to(log_file):
+        summary = Job(args).run()
+    print(f"\nReport: {summary['report_md']}\n        {summary['report_html']}\nLog:    {log_file}")
     return summary
 
 

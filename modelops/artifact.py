@@ -123,7 +123,7 @@ def _load_torch_file(path: Path, trust_pickle: bool) -> Any:
             ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
         raise ArtifactError(f"{path} is corrupt or truncated: {str(exc).splitlines()[0][:200]}") from exc
-    logger.warning("Loading %s as a trusted pickle (arbitrary code may run)", path)
+    logger.info("Loading %s as a trusted pickle (arbitrary code may run)", path)  # warned once, at --trust-pickle
     return torch.load(path, map_location="cpu", weights_only=False)
 
 

@@ -16,6 +16,7 @@ import torch
 from modelops.arch_inference import set_command_line_arch
 from modelops.data import DATASET_CHOICES, DatasetSplits, load_dataset
 from modelops.errors import UsageError
+from modelops.logs import configure_logging
 from modelops.model_probe import set_command_line_image_size
 from modelops.preprocessing import PRESETS
 
@@ -61,7 +62,11 @@ def common_parser(loads_model: bool = True) -> argparse.ArgumentParser:
                      help="random seed for weight init, shuffling and augmentation (default: 0)")
     run.add_argument("--trust-pickle", action="store_true",
                      help="allow loading whole pickled nn.Modules (runs arbitrary code; default: off)")
-    run.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks on errors")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="debug logging, libraries' messages on the terminal too, and tracebacks on errors")
+    run.add_argument("--log-file", default=None, metavar="FILE",
+                     help="also write every log record to FILE, libraries' warnings included, which the terminal "
+                          "shows only with -v (default: none)")
     return parser
 
 
@@ -71,12 +76,10 @@ def usable_cores() -> int:
 
 def setup(args: argparse.Namespace) -> None:
     """Logging, threads, seeds and the device check, once at the entry point."""
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-    )
-    for noisy in ("torch._dynamo", "torch._inductor", "torch.onnx", "onnxscript", "kafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(verbose=getattr(args, "verbose", False), log_file=getattr(args, "log_file", None))
+    if getattr(args, "trust_pickle", False):  # said once, where the choice was made, not at every file loaded
+        logger.warning("--trust-pickle: whole pickled modules will be loaded, which runs the code they hold; "
+                       "pass it only for files you made or trust")
     threads = getattr(args, "threads", None) or usable_cores()
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from modelops.artifact import RUNTIMES, register_runtime
+from modelops.logs import configure_logging, log_file_path
 from modelops.model_session import ModelSession
 from modelops.predictor import Runtime
 from modelops.timing import POLICY, TimingPolicy, latency_stats, run_turns
@@ -41,11 +42,12 @@ WORKER_REPLY_TIMEOUT_S = 1800.0
 
 
 def _worker_main(conn: Any, session_cls: type[ModelSession], kwargs: dict[str, Any],
-                 runtimes: Sequence[Runtime] = ()) -> None:
-    """Entry point of a spawned worker: take the parent's runtimes (a spawned process starts with the built-in
-    table only), build a session, then answer (method, args, kwargs) messages."""
+                 runtimes: Sequence[Runtime] = (), log_file: Path | None = None) -> None:
+    """Entry point of a spawned worker: log as the parent does (warnings on the terminal, everything in its log
+    file), take the parent's runtimes (a spawned process starts with the built-in table only), build a session,
+    then answer (method, args, kwargs) messages."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING)
+    configure_logging(log_file=log_file, console_level=logging.WARNING)
     for runtime in runtimes:
         register_runtime(runtime)
     session = session_cls(**kwargs)
@@ -105,7 +107,8 @@ class WorkerProxy(_SessionProxy):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self.name = kwargs["name"]
-        self.process = ctx.Process(target=_worker_main, args=(child, session, kwargs, list(RUNTIMES.values())),
+        self.process = ctx.Process(target=_worker_main,
+                                   args=(child, session, kwargs, list(RUNTIMES.values()), log_file_path()),
                                    daemon=True, name=f"bench-{self.name}")
         self.process.start()
         child.close()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from modelops.errors import UsageError
+from modelops.logs import adopt
 from PR3_model_optimization.quantization.config import QuantConfig
 from PR3_model_optimization.quantization.onnxruntime_backend import (
     OnnxRuntimeQuantizer,
@@ -43,6 +44,7 @@ def quantize_nncf(prepared_onnx: Path, out: Path, config: QuantConfig, calibrati
     import nncf
     import onnx
 
+    adopt("nncf")  # NNCF prints through its own handler, set up at its import: its notes go to the log instead
     if not calibration:
         raise UsageError("Calibration needs at least one batch of real data; got none")
     ignored = onnx_nodes_for_modules(prepared_onnx, config.keep_float)
