@@ -28,16 +28,23 @@ def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def random_model_registry(folder: Path, arch: str, image_size: int) -> Path:
-    """A random-weight ``arch`` artifact in ``folder`` and a registry that serves it as image_classification."""
+def random_model_artifact(folder: Path, arch: str, image_size: int) -> Path:
+    """A random-weight ``arch`` artifact (10 classes) in ``folder``."""
     from modelops.artifact import Manifest, save_artifact
     from modelops.models import create_model
-    from PR2_async_inference.registry import write_registry
 
     model_path = folder / f"{arch}.pt"
     save_artifact(create_model(arch, 10), model_path,
                   Manifest(arch=arch, num_classes=10, input_shape=[3, image_size, image_size], dataset="fake",
                            labels=[str(i) for i in range(10)]))
+    return model_path
+
+
+def random_model_registry(folder: Path, arch: str, image_size: int) -> Path:
+    """A random-weight ``arch`` artifact in ``folder`` and a registry that serves it as image_classification."""
+    from PR2_async_inference.registry import write_registry
+
+    model_path = random_model_artifact(folder, arch, image_size)
     return write_registry(folder / "registry.yaml",
                           {"image_classification": {"artifact": model_path, "max_batch_size": 16}})
 

@@ -117,7 +117,8 @@ def start_keda(plane: ControlPlane, binaries: Binaries) -> list[Proc]:
         str(binaries.keda_adapter), "--bind-address=127.0.0.1", f"--secure-port={api_port}",
         f"--tls-cert-file={certs / 'tls.crt'}", f"--tls-private-key-file={certs / 'tls.key'}", f"--cert-dir={certs}",
         f"--authentication-kubeconfig={plane.kubeconfig}", f"--authorization-kubeconfig={plane.kubeconfig}",
-        f"--metrics-service-address=127.0.0.1:{grpc_port}", f"--port={free_port()}", "--v=1",
+        f"--lister-kubeconfig={plane.kubeconfig}", f"--metrics-service-address=127.0.0.1:{grpc_port}",
+        f"--port={free_port()}", "--v=1",
     ], log_dir, env=env, port=api_port)
     procs.append(adapter)
     wait_port(api_port, timeout_s=60, proc=adapter.popen)
