@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint serve clean kafka-jars
+.PHONY: setup demo test test-fast lint serve clean kafka-jars compose-up compose-down
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,16 @@ lint: setup
 # The async stack without Docker: broker + API on :8000 + one worker; Ctrl-C stops them all.
 serve: setup
 	$(PY) PR2_async_inference/local_stack.py
+
+# PR2's docker-compose stack on this machine: starts the Docker engine when none runs, builds local stand-ins of the
+# registry images when missing (cached by the engine, keyed by their inputs), makes models/quantized_model.pt when
+# missing, then `docker-compose up -d` in PR2_async_inference/ and waits for every healthcheck. Needs root.
+compose-up: setup kafka-jars
+	$(PY) PR2_async_inference/compose_stack.py up
+
+# `docker-compose down -v`, then stops the engine compose-up started and undoes its network changes.
+compose-down: setup
+	$(PY) PR2_async_inference/compose_stack.py down
 
 clean:
 	rm -rf runs models .pytest_cache

@@ -4,6 +4,7 @@ config` validates the compose file, the Dockerfile's image runs as non-root with
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,15 +21,22 @@ def compose() -> dict:
     return yaml.safe_load((PR2 / "docker-compose.yaml").read_text())
 
 
+def with_defaults(value: str) -> str:
+    """A compose value as docker-compose reads it when no variable is set: ``${NAME:-default}`` -> default."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
 def test_compose_file_agrees_with_settings():
     doc, s = compose(), Settings()
     services = doc["services"]
     assert {"kafka", "topics", "api", "worker", "prometheus"} <= set(services)
-    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert with_defaults(services["kafka"]["image"]).startswith("apache/kafka:")
+    assert with_defaults(services["prometheus"]["image"]).startswith("prom/prometheus:")
     assert "kafka-data:/var/lib/kafka/data" in services["kafka"]["volumes"] and "healthcheck" in services["kafka"]
     for name in ("topics", "api", "worker"):
         assert services[name]["image"] == IMAGE_NAME
-    assert services["api"]["ports"] == [f"{s.api_port}:{s.api_port}"]
+    assert [with_defaults(p) for p in services["api"]["ports"]] == [f"0.0.0.0:{s.api_port}:{s.api_port}"]
+    assert services["topics"]["build"]["args"]["PYTHON_IMAGE"] == "${PYTHON_IMAGE:-python:3.11-slim}"
     assert str(s.worker_metrics_port) in services["worker"]["command"]
     assert "ports" not in services["worker"]  # fixed host ports would stop --scale worker=N
     assert services["api"]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
