@@ -3,17 +3,15 @@ are exactly the names the API and the worker expose."""
 
 from __future__ import annotations
 
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import REGISTRY
 
 from PR2_async_inference import metrics
 
 
 def exposed() -> dict[str, list]:
     """Every inference_* family this process exposes, by the name a query uses ({name: samples})."""
-    families = text_string_to_metric_families(generate_latest().decode())
     return {f"{f.name}_total" if f.type == "counter" else f.name: f.samples
-            for f in families if f.name.startswith("inference_")}
+            for f in REGISTRY.collect() if f.name.startswith("inference_")}
 
 
 def test_the_shared_names_are_exactly_the_exposed_ones():
