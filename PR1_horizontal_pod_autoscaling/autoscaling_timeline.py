@@ -163,15 +163,18 @@ def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     fig, (lag_ax, rep_ax) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     t = [r["t_s"] for r in rows]
     lag_ax.plot(t, [r["lag"] for r in rows], label="consumer lag (broker)")
-    lag_ax.plot(t, [r["keda_metric"] for r in rows], "--", label="KEDA metric (HPA's view)")
+    lag_ax.plot(t, [r["keda_metric"] for r in rows], "--",
+                label="KEDA's lag metric as the HPA read it (capped at partitions x lagThreshold)")
     lag_ax.set_ylabel("requests")
-    lag_ax.legend(loc="upper right")
-    rep_ax.step(t, [r["expected"] for r in rows], where="post", label="formula min(max, ceil(lag/threshold))")
-    rep_ax.step(t, [r["hpa_desired"] for r in rows], where="post", label="HPA desiredReplicas")
-    rep_ax.step(t, [r["replicas"] for r in rows], where="post", label="Deployment replicas")
+    lag_ax.legend(loc="upper left", fontsize="small")
+    rep_ax.step(t, [r["expected"] for r in rows], where="post", color="grey", linestyle=":",
+                label="formula: min(max, ceil(lag / lagThreshold))")
+    rep_ax.step(t, [r["hpa_desired"] for r in rows], where="post", linestyle="--", label="HPA desiredReplicas")
+    rep_ax.step(t, [r["replicas"] for r in rows], where="post", linewidth=2, alpha=0.7,
+                label="Deployment spec.replicas")
     rep_ax.set_ylabel("replicas")
     rep_ax.set_xlabel("seconds")
-    rep_ax.legend(loc="upper right")
+    rep_ax.legend(loc="upper left", fontsize="small")
     fig.suptitle(f"inference-worker scaled by KEDA {KEDA_VERSION} on Kubernetes {KUBERNETES_VERSION}")
     fig.tight_layout()
     fig.savefig(paths["png"], dpi=100)

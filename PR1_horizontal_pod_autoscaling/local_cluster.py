@@ -54,7 +54,7 @@ def start_local_cluster(
     A failure or an interrupt part-way stops whatever had started.
     """
     binaries = binaries or ensure_binaries(keda=with_keda)
-    dir = Path(dir or tempfile.mkdtemp(prefix="local-cluster-"))
+    dir = Path(dir or tempfile.mkdtemp(prefix="local-cluster-")).resolve()  # the kubeconfig names absolute paths
     with track_started() as started:
         try:
             plane = start_control_plane(binaries, dir, hpa_sync_s=hpa_sync_s)

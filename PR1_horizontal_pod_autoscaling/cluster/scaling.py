@@ -81,7 +81,7 @@ def consumer_lag(bootstrap: str, group: str, topic: str) -> int:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="scaling-lag", enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        committed = admin.list_consumer_group_offsets(group)
+        committed = admin.list_group_offsets(group).get(group, {})
         ends = consumer.end_offsets(partitions)
         starts = consumer.beginning_offsets(partitions)
         total = 0
@@ -114,7 +114,10 @@ def _quantity(value: str | None) -> float | None:
 
 
 def hpa_state(plane: ControlPlane, namespace: str, name: str = WORKER) -> tuple[float | None, int | None]:
-    """(the external metric's current average value, desiredReplicas) of the HPA KEDA made."""
+    """(KEDA's lag metric as the HPA last read it, desiredReplicas) of the HPA KEDA made.
+
+    The HPA reports an AverageValue metric per replica; times its current replicas that is the value KEDA
+    served: the lag, capped at partitions x lagThreshold (``allowIdleConsumers: "false"``)."""
     result = plane.kubectl("get", "hpa", name, "-n", namespace, "-o", "json", check=False)
     if result.returncode != 0:
         return None, None
@@ -122,7 +125,9 @@ def hpa_state(plane: ControlPlane, namespace: str, name: str = WORKER) -> tuple[
     value = None
     for metric in status.get("currentMetrics") or []:
         if metric.get("type") == "External":
-            value = _quantity(metric["external"]["current"].get("averageValue"))
+            average = _quantity(metric["external"]["current"].get("averageValue"))
+            if average is not None:
+                value = round(average * status.get("currentReplicas", 0), 1)
     return value, status.get("desiredReplicas")
 
 
