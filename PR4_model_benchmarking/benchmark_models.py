@@ -136,8 +136,8 @@ def add_timing_flags(parser: argparse.ArgumentParser) -> None:
                       help="server: LoadGen runs per model in the search for the highest VALID rate "
                            "(default: 5; --quick: 2)")
     scen.add_argument("--server-search-seconds", type=float, default=None,
-                      help="server: no search run starts after this many seconds per model (default: 300; "
-                           "--quick: 60)")
+                      help="server: the search starts no run (after the first) that would end after this many "
+                           "seconds per model (default: 300; --quick: 60)")
 
 
 # ---------------------------------------------------------------------- argument checks

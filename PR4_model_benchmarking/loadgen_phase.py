@@ -20,6 +20,7 @@ from PR4_model_benchmarking.scenarios import (
     default_min_query_count,
     effective_settings,
     run_figures,
+    run_seconds,
     search_server_rate,
 )
 
@@ -162,8 +163,11 @@ def _server_search(session: Any, name: str, plan: ScenarioPlan, speed: ModelSpee
         return {**run["figures"], "summary_log": run["summary_log"], "detail_log": run["detail_log"],
                 "settings": run["settings"]}
 
+    length = plan.length("server")
     search = search_server_rate(one, start_qps=start, ceiling_qps=ceiling, max_runs=plan.search_runs,
-                                max_seconds=plan.search_seconds)
+                                max_seconds=plan.search_seconds,
+                                expected_seconds=lambda qps: run_seconds(qps, length["min_duration_ms"],
+                                                                         length["min_query_count"]))
     search.update(latency_bound_ms=plan.server_bound_ms, ceiling_qps=round(ceiling, 3), start_qps=round(start, 3),
                   range=bracket_text(search))
     return search

@@ -31,6 +31,9 @@ RESULT_KEYS = {"single-stream": "early_stopping_latency_ss", "multi-stream": "ea
 # default minimum of 100 queries.
 P99_EARLY_STOPPING_QUERIES = 662
 P99_SCENARIOS = ("multi-stream", "server")
+# LoadGen's own run length (TestSettings' defaults), which applies where the user sets none.
+LOADGEN_MIN_DURATION_MS = 10_000
+LOADGEN_MIN_QUERY_COUNT = 100
 # A search stops bisecting when the bracket is this narrow, relative to its lower end.
 SEARCH_PRECISION = 0.05
 
@@ -107,18 +110,27 @@ def default_min_query_count(scenario: str) -> int | None:
 # ---------------------------------------------------------------------- server search
 
 
+def run_seconds(qps: float, min_duration_ms: int | None, min_query_count: int | None) -> float:
+    """How long a server run at ``qps`` lasts at least: LoadGen issues queries until both the minimum duration
+    and the minimum query count are reached (None: LoadGen's defaults)."""
+    duration_s = (LOADGEN_MIN_DURATION_MS if min_duration_ms is None else min_duration_ms) / 1e3
+    return max(duration_s, (LOADGEN_MIN_QUERY_COUNT if min_query_count is None else min_query_count) / qps)
+
+
 def search_server_rate(run: Callable[[float], Mapping[str, Any]], *, start_qps: float, ceiling_qps: float,
                        max_runs: int, max_seconds: float, clock: Callable[[], float] = time.monotonic,
-                       ) -> dict[str, Any]:
+                       expected_seconds: Callable[[float], float] = lambda qps: 0.0) -> dict[str, Any]:
     """Bracket the highest server rate LoadGen calls VALID, with at most ``max_runs`` runs.
 
     The first run is at ``start_qps``. Until a VALID and an INVALID rate are both known the search steps: up to
     ``ceiling_qps`` (what one server at batch 1 can sustain at best) and doubling beyond it after a VALID run,
     halving after an INVALID one; then it bisects between the highest VALID and the lowest INVALID rate until
-    they are within :data:`SEARCH_PRECISION`. No run starts once ``max_seconds`` have passed.
+    they are within :data:`SEARCH_PRECISION`. After the first run, no run starts that would end (by
+    ``expected_seconds``, e.g. :func:`run_seconds`) after ``max_seconds``.
 
     Args:
         run: one LoadGen server run at a rate; returns :func:`run_figures`' dict (``result`` is LoadGen's verdict).
+        expected_seconds: how long a run at a rate lasts at least (default: no estimate).
 
     Returns the runs in order and the bracket: ``highest_valid_qps`` and ``lowest_invalid_qps`` (each None when no
     run gave that verdict; every rate tried after the first lies between them, so the highest VALID is always
@@ -130,7 +142,7 @@ def search_server_rate(run: Callable[[float], Mapping[str, Any]], *, start_qps: 
     runs: list[dict[str, Any]] = []
     qps, stopped = start_qps, "run limit"
     while len(runs) < max_runs:
-        if runs and clock() - started >= max_seconds:
+        if runs and clock() - started + expected_seconds(qps) > max_seconds:
             stopped = "time limit"
             break
         runs.append({**run(qps), "target_qps": round(qps, 3)})

@@ -13,7 +13,12 @@ import torch
 from modelops.cli import run_cli
 from PR4_model_benchmarking import benchmark_models
 from PR4_model_benchmarking.loadgen_sut import ACCURACY_LOG, SUMMARY_LOG
-from PR4_model_benchmarking.scenarios import P99_EARLY_STOPPING_QUERIES, bracket_text, search_server_rate
+from PR4_model_benchmarking.scenarios import (
+    P99_EARLY_STOPPING_QUERIES,
+    bracket_text,
+    run_seconds,
+    search_server_rate,
+)
 
 SIDE = 16
 
@@ -131,10 +136,12 @@ def test_server_search_brackets_the_highest_valid_rate():
 
 
 def test_server_search_never_claims_more_than_it_measured():
-    clock = iter(range(0, 10_000, 100))  # each run takes 100 "seconds"
+    clock = iter(range(0, 10_000, 50))  # each run takes 50 "seconds"
     search = search_server_rate(lambda q: {"result": "INVALID"}, start_qps=40, ceiling_qps=80, max_runs=5,
-                                max_seconds=250, clock=lambda: next(clock))
-    assert [r["target_qps"] for r in search["runs"]] == [40, 20, 10]  # halving; no run starts after 250 s
+                                max_seconds=250, clock=lambda: next(clock),
+                                expected_seconds=lambda q: run_seconds(q, None, 662))  # 662 queries / rate
+    # halving: 40 (16.6 s), 20 (33 s), 10 (66 s); 5 queries/s would need 132 s and end after 250 s
+    assert [r["target_qps"] for r in search["runs"]] == [40, 20, 10]
     assert search["stopped"] == "time limit" and search["highest_valid_qps"] is None
     assert bracket_text(search) == "no VALID rate: INVALID down to 10 queries/s"
     always = search_server_rate(lambda q: {"result": "VALID"}, start_qps=40, ceiling_qps=80, max_runs=3,
