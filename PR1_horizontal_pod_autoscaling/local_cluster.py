@@ -21,7 +21,6 @@ import json
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from PR1_horizontal_pod_autoscaling.cluster.toolchain import (
     cache_root,
     ensure_binaries,
 )
-from PR2_async_inference.processes import interrupt_on_stop_signals, stop_all, track_started
+from PR2_async_inference.processes import interrupt_on_stop_signals, serve_until_stopped, stop_all, track_started
 
 logger = logging.getLogger(__name__)
 
@@ -102,16 +101,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return info
     plane = start_local_cluster(args.dir, with_keda=not args.no_keda, hpa_sync_s=args.hpa_sync_period,
                                 binaries=binaries)
-    try:
-        info = {"kubeconfig": str(plane.kubeconfig), "server": plane.server, "kubectl": str(plane.kubectl_bin),
-                "logs": str(plane.dir / "logs"), "pids": plane.pids()}
-        print(f"Kubernetes {KUBERNETES_VERSION} API server at {plane.server}; "
-              f"export KUBECONFIG={plane.kubeconfig}; Ctrl-C stops it", flush=True)
-        print(json.dumps(info), flush=True)
-        while True:
-            time.sleep(0.5)
-    finally:
-        stop_local_cluster(plane)
+    info = {"kubeconfig": str(plane.kubeconfig), "server": plane.server, "kubectl": str(plane.kubectl_bin),
+            "logs": str(plane.dir / "logs"), "pids": plane.pids()}
+    serve_until_stopped(f"Kubernetes {KUBERNETES_VERSION} API server at {plane.server}; "
+                        f"export KUBECONFIG={plane.kubeconfig}; Ctrl-C stops it", info,
+                        lambda: stop_local_cluster(plane))
+    return info
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from PR2_async_inference.processes import (  # re-exported: callers import these
     Proc,
     free_port,
     interrupt_on_stop_signals,
+    serve_until_stopped,
     signals_held,
     spawn,
     stop_all,
@@ -357,8 +357,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if os.environ.get("INFERENCE_CALLBACK_ALLOWLIST"):
         # Callbacks are allowed: API and worker refuse the placeholder secret, so a local run makes one they share.
         ensure_callback_secret()
-    # Before the first child: SIGTERM, like Ctrl-C, interrupts start-up or serving, and start_stack or the
-    # finally below stops every process started so far.
+    # Before the first child: SIGTERM, like Ctrl-C, interrupts start-up or serving, and start_stack or
+    # serve_until_stopped stops every process started so far.
     interrupt_on_stop_signals()
     stack = start_stack(
         args.registry,
@@ -372,21 +372,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         max_batch_delay_ms=args.max_batch_delay_ms,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
     )
-    try:
-        info = {
-            "broker": stack.broker_kind,
-            "api_url": stack.api_url,
-            "bootstrap": stack.bootstrap,
-            "log_dir": str(stack.log_dir),
-            **stack.pids(),
-        }
-        print(f"started {BROKER_NAMES[stack.broker_kind]} at {stack.bootstrap}, API at {stack.api_url}, "
-              f"{len(stack.workers)} worker(s); Ctrl-C stops them", flush=True)
-        print(json.dumps(info), flush=True)
-        while True:
-            time.sleep(0.5)
-    finally:
-        stop_stack(stack)
+    info = {"broker": stack.broker_kind, "api_url": stack.api_url, "bootstrap": stack.bootstrap,
+            "log_dir": str(stack.log_dir), **stack.pids()}
+    serve_until_stopped(f"started {BROKER_NAMES[stack.broker_kind]} at {stack.bootstrap}, API at {stack.api_url}, "
+                        f"{len(stack.workers)} worker(s); Ctrl-C stops them", info, lambda: stop_stack(stack))
+    return info
 
 
 if __name__ == "__main__":

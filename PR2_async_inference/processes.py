@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,18 @@ def stop_process(proc: Proc | None, sig: int = signal.SIGTERM, timeout_s: float 
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
         return proc.popen.wait(10)
+
+
+def serve_until_stopped(banner: str, info: dict[str, Any], stop: Callable[[], None]) -> None:
+    """What a CLI that started processes does next: print ``banner`` and ``info`` as one JSON line, then wait for
+    Ctrl-C or SIGTERM (see :func:`interrupt_on_stop_signals`) and ``stop`` everything, also on any failure."""
+    try:
+        print(banner, flush=True)
+        print(json.dumps(info), flush=True)
+        while True:
+            time.sleep(0.5)
+    finally:
+        stop()
 
 
 def stop_all(procs: list[Proc]) -> None:
