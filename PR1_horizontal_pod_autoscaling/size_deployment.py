@@ -126,15 +126,16 @@ def size(row: dict, batches: list[dict], *, source: str, threads: int | None, p9
         raise UsageError("the report has no batch-1 latency (neither LoadGen single-stream nor batch size 1 timed)")
     if p95_ms < batch1_ms:
         raise UsageError(f"the objective cannot be met: p95 {p95_ms:g} ms is below the model's own batch-1 latency "
-                         f"({batch1_figure} {batch1_ms:g} ms), so a lone request on an idle worker already takes "
-                         "longer")
+                         f"({batch1_figure} {batch1_ms:g} ms in {source}), so a lone request on an idle worker "
+                         "already takes longer")
     fits = [b for b in batches if b["batch_size"] <= max_batch_size
             and max_batch_delay_ms + b["latency_ms_p95"] < p95_ms]
     if not fits:
         smallest = batches[0] if batches else {"batch_size": 1, "latency_ms_p95": batch1_ms}
         raise UsageError(f"the objective cannot be met under load: max_batch_delay_ms {max_batch_delay_ms:g} + the "
                          f"batch-{smallest['batch_size']} p95 {smallest['latency_ms_p95']:g} ms leaves no time "
-                         f"inside p95 {p95_ms:g} ms for queueing; lower max_batch_delay_ms or relax the objective")
+                         f"inside p95 {p95_ms:g} ms for queueing ({source}); lower max_batch_delay_ms or relax the "
+                         "objective")
     best = max(fits, key=lambda b: b["samples_per_s"])
     offline = row.get("offline_samples_per_s") if row.get("offline_batch_size") == best["batch_size"] else None
     rate = min(best["samples_per_s"], offline) if offline else best["samples_per_s"]
@@ -251,7 +252,9 @@ def summary_lines(s: Sizing) -> list[str]:
     ]
     if s.replicas_peak > s.partitions:
         lines.append(f"warning: peak needs {s.replicas_peak} replicas but the requests topic has {s.partitions} "
-                     f"partitions (a consumer beyond {s.partitions} gets none), so maxReplicas is {s.partitions} "
+                     f"partitions (a consumer beyond {s.partitions} gets none"
+                     + (f"; base needs {s.replicas_base}" if s.replicas_base > s.partitions else "")
+                     + f"), so maxReplicas is {s.partitions} "
                      f"and serves about {s.partitions * s.samples_per_s * (1 - s.headroom):.4g} requests/s; raise "
                      "requests_partitions or make the model faster")
     lines.append(f"cpu: {s.cpu} (the threads PR4 measured with; also INFERENCE_TORCH_THREADS and the limit)"
