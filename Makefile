@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint serve clean kafka-jars compose-up compose-down
+.PHONY: setup demo test test-fast lint serve clean kafka-jars cluster-binaries cluster compose-up compose-down
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,15 +22,24 @@ demo: setup
 # side by side on few cores: OpenMP threads that spin while waiting would starve each other (10-25x slower).
 # Only the tests get this: the demo reports figures, timed with every runtime's default threading.
 test: export OMP_WAIT_POLICY := PASSIVE
-test: setup kafka-jars
+test: setup kafka-jars cluster-binaries
 	$(PY) -m ruff check .
-	$(PY) -m pytest -m "slow or not slow" -p no:cacheprovider
+	$(PY) -m pytest -m "slow or not slow" -p no:cacheprovider --durations=25
 
 # Apache Kafka's server jars from Maven Central into .cache/: the PR2 tests and the local stack run Apache Kafka
 # when Java is there, Tansu otherwise.
 kafka-jars: setup
 	@if command -v java >/dev/null && command -v mvn >/dev/null; then $(PY) PR2_async_inference/apache_kafka.py fetch; \
 	else echo "kafka-jars: no java or mvn here; the PR2 tests and the local stack use Tansu"; fi
+
+# PR1's local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, KEDA) built from the Go
+# module proxy into a per-user cache outside the clone (~/.cache/scaling-infra): 25-40 min cold on 2 cores, seconds
+# once built. The PR1 cluster tests start it; `make cluster` runs it in the foreground.
+cluster-binaries: setup
+	$(PY) PR1_horizontal_pod_autoscaling/local_cluster.py --build-only
+
+cluster: cluster-binaries
+	$(PY) PR1_horizontal_pod_autoscaling/local_cluster.py
 
 # The quick inner loop: skips the suites marked slow.
 test-fast: setup
