@@ -84,7 +84,7 @@ class ModelSession:
             generator = torch.Generator().manual_seed(self.seed + batch_size)
             batch = torch.randn(batch_size, *self.predictor.input_shape, generator=generator)
             self.predictor.check_input(batch)
-            if self.predictor.manifest.format != "onnx":  # an ONNX runtime takes the CPU tensor
+            if self.predictor.backend != "onnxruntime":
                 batch = batch.to(self.device)
             self._batches[batch_size] = batch
         return self._batches[batch_size]
