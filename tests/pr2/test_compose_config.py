@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from PR2_async_inference.compose_stack import CONTEXT_DIRS, CONTEXT_FILES
 from PR2_async_inference.settings import IMAGE_NAME, Settings
 
 PR2 = Path(__file__).resolve().parents[2] / "PR2_async_inference"
@@ -62,3 +63,14 @@ def test_dockerfile_runs_as_non_root_with_cpu_torch():
     text = (PR2 / "Dockerfile").read_text()
     assert "torch==2.13.0" in text and "download.pytorch.org/whl/cpu" in text
     assert "\nUSER inference" in text and "pip install --no-deps -e ." in text
+
+
+def test_build_context_is_what_the_dockerfile_copies():
+    """The root .dockerignore lets through, and compose_stack's build key hashes, exactly what the Dockerfile
+    copies: a file the image needs is never left out of the context, nor a change to it out of the key."""
+    copied = set()
+    for line in (PR2 / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            copied |= set(line.split()[1:-1])
+    allowed = {line[1:] for line in (PR2.parent / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    assert copied == allowed == set(CONTEXT_FILES) | set(CONTEXT_DIRS)
