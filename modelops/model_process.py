@@ -42,12 +42,12 @@ WORKER_REPLY_TIMEOUT_S = 1800.0
 
 
 def _worker_main(conn: Any, session_cls: type[ModelSession], kwargs: dict[str, Any],
-                 runtimes: Sequence[Runtime] = (), log_file: Path | None = None) -> None:
+                 runtimes: Sequence[Runtime] = (), log_file: Path | None = None, verbose: bool = False) -> None:
     """Entry point of a spawned worker: log as the parent does (warnings on the terminal, everything in its log
     file), take the parent's runtimes (a spawned process starts with the built-in table only), build a session,
     then answer (method, args, kwargs) messages."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(log_file=log_file, console_level=logging.WARNING)
+    configure_logging(verbose=verbose, log_file=log_file, console_level=logging.WARNING)
     for runtime in runtimes:
         register_runtime(runtime)
     session = session_cls(**kwargs)
@@ -108,7 +108,8 @@ class WorkerProxy(_SessionProxy):
         self._conn, child = ctx.Pipe()
         self.name = kwargs["name"]
         self.process = ctx.Process(target=_worker_main,
-                                   args=(child, session, kwargs, list(RUNTIMES.values()), log_file_path()),
+                                   args=(child, session, kwargs, list(RUNTIMES.values()), log_file_path(),
+                                         logging.getLogger().getEffectiveLevel() <= logging.DEBUG),
                                    daemon=True, name=f"bench-{self.name}")
         self.process.start()
         child.close()
