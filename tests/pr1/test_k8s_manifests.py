@@ -152,6 +152,16 @@ def test_images_must_match_the_compose_file(tmp_path: Path, code_metric_names: s
     assert any("!= docker-compose.yaml's apache/kafka:0.0.1" in p for p in problems), problems
 
 
+def test_a_compose_image_variable_is_compared_by_its_default(tmp_path: Path, code_metric_names: set[str]) -> None:
+    """``${KAFKA_IMAGE:-apache/kafka:X}`` (a local image for offline machines) still names the upstream image."""
+    compose = tmp_path / "docker-compose.yaml"
+    compose.write_text(yaml.safe_dump({"services": {
+        "kafka": {"image": "${KAFKA_IMAGE:-apache/kafka:0.0.1}"},
+        "api": {"build": {"context": ".."}, "image": "inference-service:0.1.0"}}}))
+    problems = problems_after(PR1, code_metric_names, compose_file=compose)
+    assert any("!= docker-compose.yaml's apache/kafka:0.0.1" in p for p in problems), problems
+
+
 # ------------------------------------------------------------------------------------- broken manifests
 
 
