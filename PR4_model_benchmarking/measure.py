@@ -219,8 +219,8 @@ class Benchmark:
         if not names or (args.loadgen_mode == "performance" and not self.scenarios):
             return None
         first = self.samples[names[0]].get("1")
-        qps = args.target_qps or (0.5 * 1e3 / float(np.mean(first)) if first else None)
-        bound = args.latency_bound_ms or (5 * float(np.percentile(first, 90)) if first else None)
+        qps = args.target_qps or (round(0.5 * 1e3 / float(np.mean(first)), 3) if first else None)
+        bound = args.latency_bound_ms or (round(5 * float(np.percentile(first, 90)), 3) if first else None)
         samples: dict[str, Any] = {"count": args.qsl_samples}
         accuracy = None
         if self.data is not None:
