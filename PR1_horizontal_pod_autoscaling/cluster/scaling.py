@@ -150,6 +150,9 @@ class Timeline:
         self.phase = "idle"
 
     def sample(self) -> Sample:
+        for proc in self.plane.procs:  # a controller that died would freeze the replicas: say which one
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}; see {proc.log}")
         lag = consumer_lag(self.bootstrap, self.group, self.topic)
         metric, desired = hpa_state(self.plane, self.namespace)
         replicas = deployment_replicas(self.plane, self.namespace)

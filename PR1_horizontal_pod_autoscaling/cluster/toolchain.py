@@ -215,7 +215,8 @@ def crd_files(keda: bool = True) -> tuple[Path, ...]:
     files = [operator / "example" / "prometheus-operator-crd" / "monitoring.coreos.com_servicemonitors.yaml"]
     if keda:
         keda_src = module_dir("github.com/kedacore/keda/v2", KEDA_VERSION, log)
-        files += sorted((keda_src / "config" / "crd" / "bases").glob("keda.sh_*.yaml"))
+        # All of them: the operator watches every kind (eventing.keda.sh's too) and exits when one is missing.
+        files += sorted((keda_src / "config" / "crd" / "bases").glob("*keda.sh_*.yaml"))
     missing = [str(path) for path in files if not path.exists()]
     if missing:
         raise BuildError(f"CRD files not in their modules: {', '.join(missing)}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,9 @@ def test_sizing_arithmetic_and_the_overlay_on_the_local_control_plane(pr4_report
     local_cluster.kubectl("create", "namespace", "monitoring", check=False)
     result = local_cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-k", str(out), check=False)
     assert result.returncode == 0, result.stderr
-    assert "scaledobject.keda.sh/inference-worker created (server dry run)" in result.stdout
+    # created, or configured where an earlier test of the session applied the README's commands
+    assert re.search(r"scaledobject.keda.sh/inference-worker (created|configured|unchanged) \(server dry run\)",
+                     result.stdout), result.stdout
 
 
 def test_an_objective_below_the_batch1_latency_exits_2(pr4_report, batching, tmp_path, capsys):
