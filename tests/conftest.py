@@ -38,6 +38,13 @@ def train_tiny(arch: str, out_dir: Path, epochs: int = 3) -> Path:
     return path
 
 
+def tiny_classifier(side: int = 16) -> torch.nn.Module:
+    """A seeded 10-class net of a few hundred parameters for ``side`` x ``side`` inputs, in eval mode."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, 10)).eval()
+
+
 @pytest.fixture(scope="session")
 def digits_resnet18(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ResNet-18 trained 3 epochs on digits at 32x32 (about 95% test accuracy); a state_dict artifact."""

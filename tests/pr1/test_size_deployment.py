@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from modelops.artifact import Manifest
@@ -19,6 +18,7 @@ from modelops.saving import save_artifact
 from PR1_horizontal_pod_autoscaling import size_deployment
 from PR2_async_inference.registry import write_registry
 from PR4_model_benchmarking import benchmark_models
+from tests.conftest import tiny_classifier
 
 SIDE = 16
 DELAY_MS = 5.0
@@ -29,9 +29,7 @@ HEADROOM = 0.25
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """A 10-class net of a few hundred parameters, as TorchScript with its manifest."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 10)).eval()
+    net = tiny_classifier(SIDE)
     path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
     save_artifact(net, path, Manifest(num_classes=10, input_shape=[3, SIDE, SIDE], labels=[str(i) for i in range(10)]),
                   fmt="torchscript")

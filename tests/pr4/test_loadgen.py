@@ -19,6 +19,7 @@ from PR4_model_benchmarking.scenarios import (
     run_seconds,
     search_server_rate,
 )
+from tests.conftest import tiny_classifier
 
 SIDE = 16
 
@@ -26,9 +27,7 @@ SIDE = 16
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """A 10-class net of a few hundred parameters, saved as a user would: TorchScript, no manifest."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 10)).eval()
+    net = tiny_classifier(SIDE)
     path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
     torch.jit.save(torch.jit.trace(net, torch.zeros(2, 3, SIDE, SIDE)), str(path))
     return path
