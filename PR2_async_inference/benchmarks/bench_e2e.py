@@ -188,7 +188,7 @@ def warm_up(stack: Stack, args: argparse.Namespace, common: dict[str, Any]) -> i
     """Untimed load at the loaded run's concurrency until the stack serves as a long-running one would; returns
     the requests sent. The worker's first batches allocate, and the broker's JVM compiles its hot paths over its
     first few thousand requests, which cost it more CPU than later ones, most of the difference its JIT compiler's
-    threads (docs/measurements/broker_warmup.py; the PR2 README holds the figures). So after
+    threads (``docs/measurements/broker_warmup.py`` prints the JIT's share per round). So after
     ``--warmup-requests`` it goes on in rounds of :data:`WARMUP_ROUND` until a round costs the broker's JIT at
     most ``--warmup-jit-ms`` per request, or ``--warmup-max-requests`` are sent (a broker without a JIT, Tansu,
     stops after one round)."""

@@ -2,7 +2,7 @@
 
 It runs on librdkafka (``confluent-kafka``), whose network work happens in C threads outside the GIL, so a
 send holds neither the event loop nor the GIL for its network round trips (``benchmarks/bench_kafka_hop.py``
-times a hop from it to a librdkafka and a kafka-python consumer; the PR2 README holds the figures). The
+times a hop from it to a librdkafka and a kafka-python consumer). The
 service's consumers (:mod:`.clients`) run on it too; the topic admin stays on kafka-python.
 
 Every send returns a :class:`concurrent.futures.Future` that holds the record's :class:`Delivered` position

@@ -54,7 +54,7 @@ def torch_only_preprocesses(predictors: dict[str, Predictor]) -> bool:
 
     One thread because OpenMP's idle threads spin-wait after each parallel region: after a batch's normalisation
     they would hold the cores the runtime's threads need for the forward pass that follows
-    (``benchmarks/bench_e2e.py`` measures it; the PR2 README holds the figures).
+    (``benchmarks/bench_e2e.py`` reports the workers' CPU outside the forward pass, where that cost shows).
     """
     return bool(predictors) and all(p.backend in OWN_THREAD_POOL_BACKENDS for p in predictors.values())
 

@@ -1,11 +1,11 @@
 """Keep a PT2E artifact's AOTInductor package only where it runs as fast as ``torch.compile`` on this host.
 
-The package spares a served model inductor's compile on its first call at each batch size (over ten seconds
-for a ResNet at 224x224), but its kernels are built once for the program's whole dynamic batch range, where
-``torch.compile`` specialises each batch size it meets. How much that costs depends on the model and the CPU:
-``benchmarks/bench_backend_options.py`` measured the package 1.06x as fast as ``torch.compile`` for a
-ResNet-18 at batch 1 and 0.19x for a ResNet-50 on the same AVX512-VNNI EPYC. A worker compiles once at
-start-up and then serves for hours, so a package that is slower in steady state is dropped: the artifact
+The package spares a served model inductor's compile on its first call at each batch size, but its kernels are
+built once for the program's whole dynamic batch range, where ``torch.compile`` specialises each batch size it
+meets. How much that costs depends on the model and the CPU (``benchmarks/bench_backend_options.py`` times
+the package beside ``torch.compile``): as fast for one model, several times slower for another on the same
+CPU. A worker compiles once at start-up and then serves for hours, so a package that is slower in steady
+state is dropped: the artifact
 and the package are timed both ways, each in its own process (the project's one timing method), and the
 manifest records the figures and the verdict.
 """
