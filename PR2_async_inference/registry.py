@@ -178,9 +178,11 @@ def derived_manifest(path: Path, spec: ModelSpec) -> Manifest:
     or a forward pass accepts. This builds the model once; callers cache the result."""
     # Imported here: only a file without a manifest needs the loader's model-building side.
     from modelops.artifact import load_artifact
+    from modelops.load_options import LoadOptions
 
+    options = LoadOptions(arch=spec.arch, trust_pickle=spec.trust_pickle, compile=False, threads=1)
     try:
-        return load_artifact(path, arch=spec.arch, trust_pickle=spec.trust_pickle, compile=False, threads=1).manifest
+        return load_artifact(path, options).manifest
     except Exception as exc:  # any failure to build or run the model means the same here: nothing to serve
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ArtifactError(f"artifact {path} has no manifest {manifest_path(path).name} and the loader cannot "

@@ -26,10 +26,11 @@ from torch import nn
 from torch.utils.data import Subset
 
 from modelops.artifact import Manifest, Predictor, load_artifact, load_module, read_manifest, save_artifact
-from modelops.cli import check_positive, common_parser, load_model_dataset, run_cli
+from modelops.cli import check_positive, common_parser, load_model_dataset, load_options, run_cli
 from modelops.data import AugmentedDataset, DatasetSplits, make_loader, train_augmentation
 from modelops.errors import UsageError
 from modelops.evaluate import evaluate
+from modelops.load_options import LoadOptions
 from modelops.model_process import time_artifacts
 from modelops.models import check_arch, classifier_layer, count_macs, count_parameters, create_model
 from modelops.results import write_results
@@ -130,7 +131,7 @@ def build_student(args: argparse.Namespace, teacher: Predictor) -> tuple[nn.Modu
     """(student module, its arch, its own manifest or None) with a head that fits the teacher's classes."""
     num_classes = teacher.num_classes
     if args.student:
-        student, manifest = load_module(args.student, trust_pickle=args.trust_pickle)
+        student, manifest = load_module(args.student, load_options(args))
         student_classes = classifier_layer(student)[1].out_features
         if student_classes != num_classes:
             raise UsageError(f"Student {args.student} predicts {student_classes} classes but teacher {args.teacher} "
@@ -245,7 +246,7 @@ def compare_speed(artifacts: dict[str, str | Path], rounds: int, batch_sizes: tu
                   ) -> dict[str, float]:
     """Median latency of each artifact at each batch size: each loaded only in its own process, timed in
     interleaved turns (:func:`modelops.model_process.time_artifacts`)."""
-    times = timer(artifacts, list(batch_sizes), rounds, threads=threads, trust_pickle=trust_pickle)
+    times = timer(artifacts, list(batch_sizes), rounds, options=LoadOptions(threads=threads, trust_pickle=trust_pickle))
     out: dict[str, float] = {}
     for batch_size in batch_sizes:
         for name, ms in medians_or_raise(times, batch_size).items():
@@ -257,7 +258,7 @@ def baseline_student(args: argparse.Namespace, teacher: Predictor, data: Dataset
                      student_manifest: Any, initial_state: dict, output_dir: Path) -> tuple[nn.Module, dict]:
     """The same student (same initial weights, data and budget) trained on the labels alone."""
     fresh = (create_model(arch, teacher.num_classes) if student_manifest is None
-             else load_module(args.student, trust_pickle=args.trust_pickle)[0])
+             else load_module(args.student, load_options(args))[0])
     fresh.load_state_dict(initial_state)
     return train_baseline(fresh.train(), data, args, output_dir / "baseline")
 
@@ -305,7 +306,7 @@ def speed_summary(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
-    teacher = load_artifact(args.teacher, trust_pickle=args.trust_pickle, threads=args.threads, arch=args.arch)
+    teacher = load_artifact(args.teacher, load_options(args))
     data = load_data(args, teacher)
     # Seeded here too (not only by run_cli) so callers of main() such as the pipeline get the same student.
     torch.manual_seed(args.seed)

@@ -27,7 +27,7 @@ from torch import nn
 
 from modelops.artifact import Manifest, RuntimeHints, file_size_mb, load_module, save_artifact
 from modelops.artifact import write_manifest as write_artifact_manifest
-from modelops.cli import check_positive, common_parser, run_cli, set_help
+from modelops.cli import check_positive, common_parser, load_options, run_cli, set_help
 from modelops.errors import UsageError
 from modelops.models import count_macs, count_parameters
 from modelops.results import write_results
@@ -183,7 +183,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, Manifest]:
     """The model to prune, refused early when it has nothing to prune or would be overwritten."""
-    model, manifest = load_module(args.model, trust_pickle=args.trust_pickle, arch=args.arch)
+    model, manifest = load_module(args.model, load_options(args))
     if args.pruning_method in UNSTRUCTURED and not prunable_layers(model):
         raise UsageError(f"{args.model}: {type(model).__name__} has no Conv or Linear weights: "
                          "nothing to prune")

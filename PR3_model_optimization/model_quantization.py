@@ -42,10 +42,11 @@ import torch
 from torch import nn
 
 from modelops.artifact import FORMAT_NAMES, Manifest, load_artifact
-from modelops.cli import check_positive, common_parser, load_model_dataset, run_cli
+from modelops.cli import check_positive, common_parser, load_model_dataset, load_options, run_cli
 from modelops.cpu import int8_outlook
 from modelops.data import DatasetSplits
 from modelops.errors import UsageError
+from modelops.load_options import LoadOptions
 from modelops.quantization_input import load_for_quantization
 from modelops.results import markdown_table, write_results
 from PR3_model_optimization.quantization.auto import (
@@ -225,15 +226,15 @@ class Fp32Model:
     exported: torch.export.ExportedProgram | None = None
 
 
-def load_quantization_input(path: Path, trust_pickle: bool, work_dir: Path | None = None,
-                            arch: str | None = None) -> Fp32Model:
-    """Any saved form, as :func:`~modelops.quantization_input.load_for_quantization` gives it; a TorchScript
-    file's ONNX conversion is written in ``work_dir``; ``arch`` names a bare state_dict's architecture."""
-    start = load_for_quantization(path, trust_pickle=trust_pickle, arch=arch, work_dir=work_dir)
+def load_quantization_input(path: Path, options: LoadOptions, work_dir: Path | None = None) -> Fp32Model:
+    """Any saved form, as :func:`~modelops.quantization_input.load_for_quantization` gives it with ``options``; a
+    TorchScript file's ONNX conversion is written in ``work_dir``."""
+    start = load_for_quantization(path, options, work_dir=work_dir)
     if start.module is not None:
         return Fp32Model(start.module, start.manifest)
     form = FORMAT_NAMES.get(start.manifest.format, start.manifest.format)
-    reference = load_artifact(path, compile=False)
+    # The reference as the file runs: on the CPU, uncompiled, each runtime's default threads.
+    reference = load_artifact(path, LoadOptions(compile=False, arch=options.arch, image_size=options.image_size))
     if start.exported is not None:
         return Fp32Model(reference, start.manifest, "exported_program", form, exported=start.exported)
     return Fp32Model(reference, start.manifest, "onnx", form, onnx_path=start.onnx_path)
@@ -244,7 +245,7 @@ def load_fp32(args: argparse.Namespace, first_backend: str,
     """The fp32 model, its path, the save path and the data it was trained on (checked)."""
     model_path = Path(args.model)
     check_not_quantized(model_path)
-    fp32 = load_quantization_input(model_path, args.trust_pickle, work_dir, arch=args.arch)
+    fp32 = load_quantization_input(model_path, load_options(args), work_dir)
     manifest = fp32.manifest
     # auto names the file after the winner's format once it is known; this path only guards the fp32 file.
     save_path = Path(args.save_path) if args.save_path else \

@@ -32,10 +32,11 @@ from typing import Any
 import torch
 
 from modelops.artifact import load_artifact, read_manifest
-from modelops.cli import check_positive, common_parser, run_cli, split_seed
+from modelops.cli import check_positive, common_parser, load_options, run_cli, split_seed
 from modelops.data import load_dataset, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import evaluate
+from modelops.load_options import LoadOptions
 from modelops.model_process import time_artifacts
 from modelops.results import markdown_table, write_results
 from modelops.selection import DEFAULT_MAX_ACCURACY_DROP_PTS, accuracy_within, pick_best
@@ -211,10 +212,8 @@ def run_stages(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any
 
 def measure(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Accuracy, size and latency of every artifact, each loaded the way a user would (timed per process)."""
-    predictors = {
-        name: load_artifact(path, trust_pickle=args.trust_pickle, threads=args.threads)
-        for name, path in paths.items()
-    }
+    options = load_options(args)
+    predictors = {name: load_artifact(path, options) for name, path in paths.items()}
     original = predictors["original"]
     data = load_dataset(args.dataset, image_size=original.input_shape[-1], seed=split_seed(args, original.manifest),
                         data_dir=args.data_dir)
@@ -222,8 +221,8 @@ def measure(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, 
     accuracy = {name: evaluate(p, test_loader)["accuracy"] for name, p in predictors.items()}
     # Each runtime with its own defaults (spinning thread pools included), in its own process, timed in turns.
     batch_sizes = list(dict.fromkeys((1, args.large_batch)))
-    times = time_artifacts(paths, batch_sizes, args.speed_rounds, threads=args.threads,
-                           trust_pickle=args.trust_pickle)
+    times = time_artifacts(paths, batch_sizes, args.speed_rounds,
+                           options=LoadOptions(threads=args.threads, trust_pickle=args.trust_pickle))
     latency: dict[str, dict[int, float]] = {name: {} for name in predictors}
     for batch_size in batch_sizes:
         for name, ms in medians_or_raise(times, batch_size).items():

@@ -42,14 +42,11 @@ def main(args: argparse.Namespace) -> dict:
     import torch
 
     from modelops.artifact import load_artifact
-    from modelops.cli import usable_cores
-    from modelops.model_probe import probe_side
+    from modelops.cli import load_options, usable_cores
 
     threads = args.threads or usable_cores()
     torch.set_num_threads(threads)
-    with probe_side(args.image_size):
-        predictor = load_artifact(args.model, device=args.device, trust_pickle=args.trust_pickle, threads=threads,
-                                  arch=args.arch)
+    predictor = load_artifact(args.model, load_options(args, threads=threads))
     batch = torch.randn(args.batch_size, *predictor.input_shape)
     for _ in range(args.warmup):
         predictor(batch)

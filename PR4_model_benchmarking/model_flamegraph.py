@@ -28,8 +28,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from modelops.cli import check_positive, common_parser, run_cli, set_help, usable_cores
+from modelops.cli import check_positive, common_parser, load_options, run_cli, set_help, usable_cores
 from modelops.errors import UsageError
+from modelops.load_options import LoadOptions
 from modelops.results import markdown_table, write_results
 
 logger = logging.getLogger(__name__)
@@ -76,25 +77,24 @@ def find_py_spy(explicit: str | None = None) -> str:
                      "install it with `pip install py-spy==0.4.3` or pass --no-flamegraph")
 
 
-def record_flamegraph(model: str | Path, svg_path: Path, *, duration: float, rate: int, native: bool,
-                      threads: int, batch_size: int, device: str = "cpu", trust_pickle: bool = False,
-                      py_spy: str | None = None, arch: str | None = None,
-                      image_size: int | None = None) -> dict[str, Any]:
+def record_flamegraph(model: str | Path, svg_path: Path, options: LoadOptions, *, duration: float, rate: int,
+                      native: bool, batch_size: int, py_spy: str | None = None) -> dict[str, Any]:
     """Run inference in a child process and let py-spy sample it for ``duration`` seconds into ``svg_path``.
 
     The child loads and warms up first and says ``ready``; only then does py-spy attach (by pid), so
-    the flamegraph holds inference frames, not imports and loading. ``arch`` and ``image_size`` reach its
-    loader, so it runs the model on the input the operator profile used.
+    the flamegraph holds inference frames, not imports and loading. ``options`` reach its loader as flags
+    (device, threads, all usable cores where None, trust_pickle, arch, image_size), so it runs the model on the
+    input the operator profile used; it compiles as the model's manifest says.
     """
     exe = find_py_spy(py_spy)
     svg_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "PR4_model_benchmarking.inference_loop", "--model", str(model),
-           "--batch-size", str(batch_size), "--threads", str(threads), "--device", device,
-           "--seconds", str(duration + 60)]
-    if trust_pickle:
+           "--batch-size", str(batch_size), "--threads", str(options.threads or usable_cores()),
+           "--device", options.device, "--seconds", str(duration + 60)]
+    if options.trust_pickle:
         cmd.append("--trust-pickle")
-    cmd += ["--arch", arch] if arch else []
-    cmd += ["--image-size", str(image_size)] if image_size else []
+    cmd += ["--arch", options.arch] if options.arch else []
+    cmd += ["--image-size", str(options.image_size)] if options.image_size else []
     # The child inherits this environment: each runtime keeps its default threading, as when it is timed.
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -227,13 +227,11 @@ def profile_model(path: str | Path, args: argparse.Namespace, output_dir: Path) 
     import torch
 
     from modelops.artifact import load_artifact
-    from modelops.model_probe import probe_side
 
     threads = args.threads or usable_cores()
+    options = load_options(args, threads=threads)  # the same for the py-spy child, so it runs the same input
     name = Path(path).name.replace(".", "_")
-    with probe_side(args.image_size):  # as the child's: main() may be called without the script's setup
-        predictor = load_artifact(path, device=args.device, trust_pickle=args.trust_pickle, threads=threads,
-                                  arch=args.arch)
+    predictor = load_artifact(path, options)
     batch = torch.randn(args.batch_size, *predictor.input_shape)
     predictor.check_input(batch)
     trace = output_dir / f"{name}_trace.json"
@@ -254,11 +252,9 @@ def profile_model(path: str | Path, args: argparse.Namespace, output_dir: Path) 
                   f"{args.profile_iters} calls\n\n{markdown_table(rows[: args.top])}\n")
     result["top_ops_md"] = str(md)
     if not args.no_flamegraph:
-        result.update(record_flamegraph(path, output_dir / f"{name}_flame.svg", duration=args.duration,
-                                        rate=args.rate, native=args.native, threads=threads,
-                                        batch_size=args.batch_size, device=args.device,
-                                        trust_pickle=args.trust_pickle, py_spy=args.py_spy, arch=args.arch,
-                                        image_size=args.image_size))
+        result.update(record_flamegraph(path, output_dir / f"{name}_flame.svg", options, duration=args.duration,
+                                        rate=args.rate, native=args.native, batch_size=args.batch_size,
+                                        py_spy=args.py_spy))
     return result
 
 

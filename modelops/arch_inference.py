@@ -24,20 +24,6 @@ from modelops.tv_compat import torchvision
 
 logger = logging.getLogger(__name__)
 
-# The --arch of the running script (set by modelops.cli.run_cli for the run); loaders use it when not given one.
-_command_line_arch: str | None = None
-
-
-def set_command_line_arch(arch: str | None) -> None:
-    """Record the script's ``--arch`` so every loader in the process uses it for bare state_dicts."""
-    global _command_line_arch
-    _command_line_arch = arch
-
-
-def command_line_arch() -> str | None:
-    return _command_line_arch
-
-
 @dataclass(frozen=True)
 class ArchSignature:
     """What a candidate architecture's state_dict looks like."""

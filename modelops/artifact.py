@@ -4,17 +4,18 @@ Formats (``Manifest.format``):
 
 - ``state_dict``: ``torch.save({"arch", "num_classes", "state_dict"})``. Loads with ``weights_only=True``
   and rebuilds the torchvision architecture, resized to the saved shapes (so structurally pruned
-  models load too). A bare ``torch.save(model.state_dict())`` file loads too: its architecture is
-  ``--arch``, else identified from the parameter names and shapes (:mod:`modelops.arch_inference`).
+  models load too). A bare ``torch.save(model.state_dict())`` file loads too: its architecture is the
+  caller's ``LoadOptions.arch``, else identified from the parameter names and shapes (:mod:`modelops.arch_inference`).
 - ``torchscript``: ``torch.jit`` archive.
 - ``exported_program``: ``torch.export`` archive (``.pt2``), e.g. a PT2E int8 model.
 - ``onnx``: ONNX model, run with ONNX Runtime.
 - ``pickle``: a whole pickled ``nn.Module``. Loading a pickle runs arbitrary code, so it is refused
-  unless the caller passes ``trust_pickle=True`` (``--trust-pickle`` on the command line).
+  unless the caller passes ``LoadOptions(trust_pickle=True)`` (``--trust-pickle`` on the command line).
 
 The manifest (:mod:`modelops.manifest`) is ``<file>.json`` (``resnet18.pt`` -> ``resnet18.pt.json``); a
 file without one gets one inferred, with the input shape the file declares or a forward pass accepts and the
-class count of its output (:mod:`modelops.model_probe`), recorded under ``inferred``. :func:`load_artifact`
+class count of its output (:mod:`modelops.model_probe`, trying ``LoadOptions.image_size`` first), recorded under
+``inferred``. How to load is one :class:`~modelops.load_options.LoadOptions` the caller passes. :func:`load_artifact`
 returns a :class:`Predictor` whose call is the same for every format: a float batch in, logits out.
 """
 
@@ -30,9 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelops.arch_inference import command_line_arch, infer_architecture, normalise_state_dict
+from modelops.arch_inference import infer_architecture, normalise_state_dict
 from modelops.errors import ArtifactError
 from modelops.fixed_batch import run_any_batch
+from modelops.load_options import LoadOptions
 from modelops.manifest import (  # noqa: F401  (re-exported: the artifact module is where callers look)
     FORMATS,
     MANIFEST_SUFFIX,
@@ -131,19 +133,21 @@ EAGER_FORMS = ("a state_dict artifact, a bare state_dict (with --arch NAME when 
                "pickled module (with --trust-pickle)")
 
 
-def load_module(path: str | Path, *, trust_pickle: bool = False, arch: str | None = None) -> tuple[nn.Module, Manifest]:
+def load_module(path: str | Path, options: LoadOptions | None = None) -> tuple[nn.Module, Manifest]:
     """Load an artifact as a trainable eager ``nn.Module`` (for pruning, distillation, quantization).
 
     Args:
         path: a ``state_dict`` artifact, a bare ``state_dict`` (``torch.save(model.state_dict())``) or,
-            with ``trust_pickle``, a whole pickled module.
-        trust_pickle: allow whole pickled modules (runs arbitrary code).
-        arch: the torchvision architecture of a bare state_dict (default: the script's ``--arch``, else
-            identified from the parameter names and shapes; what was identified goes into the manifest).
+            with ``options.trust_pickle``, a whole pickled module.
+        options: what applies here: ``trust_pickle`` (allow whole pickled modules, which runs arbitrary code),
+            ``arch`` (the torchvision architecture of a bare state_dict; without it, identified from the
+            parameter names and shapes, and what was identified goes into the manifest) and ``image_size`` (the
+            side tried first when a file without a manifest is probed) (default: ``LoadOptions()``).
 
     The traced formats (TorchScript, ExportedProgram, ONNX) hold no eager module: they raise an
     :class:`ArtifactError` that names the forms this takes.
     """
+    options = options or LoadOptions()
     path = _check_path(path)
     manifest = read_manifest(path)
     fmt = manifest.format if manifest else detect_format(path)
@@ -151,24 +155,24 @@ def load_module(path: str | Path, *, trust_pickle: bool = False, arch: str | Non
         made_from = f" (it was made from {manifest.parent['path']})" if manifest and manifest.parent else ""
         raise ArtifactError(f"{path}: {FORMAT_NAMES.get(fmt, fmt)} files are inference-only and this step needs an "
                             f"eager model: {EAGER_FORMS}{made_from}")
-    obj = _load_torch_file(path, trust_pickle)
+    obj = _load_torch_file(path, options.trust_pickle)
     if isinstance(obj, nn.Module):
         model = obj.eval()
-        manifest = manifest or infer_manifest(path, "pickle", model)
+        manifest = manifest or infer_manifest(path, "pickle", model, image_size=options.image_size)
         return model, manifest
     if not isinstance(obj, dict):
         raise ArtifactError(f"{path} holds a {type(obj).__name__}, not a model or state_dict")
-    model, manifest = _module_from_state_dict(path, obj, manifest, arch)
+    model, manifest = _module_from_state_dict(path, obj, manifest, options)
     return model.eval(), manifest
 
 
 def _module_from_state_dict(
-    path: Path, obj: dict[str, Any], manifest: Manifest | None, arch: str | None
+    path: Path, obj: dict[str, Any], manifest: Manifest | None, options: LoadOptions
 ) -> tuple[nn.Module, Manifest]:
     state_dict = normalise_state_dict(obj)
     if not state_dict:
         raise ArtifactError(f"{path} holds a dict with no tensors, not a state_dict")
-    arch = obj.get("arch") or (manifest.arch if manifest else None) or arch or command_line_arch()
+    arch = obj.get("arch") or (manifest.arch if manifest else None) or options.arch
     inferred: dict[str, Any] = {}
     if arch:
         check_arch(arch)
@@ -186,7 +190,8 @@ def _module_from_state_dict(
         raise ArtifactError(f"{path}: the weights do not fit architecture {arch!r} ({first[:120]}...); "
                             "pass the --arch it was trained as (arch: in a model registry entry)") from exc
     if manifest is None:
-        manifest = infer_manifest(path, "state_dict", model.eval(), arch=arch, inferred=inferred)
+        manifest = infer_manifest(path, "state_dict", model.eval(), arch=arch, inferred=inferred,
+                                  image_size=options.image_size)
     elif inferred:
         manifest = manifest.model_copy(update={"arch": arch, "inferred": {**manifest.inferred, **inferred}})
     return model, manifest
@@ -200,39 +205,26 @@ def compile_for_inference(module: nn.Module) -> Callable[[torch.Tensor], torch.T
     return torch.compile(module, dynamic=False)
 
 
-def load_artifact(
-    path: str | Path,
-    *,
-    device: str = "cpu",
-    trust_pickle: bool = False,
-    compile: bool | None = None,
-    threads: int | None = None,
-    ort_session_config: dict[str, str] | None = None,
-    arch: str | None = None,
-) -> Predictor:
+def load_artifact(path: str | Path, options: LoadOptions | None = None) -> Predictor:
     """Load any artifact as a :class:`Predictor`, with the runtime of :data:`RUNTIMES` its manifest names
     (``runtime.engine``; without one, the first runtime that runs its format).
 
     Args:
         path: the model file (its manifest ``<path>.json`` is read when present).
-        device: ``cpu`` or ``cuda`` (ONNX files run on CPU here).
-        trust_pickle: allow whole pickled modules (runs arbitrary code; off by default).
-        compile: run torch models through ``torch.compile`` (default: the manifest's ``runtime.compile``); an
-            ExportedProgram whose manifest names an AOTInductor package (``runtime.aoti``) runs that package
-            instead, already compiled (:mod:`modelops.runtimes.aoti`; without one, or where it cannot run,
-            ``torch.compile`` with the reason logged).
-        threads: intra-op threads of the ONNX runtimes (torch uses ``torch.set_num_threads``).
-        ort_session_config: extra ONNX Runtime session config entries, e.g.
-            ``{"session.intra_op.allow_spinning": "0"}`` so idle threads do not spin (a server sharing its cores).
-        arch: the architecture of a bare state_dict (see :func:`load_module`).
+        options: how to load it (default: ``LoadOptions()``): ``device`` (ONNX files run on CPU here);
+            ``trust_pickle`` (whole pickled modules, which runs arbitrary code); ``compile`` (run torch models
+            through ``torch.compile``; None: the manifest's ``runtime.compile``; an ExportedProgram whose manifest
+            names an AOTInductor package, ``runtime.aoti``, runs that package instead, already compiled:
+            :mod:`modelops.runtimes.aoti`; without one, or where it cannot run, ``torch.compile`` with the reason
+            logged); ``threads`` (intra-op threads of the ONNX runtimes; torch uses ``torch.set_num_threads``);
+            ``ort_session_config`` (e.g. ``{"session.intra_op.allow_spinning": "0"}`` so idle threads do not
+            spin, for a server sharing its cores); ``arch`` and ``image_size`` (see :func:`load_module`).
     """
     path = _check_path(path)
     manifest = read_manifest(path)
     fmt = manifest.format if manifest else detect_format(path)
     hints = manifest.runtime if manifest else RuntimeHints()
-    request = LoadRequest(path=path, fmt=fmt, manifest=manifest, hints=hints, device=device,
-                          trust_pickle=trust_pickle, compile=compile, threads=threads,
-                          ort_session_config=ort_session_config, arch=arch)
+    request = LoadRequest(path=path, fmt=fmt, manifest=manifest, hints=hints, options=options or LoadOptions())
     return runtime_for(path, fmt, hints).load(request)
 
 
@@ -251,24 +243,26 @@ def runtime_for(path: Path, fmt: str, hints: RuntimeHints) -> Runtime:
 
 def load_eager(request: LoadRequest) -> Predictor:
     """A state_dict or pickled module as an eager module (channels_last where the hints say)."""
-    module, manifest = load_module(request.path, trust_pickle=request.trust_pickle, arch=request.arch)
-    module = module.to(request.device)
+    device = request.options.device
+    module, manifest = load_module(request.path, request.options)
+    module = module.to(device)
     if request.memory_format is not None:
         module = module.to(memory_format=request.memory_format)
     fn = compile_for_inference(module) if request.wants_compile else module
-    return Predictor(fn, manifest=manifest, path=request.path, backend="torch", module=module,
-                     device=request.device, memory_format=request.memory_format)
+    return Predictor(fn, manifest=manifest, path=request.path, backend="torch", module=module, device=device,
+                     memory_format=request.memory_format)
 
 
 def load_traced(request: LoadRequest) -> Predictor:
     """A TorchScript or ExportedProgram file; compiled (or its AOTInductor package run) where asked."""
-    path, fmt = request.path, request.fmt
-    module, backend, declared_shape = _traced_module(path, fmt, request.device)
-    manifest = request.manifest or infer_manifest(path, fmt, module, input_shape=declared_shape)
+    path, fmt, device = request.path, request.fmt, request.options.device
+    module, backend, declared_shape = _traced_module(path, fmt, device)
+    manifest = request.manifest or infer_manifest(path, fmt, module, input_shape=declared_shape,
+                                                  image_size=request.options.image_size)
     fn: Callable[[torch.Tensor], torch.Tensor] = module
     if request.wants_compile:
-        fn = _aoti_or_compiled(path, module, request.hints, fmt, request.device)
-    return Predictor(fn, manifest=manifest, path=path, backend=backend, module=module, device=request.device,
+        fn = _aoti_or_compiled(path, module, request.hints, fmt, device)
+    return Predictor(fn, manifest=manifest, path=path, backend=backend, module=module, device=device,
                      memory_format=request.memory_format)
 
 

@@ -8,16 +8,16 @@ import os
 import random
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from modelops.arch_inference import set_command_line_arch
 from modelops.data import DATASET_CHOICES, DatasetSplits, load_dataset
 from modelops.errors import UsageError
+from modelops.load_options import LoadOptions
 from modelops.logs import configure_logging
-from modelops.model_probe import set_command_line_image_size
 from modelops.preprocessing import PRESETS
 
 logger = logging.getLogger(__name__)
@@ -84,9 +84,6 @@ def setup(args: argparse.Namespace) -> None:
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)
-    # Reset on every run, so an --arch never outlives the script (or test) that passed it.
-    set_command_line_arch(getattr(args, "arch", None) if getattr(args, "arch_names_input", False) else None)
-    set_command_line_image_size(getattr(args, "image_size", None))
     seed = getattr(args, "seed", 0)
     random.seed(seed)
     np.random.seed(seed)
@@ -96,6 +93,22 @@ def setup(args: argparse.Namespace) -> None:
         raise UsageError(f"Unknown device {device!r}. Choose one of: cpu, cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+
+
+def load_options(args: argparse.Namespace, **changes: Any) -> LoadOptions:
+    """The :class:`LoadOptions` a script's common flags ask for, built once in its ``main``; ``changes`` set
+    fields that script's own flags decide (``compile=...``, ``threads=...``).
+
+    ``arch`` is taken only from the input-model ``--arch`` of :func:`common_parser` (``loads_model=True``); a script
+    that builds a new model defines its own ``--arch``, which names no file to load.
+    """
+    options = LoadOptions(
+        device=getattr(args, "device", "cpu"), threads=getattr(args, "threads", None),
+        trust_pickle=getattr(args, "trust_pickle", False),
+        arch=getattr(args, "arch", None) if getattr(args, "arch_names_input", False) else None,
+        image_size=getattr(args, "image_size", None),
+    )
+    return replace(options, **changes)
 
 
 def split_seed(args: argparse.Namespace, manifest: Any = None) -> int:
@@ -160,7 +173,4 @@ def run_cli(main: Callable[[argparse.Namespace], Any], parser: argparse.Argument
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         print(f"error: {type(exc).__name__}: {first_line} (run with -v for the traceback)", file=sys.stderr)
         return 1
-    finally:  # the script's --arch and --image-size end with it (a test runs many scripts in one process)
-        set_command_line_arch(None)
-        set_command_line_image_size(None)
     return 0

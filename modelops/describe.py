@@ -10,7 +10,7 @@ import json
 import sys
 
 from modelops.artifact import load_artifact
-from modelops.cli import common_parser, load_model_dataset, run_cli
+from modelops.cli import common_parser, load_model_dataset, load_options, run_cli
 from modelops.data import SPLITS, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import evaluate
@@ -26,7 +26,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def describe(args: argparse.Namespace) -> dict:
-    predictor = load_artifact(args.model, device=args.device, trust_pickle=args.trust_pickle, threads=args.threads)
+    predictor = load_artifact(args.model, load_options(args))
     manifest = predictor.manifest
     summary = {"model": args.model, "format": manifest.format, "backend": predictor.backend, "arch": manifest.arch,
                "input_shape": manifest.input_shape, "num_classes": manifest.num_classes, "size_mb": manifest.size_mb,

@@ -7,8 +7,7 @@ tried. The class count is read from one forward pass on zeros, which every forma
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -16,28 +15,8 @@ from modelops.errors import ArtifactError
 
 logger = logging.getLogger(__name__)
 
-# Sides tried on a model that does not declare its input: the script's --image-size, ImageNet's, the small datasets'.
+# Sides tried on a model that does not declare its input, after the caller's: ImageNet's, the small datasets'.
 CANDIDATE_SIDES = (224, 32)
-_command_line_side: int | None = None
-
-
-def set_command_line_image_size(side: int | None) -> None:
-    """Record the script's ``--image-size``: tried first on a model file that does not declare its input."""
-    global _command_line_side
-    _command_line_side = side
-
-
-@contextmanager
-def probe_side(side: int | None) -> Iterator[None]:
-    """``side`` tried first inside the block (the script's ``--image-size`` where None): for loads in a process
-    the script's own setup did not run in (a spawned worker), or by a caller of ``main`` that skipped it."""
-    global _command_line_side
-    previous = _command_line_side
-    _command_line_side = side or previous
-    try:
-        yield
-    finally:
-        _command_line_side = previous
 
 
 def onnx_input_shape(session: object) -> list[int] | None:
@@ -66,18 +45,20 @@ def exported_input_shape(exported: torch.export.ExportedProgram) -> list[int] | 
 
 
 def probe(
-    fn: Callable[[torch.Tensor], torch.Tensor], source: object, input_shape: Sequence[int] | None = None
+    fn: Callable[[torch.Tensor], torch.Tensor], source: object, input_shape: Sequence[int] | None = None,
+    side: int | None = None,
 ) -> tuple[list[int], int]:
     """The input shape ``fn`` accepts and the class count it predicts, from one forward pass on zeros.
 
     Args:
         fn: the model's forward (any format).
         source: what to name in messages (the file).
-        input_shape: the shape the file declares; without it, 3 x side x side is tried for the script's
-            ``--image-size``, then each of :data:`CANDIDATE_SIDES`.
+        input_shape: the shape the file declares; without it, 3 x side x side is tried for ``side``, then each
+            of :data:`CANDIDATE_SIDES`.
+        side: the input side to try first (a script's ``--image-size``; default: None, the candidates only).
     """
-    sides = dict.fromkeys([_command_line_side, *CANDIDATE_SIDES]) if _command_line_side else CANDIDATE_SIDES
-    shapes = [list(input_shape)] if input_shape else [[3, side, side] for side in sides if side]
+    sides = dict.fromkeys([side, *CANDIDATE_SIDES]) if side else CANDIDATE_SIDES
+    shapes = [list(input_shape)] if input_shape else [[3, s, s] for s in sides if s]
     last_error = ""
     for shape in shapes:
         try:

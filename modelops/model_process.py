@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from modelops.artifact import RUNTIMES, register_runtime
+from modelops.load_options import LoadOptions
 from modelops.logs import configure_logging, log_file_path
 from modelops.model_session import ModelSession
 from modelops.predictor import Runtime
@@ -191,11 +192,21 @@ class LocalProxy(_SessionProxy):
 Proxy = WorkerProxy | LocalProxy
 
 
-def start_session(isolation: str, **kwargs: Any) -> Proxy:
-    """A session for one model: in its own process (``isolation='process'``) or in this one (``'none'``)."""
-    if isolation == "process":
-        return WorkerProxy(**kwargs)
-    return LocalProxy(**kwargs)
+def start_session(isolation: str, name: str, path: str | Path, options: LoadOptions, *,
+                  session: type[ModelSession] = ModelSession, seed: int = 0, **session_kwargs: Any) -> Proxy:
+    """A session for one model: in its own process (``isolation='process'``) or in this one (``'none'``).
+
+    Args:
+        isolation: ``process`` or ``none``.
+        name: the model's label.
+        path: the artifact file.
+        options: how to load it (pickled to a spawned worker as it is).
+        session: the :class:`ModelSession` class to run (a subclass importable by name).
+        seed: seed of the random input batches (default: 0).
+        session_kwargs: further arguments of ``session``'s constructor.
+    """
+    proxy = WorkerProxy if isolation == "process" else LocalProxy
+    return proxy(session=session, name=name, path=str(path), options=options, seed=seed, **session_kwargs)
 
 
 def wait_until_started(sessions: Mapping[str, Proxy], *, raise_errors: bool = False) -> None:
@@ -273,9 +284,8 @@ def _load_all(sessions: Mapping[str, Proxy], first_batch: int, times: ProcessTim
 
 
 def time_artifacts(artifacts: Mapping[str, str | Path], batch_sizes: Sequence[int],
-                   samples: int | Mapping[int, int], policy: TimingPolicy = POLICY, *, threads: int | None = None,
-                   device: str = "cpu", compile: bool | None = None, trust_pickle: bool = False, seed: int = 0,
-                   isolation: str = "process") -> ProcessTimes:
+                   samples: int | Mapping[int, int], policy: TimingPolicy = POLICY, *,
+                   options: LoadOptions | None = None, seed: int = 0, isolation: str = "process") -> ProcessTimes:
     """Time artifact files the project's way: each loaded only in its own process, all in interleaved turns.
 
     Args:
@@ -283,19 +293,17 @@ def time_artifacts(artifacts: Mapping[str, str | Path], batch_sizes: Sequence[in
         batch_sizes: the batch sizes, timed one after another (every model at one size, then the next).
         samples: timed calls per model, or per batch size as ``{batch_size: calls}``.
         policy: warm-up, calls per turn, untimed calls per turn, pause before a turn.
-        threads: intra-op threads of every runtime (default: all usable cores).
-        device: ``cpu`` or ``cuda``.
-        compile: force torch.compile on or off (default: each manifest's ``runtime.compile``).
-        trust_pickle: allow whole pickled modules.
+        options: how every model is loaded (default: ``LoadOptions()``); its ``threads`` are every runtime's
+            intra-op threads (all usable cores where None), its ``compile`` forces torch.compile on or off (None:
+            each manifest's ``runtime.compile``).
         seed: seed of the random inputs (every model gets the same ones).
         isolation: ``process`` (the method); ``none`` runs every model in this process, for comparison only.
 
     A model that fails to load or run drops out with its error in ``errors``; the others go on.
     """
     times = ProcessTimes()
-    sessions = {name: start_session(isolation, name=name, path=str(path), device=device, threads=threads,
-                                    compile=compile, trust_pickle=trust_pickle, seed=seed)
-                for name, path in artifacts.items()}
+    options = options or LoadOptions()
+    sessions = {name: start_session(isolation, name, path, options, seed=seed) for name, path in artifacts.items()}
 
     def drop(name: str, exc: Exception) -> None:
         times.errors[name] = str(exc)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from modelops.load_options import LoadOptions
 from modelops.memory import peak_rss_mb, reset_peak_rss, rss_mb, runtime_baseline_mb, weight_bytes
 
 
@@ -22,26 +24,17 @@ class ModelSession:
     Args:
         name: the model's label in reports.
         path: the artifact file.
-        device: ``cpu`` or ``cuda``.
-        threads: intra-op threads for torch and ONNX Runtime (default: all usable cores).
-        trust_pickle: allow whole pickled modules.
-        compile: force torch.compile on or off (default: the manifest's ``runtime.compile``).
-        seed: seed of the random input batches.
-        arch: the architecture of a bare state_dict (default: identified from its parameters).
-        image_size: the input side tried first on a file that does not declare its input (``--image-size``).
+        options: how to load it (:class:`~modelops.load_options.LoadOptions`; its ``threads`` set torch's and
+            ONNX Runtime's intra-op threads, all usable cores where None) (default: ``LoadOptions()``). A spawned
+            worker receives it pickled: it has none of the script's flags but these.
+        seed: seed of the random input batches (default: 0).
     """
 
-    def __init__(self, name: str, path: str, *, device: str = "cpu", threads: int | None = None,
-                 trust_pickle: bool = False, compile: bool | None = None, seed: int = 0, arch: str | None = None,
-                 image_size: int | None = None) -> None:
+    def __init__(self, name: str, path: str, options: LoadOptions | None = None, *, seed: int = 0) -> None:
         self.name = name
-        self.arch = arch
-        self.image_size = image_size
         self.path = path
-        self.device = device
-        self.threads = threads
-        self.trust_pickle = trust_pickle
-        self.compile = compile
+        self.options = options or LoadOptions()
+        self.device = self.options.device
         self.seed = seed
         self.predictor: Any = None
         self.baseline_mb = 0.0
@@ -54,14 +47,12 @@ class ModelSession:
 
         from modelops.artifact import file_size_mb, load_artifact
         from modelops.cli import usable_cores
-        from modelops.model_probe import probe_side
 
-        torch.set_num_threads(self.threads or usable_cores())
+        threads = self.options.threads or usable_cores()
+        torch.set_num_threads(threads)
         self.baseline_mb = runtime_baseline_mb()
         started = time.perf_counter()
-        with probe_side(self.image_size):  # a spawned worker has none of the script's flags but these
-            self.predictor = load_artifact(self.path, device=self.device, trust_pickle=self.trust_pickle,
-                                           compile=self.compile, threads=self.threads or usable_cores(), arch=self.arch)
+        self.predictor = load_artifact(self.path, replace(self.options, threads=threads))
         load_s = time.perf_counter() - started
         load_rss = rss_mb() - self.baseline_mb
         manifest = self.predictor.manifest

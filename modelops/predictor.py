@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from modelops.errors import UsageError
+from modelops.load_options import LoadOptions
 from modelops.manifest import Manifest, RuntimeHints, file_sha256, file_size_mb, manifest_path
 from modelops.model_probe import probe
 
@@ -79,25 +80,21 @@ class Predictor:
 class LoadRequest:
     """What :func:`modelops.artifact.load_artifact` was asked, handed to the runtime that serves the file.
 
-    ``manifest`` is None for a file without one (the runtime infers one with :func:`infer_manifest`); ``hints``
-    are its ``runtime`` hints; the other fields are ``load_artifact``'s arguments.
+    ``manifest`` is None for a file without one (the runtime infers one with :func:`infer_manifest`, trying
+    ``options.image_size`` first); ``hints`` are its ``runtime`` hints; ``options`` the caller's
+    :class:`~modelops.load_options.LoadOptions`.
     """
 
     path: Path
     fmt: str
     manifest: Manifest | None
     hints: RuntimeHints
-    device: str = "cpu"
-    trust_pickle: bool = False
-    compile: bool | None = None
-    threads: int | None = None
-    ort_session_config: dict[str, str] | None = None
-    arch: str | None = None
+    options: LoadOptions
 
     @property
     def wants_compile(self) -> bool:
         """torch.compile: as the caller says, else as the manifest's hints say."""
-        return self.hints.compile if self.compile is None else self.compile
+        return self.hints.compile if self.options.compile is None else self.options.compile
 
     @property
     def memory_format(self) -> torch.memory_format | None:
@@ -123,10 +120,11 @@ class Runtime:
 
 def infer_manifest(
     path: Path, fmt: str, fn: Callable[[torch.Tensor], torch.Tensor], *, arch: str | None = None,
-    input_shape: list[int] | None = None, inferred: dict[str, Any] | None = None,
+    input_shape: list[int] | None = None, inferred: dict[str, Any] | None = None, image_size: int | None = None,
 ) -> Manifest:
-    """A manifest for a model file that has none: input shape and class count from a forward pass of ``fn``."""
-    shape, num_classes = probe(fn, path, input_shape)
+    """A manifest for a model file that has none: input shape and class count from a forward pass of ``fn``
+    (``image_size`` is the side tried first where the file declares no ``input_shape``)."""
+    shape, num_classes = probe(fn, path, input_shape, side=image_size)
     facts = {**(inferred or {}), "input_shape": shape, "num_classes": num_classes,
              "input_from": "declared by the file" if input_shape else "a forward pass that ran"}
     logger.warning("%s has no manifest (%s); using input %s, %d classes", path, manifest_path(path).name, shape,

@@ -31,6 +31,7 @@ from modelops.artifact import (
 )
 from modelops.errors import ArtifactError
 from modelops.fixed_batch import exported_batch_size
+from modelops.load_options import LoadOptions
 
 logger = logging.getLogger(__name__)
 
@@ -73,22 +74,25 @@ class QuantizationInput:
 
 
 def load_for_quantization(
-    path: str | Path, *, trust_pickle: bool = False, arch: str | None = None, work_dir: str | Path | None = None
+    path: str | Path, options: LoadOptions | None = None, *, work_dir: str | Path | None = None
 ) -> QuantizationInput:
     """Load ``path`` as a :class:`QuantizationInput`.
 
     Args:
         path: any model file the shared loader reads.
-        trust_pickle: allow whole pickled modules.
-        arch: the architecture of a bare state_dict (default: ``--arch``, else identified).
+        options: what applies here: ``trust_pickle`` (allow whole pickled modules), ``arch`` (the architecture of a
+            bare state_dict; default: identified) and ``image_size`` (the side tried first on a file without a
+            manifest) (default: ``LoadOptions()``).
         work_dir: where a TorchScript file's ONNX conversion is written (default: a new temporary folder, removed
             by the result's :meth:`~QuantizationInput.close`).
     """
+    options = options or LoadOptions()
     path = Path(path)
     manifest = read_manifest(path) if path.is_file() else None
     fmt = manifest.format if manifest else detect_format(path) if path.is_file() and path.stat().st_size else None
     if fmt in ("onnx", "exported_program", "torchscript"):
-        predictor = load_artifact(path, compile=False)  # checks the file and infers a manifest when it has none
+        # Checks the file and infers a manifest when it has none; loaded on the CPU, uncompiled, default threads.
+        predictor = load_artifact(path, LoadOptions(compile=False, arch=options.arch, image_size=options.image_size))
         if fmt == "onnx":
             return QuantizationInput(predictor.manifest, path, onnx_path=path)
         if fmt == "exported_program":
@@ -104,7 +108,7 @@ def load_for_quantization(
                 shutil.rmtree(temp_dir, ignore_errors=True)
             raise
         return QuantizationInput(predictor.manifest, path, onnx_path=onnx_path, temp_dir=temp_dir)
-    module, manifest = load_module(path, trust_pickle=trust_pickle, arch=arch)
+    module, manifest = load_module(path, options)
     return QuantizationInput(manifest, path, module=module)
 
 

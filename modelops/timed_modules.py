@@ -13,16 +13,18 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from modelops.load_options import LoadOptions
 from modelops.manifest import Manifest, RuntimeHints
 from modelops.model_process import ProcessTimes, time_artifacts
 from modelops.saving import save_artifact
 
-# (label -> artifact file, batch sizes, timed calls per model, threads=, trust_pickle=) -> what each measured;
+# (label -> artifact file, batch sizes, timed calls per model, options=LoadOptions) -> what each measured;
 # :func:`modelops.model_process.time_artifacts`, or a fake one in tests.
 Timer = Callable[..., ProcessTimes]
 
@@ -46,18 +48,20 @@ def save_for_timing(module: nn.Module, manifest: Manifest, folder: Path, name: s
 
 
 def time_modules(modules: Mapping[str, nn.Module | tuple[nn.Module, bool]], manifest: Manifest,
-                 batch_sizes: Sequence[int], samples: int | Mapping[int, int], *, threads: int | None = None,
-                 timer: Timer = time_artifacts, **options: Any) -> ProcessTimes:
+                 batch_sizes: Sequence[int], samples: int | Mapping[int, int], *, options: LoadOptions | None = None,
+                 timer: Timer = time_artifacts, **timer_kwargs: Any) -> ProcessTimes:
     """Time modules in memory per process: label -> module, or (module, channels_last), in turn order.
 
-    ``manifest`` gives the input shape and classes; ``options`` go to the timer (``policy``, ``seed``, ...).
+    ``manifest`` gives the input shape and classes; ``options`` how the files are loaded (``trust_pickle`` is set:
+    the files are this process's own); ``timer_kwargs`` go to the timer (``policy``, ``seed``, ...).
     """
     with timing_folder() as folder:
         paths = {}
         for name, entry in modules.items():
             module, channels_last = entry if isinstance(entry, tuple) else (entry, False)
             paths[name] = save_for_timing(module, manifest, folder, name, channels_last=channels_last)
-        return timer(paths, list(batch_sizes), samples, threads=threads, trust_pickle=True, **options)
+        return timer(paths, list(batch_sizes), samples, options=replace(options or LoadOptions(), trust_pickle=True),
+                     **timer_kwargs)
 
 
 def medians_or_raise(times: ProcessTimes, batch_size: int) -> dict[str, float]:

@@ -44,6 +44,7 @@ import torch
 from modelops.artifact import read_manifest
 from modelops.cpu import cpu_info, cpu_summary
 from modelops.errors import UsageError
+from modelops.load_options import LoadOptions
 from modelops.model_process import time_artifacts
 from modelops.results import markdown_table, write_results
 from PR2_async_inference.load_test import CLIENT_MODES, HOPS, run_load
@@ -65,7 +66,7 @@ def in_process(model: Path, batch_size: int, threads: int, iters: int) -> dict[s
     """The model alone, loaded only in its own process (:func:`modelops.model_process.time_artifacts`): batched
     throughput (samples/s) and batch-1 p50 latency."""
     batch_sizes = list(dict.fromkeys((batch_size, 1)))
-    times = time_artifacts({"model": model}, batch_sizes, iters, threads=threads)
+    times = time_artifacts({"model": model}, batch_sizes, iters, options=LoadOptions(threads=threads))
     if times.errors:
         raise RuntimeError(f"timing {model} alone failed: {times.errors['model'].splitlines()[0]}")
     batched, single = times.stats("model", batch_size), times.stats("model", 1)

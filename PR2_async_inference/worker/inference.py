@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from modelops.artifact import Predictor, load_artifact
+from modelops.load_options import LoadOptions
 from PR2_async_inference import metrics
 from PR2_async_inference.codec import model_batch
 from PR2_async_inference.messaging.messages import RequestMessage
@@ -37,8 +38,9 @@ def load_predictors(registry: Registry, threads: int | None, *, spinning: bool =
             continue
         try:
             # INFERENCE_RUNTIME_SPINNING (settings.py) says why the worker's default differs from ONNX Runtime's.
-            predictor = load_artifact(path, threads=threads, arch=spec.arch, trust_pickle=spec.trust_pickle,
-                                      ort_session_config={"session.intra_op.allow_spinning": "1" if spinning else "0"})
+            options = LoadOptions(threads=threads, arch=spec.arch, trust_pickle=spec.trust_pickle,
+                                  ort_session_config={"session.intra_op.allow_spinning": "1" if spinning else "0"})
+            predictor = load_artifact(path, options)
             warm_s = warm_up(predictor, spec.max_batch_size)
             predictors[name] = predictor
             logger.info("loaded model %s from %s (%s), warmed up in %.2f s", name, path, predictor.backend, warm_s)

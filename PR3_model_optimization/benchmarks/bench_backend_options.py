@@ -49,6 +49,7 @@ import torch
 from modelops.cli import run_cli
 from modelops.cpu import cpu_info
 from modelops.errors import UsageError
+from modelops.load_options import LoadOptions
 from modelops.model_process import WorkerProxy, time_batch, wait_until_started
 from modelops.model_session import ModelSession
 from modelops.models import create_model
@@ -259,15 +260,15 @@ class OptionSession(ModelSession):
 
     def __init__(self, name: str, path: str, *, group: str, option: str, threads: int, input_shape: list[int],
                  arch: str, cache_dir: str) -> None:
-        super().__init__(name, path, threads=threads)
-        self.group, self.option, self.input_shape, self.arch = group, option, list(input_shape), arch
+        super().__init__(name, path, LoadOptions(threads=threads, arch=arch))
+        self.group, self.option, self.input_shape, self.threads = group, option, list(input_shape), threads
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
 
     def load(self) -> dict[str, Any]:
         """Build the variant; ``load_s`` is its set-up in seconds."""
         torch.set_num_threads(self.threads)
         started = time.perf_counter()
-        fn = build_variant(self.group, self.option, Path(self.path), self.threads, self.input_shape, self.arch)
+        fn = build_variant(self.group, self.option, Path(self.path), self.threads, self.input_shape, self.options.arch)
         load_s = time.perf_counter() - started
         self.predictor = OptionPredictor(fn, self.input_shape)
         return {"load_s": load_s, "pid": os.getpid(), "threads": torch.get_num_threads()}

@@ -36,6 +36,7 @@ from modelops.artifact import Manifest, file_size_mb, load_module, save_artifact
 from modelops.cli import run_cli, split_seed, usable_cores
 from modelops.cpu import cpu_info
 from modelops.data import load_dataset
+from modelops.load_options import LoadOptions
 from modelops.models import count_macs, count_parameters, create_model
 from modelops.results import markdown_table, write_results
 from modelops.timed_modules import medians_or_raise, time_modules
@@ -124,7 +125,7 @@ def speed_part(
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         rounds = args.rounds_batch1 if batch_size == 1 else args.rounds
         started = time.perf_counter()
-        times = time_modules(variants, manifest, [batch_size], rounds, threads=args.threads,
+        times = time_modules(variants, manifest, [batch_size], rounds, options=LoadOptions(threads=args.threads),
                              policy=TimingPolicy(warmup=args.warmup), seed=args.seed)
         logger.info("batch %d: %d rounds per process in %.0f s", batch_size, rounds, time.perf_counter() - started)
         p50 = {name: round(ms, 4) for name, ms in medians_or_raise(times, batch_size).items()}

@@ -45,6 +45,7 @@ from modelops.cpu import cpu_info, cpu_summary
 from modelops.data import load_dataset, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import accuracy, predict_logits
+from modelops.load_options import LoadOptions
 from modelops.model_process import ProcessTimes, time_artifacts
 from modelops.models import create_model
 from modelops.results import markdown_table, write_results
@@ -148,7 +149,7 @@ def speed_part(args: argparse.Namespace, arch: str, work: Path) -> list[dict[str
     load = os.getloadavg()[0]
     times = time_artifacts(paths, args.batch_sizes,
                            {b: args.rounds_batch1 if b == 1 else args.rounds for b in args.batch_sizes},
-                           threads=args.threads)
+                           options=LoadOptions(threads=args.threads))
     if "fp32 eager" not in times.infos or times.errors.get("fp32 eager"):
         raise RuntimeError(f"fp32 eager could not be timed: {times.errors.get('fp32 eager')}")
     for name, error in times.errors.items():
@@ -217,7 +218,7 @@ def accuracy_part(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         summary = mq.main(mq.get_args_parser().parse_args(
             ["--model", str(model_path), "--save-path", str(save), "--threads", str(args.threads),
              "--latency-rounds", "5", *flags]))
-        logits, _ = predict_logits(load_artifact(save, threads=args.threads), loader)
+        logits, _ = predict_logits(load_artifact(save, LoadOptions(threads=args.threads)), loader)
         test_acc = accuracy(logits, targets)
         rows.append({
             "run": name, "backend": summary["backend"], "config": summary["config"], "trials": summary["trials"],

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelops.load_options import LoadOptions
 from modelops.manifest import Manifest
 from modelops.model_process import time_artifacts
 from modelops.models import count_parameters
@@ -41,7 +42,7 @@ def compare_latency(variants: dict[str, Variant], input_shape: list[int], *, bat
     with torch.no_grad():  # the class count the timing files' manifests record
         num_classes = int(module.eval()(torch.zeros(1, *input_shape)).shape[-1])
     manifest = Manifest(num_classes=num_classes, input_shape=list(input_shape))
-    times = time_modules(variants, manifest, [batch_size], rounds, threads=threads, timer=timer)
+    times = time_modules(variants, manifest, [batch_size], rounds, options=LoadOptions(threads=threads), timer=timer)
     return medians_or_raise(times, batch_size)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from modelops.artifact import Manifest, load_artifact
-from modelops.cli import load_model_dataset
+from modelops.cli import load_model_dataset, load_options
 from modelops.data import DatasetSplits, make_loader
 from modelops.errors import UsageError
 from modelops.models import count_macs, count_parameters
@@ -103,7 +103,7 @@ def fine_tune_step_fn(args: argparse.Namespace, manifest: Manifest) -> StepFn | 
         return None
     if not args.distill_from:
         return cross_entropy_step(args.label_smoothing)
-    teacher = load_artifact(args.distill_from, trust_pickle=args.trust_pickle, threads=args.threads)
+    teacher = load_artifact(args.distill_from, load_options(args))
     if teacher.num_classes != manifest.num_classes:
         raise UsageError(f"--distill-from {args.distill_from} predicts {teacher.num_classes} "
                          f"classes, the model {manifest.num_classes}")

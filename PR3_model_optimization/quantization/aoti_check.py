@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from modelops.artifact import Manifest, write_manifest
+from modelops.load_options import LoadOptions
 from modelops.model_process import time_artifacts
 from modelops.runtimes.aoti import package_path
 
@@ -62,7 +63,8 @@ def check_package(artifact: Path, manifest: Manifest, entry: dict[str, Any], bat
     """
     sizes = sorted(set(batch_sizes))
     with tempfile.TemporaryDirectory(prefix="aoti_check_") as folder:
-        times = timer(_variants(artifact, manifest, entry, Path(folder)), sizes, rounds, threads=threads)
+        times = timer(_variants(artifact, manifest, entry, Path(folder)), sizes, rounds,
+                      options=LoadOptions(threads=threads))
     if PACKAGED in times.errors:
         return False, {"kept": False, "why": f"the package failed: {times.errors[PACKAGED][:200]}"}
     record: dict[str, Any] = {f"{key}_ms": {b: round(ms, 3) for b in sizes if (ms := times.median_ms(b).get(name))}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelops.cpu import ISA_FLAGS, cpu_info
+from modelops.load_options import LoadOptions
 from modelops.model_process import ProcessTimes, time_artifacts
 from modelops.results import markdown_table
 from PR3_model_optimization.quantization.backends import REGISTRY
@@ -28,7 +29,7 @@ AUTO = "auto"
 AUTO_DEFAULT_MAX_DROP = {"static": 1.0, "bf16": 0.1}
 CANDIDATE_COLUMNS = ("backend", "method", "val_accuracy", "accuracy_drop", "meets_budget", "cold_start_s",
                      "speedup_geomean", "size_mb", "chosen", "error")
-# (label -> artifact file, batch sizes, timed calls per model, threads=) -> what each model measured.
+# (label -> artifact file, batch sizes, timed calls per model, options=LoadOptions) -> what each model measured.
 Timer = Callable[..., ProcessTimes]
 FP32 = "fp32"
 
@@ -55,14 +56,15 @@ class Candidate:
 
 
 def time_candidates(fp32: Path, candidates: Sequence[Candidate], batch_sizes: Sequence[int], rounds: int, *,
-                    threads: int | None = None, timer: Timer = time_artifacts) -> dict[int, float]:
+                    options: LoadOptions | None = None, timer: Timer = time_artifacts) -> dict[int, float]:
     """Median latency of every built candidate (into ``latency_ms``) and of fp32 eager (returned) per batch size.
 
     ``fp32`` is the fp32 eager model's artifact file. A candidate that fails to load or run gets an ``error``
     and drops out; its cold start (load and first call) goes into ``cold_start_s``.
     """
     live = [c for c in candidates if not c.error]
-    times = timer({FP32: fp32, **{c.name: c.artifact for c in live}}, list(batch_sizes), rounds, threads=threads)
+    times = timer({FP32: fp32, **{c.name: c.artifact for c in live}}, list(batch_sizes), rounds,
+                  options=options or LoadOptions())
     if FP32 in times.errors:
         raise RuntimeError(f"the fp32 reference could not be timed: {times.errors[FP32]}")
     for candidate in live:
@@ -185,7 +187,8 @@ class Selection:
 
 
 def select(fp32: Path, built: Sequence[tuple[dict, Path, QuantConfig]], failed: Sequence[Candidate], budget: float,
-           batch_sizes: Sequence[int], rounds: int, *, threads: int | None = None, timer: Timer = time_artifacts,
+           batch_sizes: Sequence[int], rounds: int, *, options: LoadOptions | None = None,
+           timer: Timer = time_artifacts,
            ) -> Selection:
     """Time each backend's best trial against fp32 eager at every batch size and choose (see :func:`choose`).
 
@@ -196,11 +199,12 @@ def select(fp32: Path, built: Sequence[tuple[dict, Path, QuantConfig]], failed: 
         budget: accuracy budget in points.
         batch_sizes: the batch sizes timed (all of them weigh in the choice).
         rounds: timed calls per model and batch size.
-        threads: intra-op threads for the runtimes that take them.
+        options: how each file is loaded for timing (its ``threads``: intra-op threads for the runtimes that
+            take them) (default: ``LoadOptions()``).
         timer: the timing function, :func:`modelops.model_process.time_artifacts` (tests inject their own).
     """
     candidates = [*best_per_backend(built, budget), *failed]
-    fp32_ms = time_candidates(fp32, candidates, list(dict.fromkeys(batch_sizes)), rounds, threads=threads,
+    fp32_ms = time_candidates(fp32, candidates, list(dict.fromkeys(batch_sizes)), rounds, options=options,
                               timer=timer)
     chosen, reason = choose(candidates, fp32_ms, budget)
     rows = candidate_rows(candidates, fp32_ms, chosen)

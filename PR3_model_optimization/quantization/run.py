@@ -6,7 +6,6 @@ the best and publishes it at the user's path.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import shutil
 import sys
@@ -25,6 +24,7 @@ from modelops.cpu import cpu_info
 from modelops.data import DatasetSplits, calibration_batches, make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import accuracy, predict_logits, top1_agreement
+from modelops.load_options import LoadOptions
 from modelops.model_process import time_artifacts
 from modelops.results import write_results
 from modelops.runtimes.aoti import package_path
@@ -153,8 +153,8 @@ class QuantizationRun:
             # The same fp32 model on the backend's runtime: splits the speed-up into runtime and int8 shares.
             contenders["fp32_runtime"] = runtime_fp32
         batch_size = self.args.latency_batch_size
-        times = self.timer(contenders, [batch_size], self.args.latency_rounds, threads=self.threads,
-                           trust_pickle=self.args.trust_pickle)
+        times = self.timer(contenders, [batch_size], self.args.latency_rounds,
+                           options=LoadOptions(threads=self.threads, trust_pickle=self.args.trust_pickle))
         return medians_or_raise(times, batch_size)
 
     def child_manifest(self, config: QuantConfig, metrics: dict, runtime: RuntimeHints | None = None) -> Manifest:
@@ -172,7 +172,7 @@ class QuantizationRun:
         write_manifest(out, self.child_manifest(config, {}), fmt=REGISTRY[config.backend].format)
 
         # Accuracy from the reloaded artifact (the same path PR2's worker and PR4's benchmark take).
-        predictor = load_artifact(out, compile=False, threads=self.threads)
+        predictor = load_artifact(out, LoadOptions(compile=False, threads=self.threads))
         logits, _ = predict_logits(predictor, self.val_loader)
         val_accuracy = round(accuracy(logits, self.val_targets), 4)
         # Speed from each model loaded only in its own process (the project's one timing method).
@@ -265,9 +265,8 @@ def finish_auto(run: QuantizationRun, built: Sequence[tuple[dict, Path, QuantCon
                 budget: float, model_path: Path, extra: dict) -> tuple[dict | None, Manifest | None, Path, Selection]:
     """Time each backend's best trial on this host, keep the fastest within ``budget`` and publish it."""
     args = run.args
-    timer = functools.partial(run.timer, trust_pickle=args.trust_pickle)
-    selection = select(run.fp32_file(), built, failed, budget, [1, args.latency_batch_size],
-                       args.latency_rounds, threads=run.threads, timer=timer)
+    selection = select(run.fp32_file(), built, failed, budget, [1, args.latency_batch_size], args.latency_rounds,
+                       options=LoadOptions(threads=run.threads, trust_pickle=args.trust_pickle), timer=run.timer)
     print(selection.table, file=sys.stderr)
     logger.info("auto: %s", selection.reason)
     chosen = selection.chosen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ from modelops.model_probe import onnx_input_shape
 from modelops.predictor import LoadRequest, Predictor, infer_manifest
 
 
-def onnx_session(path: Path, threads: int | None, session_config: dict[str, str] | None = None):
+def onnx_session(path: Path, threads: int | None, session_config: Mapping[str, str] | None = None):
     """An ONNX Runtime CPU session for ``path``: ``threads`` intra-op threads, all graph optimisations."""
     import onnxruntime as ort
 
@@ -29,14 +30,16 @@ def onnx_session(path: Path, threads: int | None, session_config: dict[str, str]
 
 
 def load_onnxruntime(request: LoadRequest) -> Predictor:
-    """The predictor of an ONNX file run by ONNX Runtime (``request.ort_session_config`` adds session entries)."""
+    """The predictor of an ONNX file run by ONNX Runtime (``request.options.ort_session_config`` adds session
+    entries)."""
     path = request.path
-    session = onnx_session(path, request.threads, request.ort_session_config)
+    session = onnx_session(path, request.options.threads, request.options.ort_session_config)
     input_name = session.get_inputs()[0].name
 
     def run_onnx(batch: torch.Tensor) -> torch.Tensor:
         array = batch.detach().cpu().float().contiguous().numpy()
         return torch.from_numpy(session.run(None, {input_name: array})[0])
 
-    manifest = request.manifest or infer_manifest(path, "onnx", run_onnx, input_shape=onnx_input_shape(session))
+    manifest = request.manifest or infer_manifest(path, "onnx", run_onnx, input_shape=onnx_input_shape(session),
+                                                  image_size=request.options.image_size)
     return Predictor(run_onnx, manifest=manifest, path=path, backend="onnxruntime", device="cpu")

@@ -147,5 +147,5 @@ def load_openvino(request: LoadRequest) -> Predictor:
     """The predictor of an ONNX file whose manifest asks for OpenVINO (``runtime.precision`` applies)."""
     if request.manifest is None:  # only a manifest names this engine
         raise ArtifactError(f"{request.path}: OpenVINO runs files whose manifest asks for it")
-    runner = openvino_runner(request.path, threads=request.threads, precision=request.hints.precision)
+    runner = openvino_runner(request.path, threads=request.options.threads, precision=request.hints.precision)
     return Predictor(runner, manifest=request.manifest, path=request.path, backend=ENGINE, device="cpu")

@@ -7,8 +7,9 @@ import torch
 
 from modelops.arch_inference import infer_architecture, match_architectures, normalise_state_dict
 from modelops.artifact import load_artifact, load_module, read_manifest
-from modelops.cli import common_parser, run_cli
+from modelops.cli import common_parser, load_options, run_cli
 from modelops.errors import ArtifactError
+from modelops.load_options import LoadOptions
 from modelops.models import create_model
 from modelops.tv_compat import torchvision
 
@@ -70,12 +71,12 @@ def test_a_bare_state_dict_loads_with_what_was_inferred_in_its_manifest(bare_res
 
 def test_arch_flag_is_used_and_a_wrong_one_says_what_to_pass(bare_resnet18, capsys):
     _, path = bare_resnet18
-    assert load_artifact(path, arch="resnet18").manifest.arch == "resnet18"
+    assert load_artifact(path, LoadOptions(arch="resnet18")).manifest.arch == "resnet18"
     with pytest.raises(ArtifactError, match=r"do not fit architecture 'resnet34'.*--arch"):
-        load_module(path, arch="resnet34")
+        load_module(path, LoadOptions(arch="resnet34"))
 
     def main(args):
-        load_module(path)
+        load_module(path, load_options(args))  # a script passes its --arch down explicitly
 
     assert run_cli(main, common_parser(), ["--arch", "resnet34"]) == 2
     assert "resnet34" in capsys.readouterr().err

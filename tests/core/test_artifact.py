@@ -20,6 +20,7 @@ from modelops.artifact import (
     save_artifact,
 )
 from modelops.errors import ArtifactError, UsageError
+from modelops.load_options import LoadOptions
 from modelops.models import create_model, resize_to_state_dict
 
 SUFFIX = {"state_dict": ".pt", "torchscript": ".pt", "exported_program": ".pt2", "onnx": ".onnx", "pickle": ".pt"}
@@ -43,7 +44,7 @@ def test_every_format_round_trips_with_same_logits(tmp_path, small_model, fmt):
     assert written.format == fmt
     assert detect_format(path) == ("state_dict" if fmt == "pickle" else fmt)
 
-    predictor = load_artifact(path, trust_pickle=(fmt == "pickle"))
+    predictor = load_artifact(path, LoadOptions(trust_pickle=(fmt == "pickle")))
     batch = torch.randn(3, 3, 32, 32)  # batch size other than the export example: dynamic batch works
     with torch.no_grad():
         expected = model(batch)
@@ -106,7 +107,7 @@ def test_untrusted_pickle_is_refused_and_names_the_flag(tmp_path, small_model):
     manifest_path(path).unlink()  # no manifest: the loader must still refuse the pickle
     with pytest.raises(ArtifactError, match="--trust-pickle"):
         load_artifact(path)
-    assert load_artifact(path, trust_pickle=True)(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert load_artifact(path, LoadOptions(trust_pickle=True))(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
 def test_traced_formats_are_refused_where_an_eager_model_is_needed(tmp_path, small_model):

@@ -16,6 +16,7 @@ import torch
 from modelops.artifact import Manifest, load_artifact, load_module, save_artifact
 from modelops.cli import run_cli
 from modelops.errors import ArtifactError
+from modelops.load_options import LoadOptions
 from modelops.models import create_model
 from PR2_async_inference.registry import ModelSpec, model_manifest
 
@@ -65,7 +66,7 @@ def saved(tiny_model, tmp_path_factory):
 @pytest.mark.parametrize("form", FORMS)
 def test_every_form_runs_a_forward_pass_with_its_class_count(form, saved, tiny_model):
     """Serving, the benchmark, the flamegraph and a distillation teacher all load through load_artifact."""
-    predictor = load_artifact(saved[form], trust_pickle=form == "pickle")
+    predictor = load_artifact(saved[form], LoadOptions(trust_pickle=form == "pickle"))
     assert predictor.num_classes == NUM_CLASSES  # a TorchScript teacher predicted "0 classes" before
     batch = torch.randn(3, *predictor.input_shape)
     torch.testing.assert_close(predictor(batch), tiny_model(batch), rtol=1e-3, atol=1e-3)
@@ -80,7 +81,7 @@ def test_every_form_serves_through_the_registry(form, saved, tiny_model):
     spec = ModelSpec(name="m", artifact=saved[form])
     path = spec.resolve()
     assert path == saved[form]
-    predictor = load_artifact(path, trust_pickle=form == "pickle")
+    predictor = load_artifact(path, LoadOptions(trust_pickle=form == "pickle"))
     assert predictor(torch.zeros(1, *predictor.input_shape)).shape == (1, NUM_CLASSES)
     if form == "state_dict_manifest":
         assert model_manifest(spec)[1].num_classes == NUM_CLASSES
@@ -90,7 +91,7 @@ def test_every_form_serves_through_the_registry(form, saved, tiny_model):
 def test_pruning_takes_eager_forms_and_refuses_traced_ones_in_one_line(form, saved, capsys):
     """Pruning (and distillation's student) need an eager module: traced files exit 2 naming the forms."""
     def main(args: argparse.Namespace) -> None:
-        load_module(saved[form], trust_pickle=args.trust_pickle)
+        load_module(saved[form], LoadOptions(trust_pickle=args.trust_pickle))
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--trust-pickle", action="store_true")
@@ -140,7 +141,7 @@ def test_image_size_flag_picks_the_input_of_a_torchscript_file_that_runs_at_any_
 def test_every_form_gives_a_quantizer_something_to_start_from(form, kind, saved, tiny_model, tmp_path):
     from modelops.quantization_input import load_for_quantization
 
-    start = load_for_quantization(saved[form], trust_pickle=form == "pickle", work_dir=tmp_path)
+    start = load_for_quantization(saved[form], LoadOptions(trust_pickle=form == "pickle"), work_dir=tmp_path)
     assert start.kind == kind and start.manifest.num_classes == NUM_CLASSES
     batch = torch.randn(2, *start.manifest.input_shape)  # a TorchScript file's probed 224x224 is fixed in its ONNX
     if kind == "eager":

@@ -13,6 +13,7 @@ import torch
 from modelops.artifact import load_artifact, read_manifest
 from modelops.cli import run_cli
 from modelops.errors import ArtifactError
+from modelops.load_options import LoadOptions
 from modelops.models import create_model
 from PR3_model_optimization import model_distillation
 from PR3_model_optimization import model_pruning as mp
@@ -125,7 +126,7 @@ def test_an_exported_program_is_quantized_by_pt2e_from_the_program_itself(user_f
         "--model", str(user_files / "model.pt2"), "--save-path", str(int8), "--backend", "pt2e", *QUANTIZE_FLAGS])
     assert code == 0, capsys.readouterr().err
     assert quantized_reason(int8)
-    assert load_artifact(int8, compile=False)(torch.zeros(2, 3, SIDE, SIDE)).shape == (2, NUM_CLASSES)
+    assert load_artifact(int8, LoadOptions(compile=False))(torch.zeros(2, 3, SIDE, SIDE)).shape == (2, NUM_CLASSES)
 
 
 @pytest.mark.parametrize("script", [mp, mq, model_distillation], ids=lambda m: m.__name__.rsplit(".", 1)[-1])

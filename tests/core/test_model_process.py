@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from modelops.artifact import Manifest, save_artifact
+from modelops.load_options import LoadOptions
 from modelops.model_process import time_artifacts
 from modelops.models import create_model
 from modelops.timing import TimingPolicy
@@ -27,7 +28,8 @@ def test_each_artifact_is_timed_in_its_own_process_and_a_broken_one_drops_out(tm
     good = _artifact(tmp_path, "good")
     broken = _artifact(tmp_path, "broken")
     broken.write_bytes(broken.read_bytes()[:1000])  # the manifest stays: the file no longer loads
-    times = time_artifacts({"a": good, "b": good, "broken": broken}, [1, 2], {1: 3, 2: 2}, QUICK, threads=1)
+    times = time_artifacts({"a": good, "b": good, "broken": broken}, [1, 2], {1: 3, 2: 2}, QUICK,
+                           options=LoadOptions(threads=1))
     assert set(times.errors) == {"broken"} and set(times.infos) == {"a", "b"}
     assert {name: {b: len(ms) for b, ms in per.items()} for name, per in times.samples_ms.items()} == \
         {"a": {1: 3, 2: 2}, "b": {1: 3, 2: 2}}

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from modelops.artifact import Manifest, export_onnx, load_artifact, write_manifest
+from modelops.load_options import LoadOptions
 from modelops.runtimes.openvino_predictor import CACHE_ENV, OpenVinoRunner, openvino_cache_dir
 
 pytest.importorskip("openvino", reason="openvino is not installed")
@@ -29,8 +30,8 @@ def test_second_load_reads_the_cache_with_equal_outputs(tmp_path: Path, monkeypa
     model = tiny_onnx(tmp_path / "m.onnx")
     batch = torch.randn(3, 3, 16, 16)
 
-    first = load_artifact(model, threads=1)
-    second = load_artifact(model, threads=1)
+    first = load_artifact(model, LoadOptions(threads=1))
+    second = load_artifact(model, LoadOptions(threads=1))
 
     assert first.backend == second.backend == "openvino"
     assert not first._fn.from_cache and second._fn.from_cache

@@ -8,6 +8,7 @@ import pytest
 from torch import nn
 
 from modelops.artifact import read_manifest
+from modelops.load_options import LoadOptions
 from modelops.manifest import Manifest, RuntimeHints
 from modelops.model_process import ProcessTimes
 from modelops.timed_modules import medians_or_raise, time_modules
@@ -40,10 +41,10 @@ def test_modules_are_saved_for_the_timer_then_removed() -> None:
     timer = FakeTimer()
     model = tiny()
     times = time_modules({"plain": model, "nhwc": (model, True)}, Manifest(num_classes=5, input_shape=INPUT),
-                         [2], 3, threads=1, timer=timer)
+                         [2], 3, options=LoadOptions(threads=1), timer=timer)
     assert list(timer.paths) == ["plain", "nhwc"]
     assert timer.hints == {"plain": RuntimeHints(), "nhwc": RuntimeHints(memory_format="channels_last")}
-    assert timer.options == {"threads": 1, "trust_pickle": True}  # the files are the caller's own
+    assert timer.options == {"options": LoadOptions(threads=1, trust_pickle=True)}  # the files are the caller's own
     assert not any(path.exists() for path in timer.paths.values())
     assert not timer.paths["plain"].parent.exists()
     assert medians_or_raise(times, 2) == {"plain": 1.0, "nhwc": 2.0}
@@ -57,7 +58,7 @@ def test_a_model_that_dropped_out_is_an_error() -> None:
 
 def test_modules_run_each_in_its_own_process() -> None:
     times = time_modules({"a": tiny(), "b": (tiny(), True)}, Manifest(num_classes=5, input_shape=INPUT), [1], 2,
-                         threads=1)
+                         options=LoadOptions(threads=1))
     assert not times.errors
     assert set(times.median_ms(1)) == {"a", "b"}
     assert times.infos["a"]["pid"] != times.infos["b"]["pid"]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from modelops.artifact import Manifest, write_manifest
+from modelops.load_options import LoadOptions
 from PR2_async_inference.registry import load_registry, write_registry
 from PR2_async_inference.worker.inference import load_predictors, torch_only_preprocesses
 
@@ -56,7 +57,7 @@ def test_a_forward_pass_adds_its_process_cpu_time_to_the_counter(pr2_model):
     def counted() -> float:
         return REGISTRY.get_sample_value("inference_forward_cpu_seconds_total", {"model": "unit-cpu"}) or 0.0
 
-    predictor = load_artifact(pr2_model, threads=1)
+    predictor = load_artifact(pr2_model, LoadOptions(threads=1))
     before = counted()
     logits, _ = forward(predictor, [np.zeros(predictor.input_shape, dtype=np.float32)] * 4, "unit-cpu")
     assert logits.shape[0] == 4

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from modelops.artifact import Manifest, load_artifact, manifest_path, read_manifest, write_manifest
+from modelops.load_options import LoadOptions
 from modelops.model_process import ProcessTimes
 from modelops.runtimes import aoti
 from PR3_model_optimization.quantization import aoti_check as check
@@ -88,7 +89,7 @@ def test_corrupt_package_falls_back(packaged: Path, tmp_path: Path, caplog: pyte
 
 
 def test_eager_load_ignores_the_package(packaged: Path) -> None:
-    predictor = load_artifact(packaged, compile=False)
+    predictor = load_artifact(packaged, LoadOptions(compile=False))
     assert isinstance(predictor._fn, nn.Module) and type(predictor._fn).__name__ != "OptimizedModule"
 
 
@@ -99,7 +100,7 @@ class PackageTimer:
     def __init__(self, compile_ms: float, package_ms: float | None) -> None:
         self.ms = {check.COMPILED: compile_ms, check.PACKAGED: package_ms}
 
-    def __call__(self, artifacts, batch_sizes, rounds: int, *, threads: int | None = None) -> ProcessTimes:
+    def __call__(self, artifacts, batch_sizes, rounds: int, *, options: LoadOptions | None = None) -> ProcessTimes:
         compiled, packaged = Path(artifacts[check.COMPILED]), Path(artifacts[check.PACKAGED])
         assert "aoti" not in json.loads(manifest_path(compiled).read_text())["runtime"]
         assert json.loads(manifest_path(packaged).read_text())["runtime"]["aoti"]["file"] == "tiny.pt2.aoti.pt2"

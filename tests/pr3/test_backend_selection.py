@@ -11,6 +11,7 @@ import torch
 from modelops.artifact import RuntimeHints, load_artifact, read_manifest, write_manifest
 from modelops.cli import run_cli
 from modelops.errors import UsageError
+from modelops.load_options import LoadOptions
 from modelops.model_process import ProcessTimes
 from modelops.runtimes.openvino_predictor import OpenVinoRunner
 from PR3_model_optimization import model_quantization as mq
@@ -40,13 +41,13 @@ class FakeTimer:
         self.batch_sizes: list[int] = []
         self.models: list[set[str]] = []
 
-    def __call__(self, artifacts, batch_sizes, rounds: int, *, threads: int | None = None) -> ProcessTimes:
+    def __call__(self, artifacts, batch_sizes, rounds: int, *, options: LoadOptions | None = None) -> ProcessTimes:
         self.batch_sizes = list(batch_sizes)
         self.models.append(set(artifacts))
         times = ProcessTimes()
         for name, path in artifacts.items():
             try:
-                predictor = load_artifact(path, threads=threads)
+                predictor = load_artifact(path, options)
                 predictor(torch.zeros(batch_sizes[0], *predictor.input_shape))
             except Exception as exc:
                 times.errors[name] = f"{type(exc).__name__}: {exc}"
@@ -72,7 +73,8 @@ def built(digits_resnet18: Path, tmp_path_factory: pytest.TempPathFactory) -> li
 
 
 def select(built, fp32, timer, budget: float = 1.0, failed=()) -> auto.Selection:
-    return auto.select(fp32, built, list(failed), budget, [1, 4], rounds=2, threads=1, timer=timer)
+    return auto.select(fp32, built, list(failed), budget, [1, 4], rounds=2, options=LoadOptions(threads=1),
+                       timer=timer)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,7 @@ def test_openvino_artifact_runs_on_openvino_and_agrees(built, digits_resnet18: P
     _, save, _ = built[1]
     manifest = read_manifest(save)
     assert manifest.runtime == RuntimeHints(engine="openvino") and manifest.transform["backend"] == "openvino"
-    predictor = load_artifact(save, threads=1)
+    predictor = load_artifact(save, LoadOptions(threads=1))
     assert predictor.backend == "openvino"
     assert predictor(torch.zeros(3, 3, 32, 32)).shape == (3, 10)
     assert manifest.metrics["quantized_layers_count"] >= 19  # NNCF put int8 weights on every conv but conv1
@@ -148,7 +150,7 @@ def test_auto_end_to_end_without_pt2e_writes_the_winner_and_its_record(digits_re
     assert summary["backend"] == manifest.transform["backend"] == record["chosen"].split("-")[0]
     assert {r["backend"] for r in record["candidates"]} == {"onnxruntime", "openvino", "pt2e"}
     assert record["batch_sizes"] == [1, 4] and "max_accuracy_drop" in record
-    assert load_artifact(tmp_path / "auto.onnx", threads=1)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert load_artifact(tmp_path / "auto.onnx", LoadOptions(threads=1))(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
 @pytest.mark.skipif(not BF16, reason=f"no bf16 units on this CPU: {BF16_WHY}")
@@ -158,7 +160,7 @@ def test_bf16_on_openvino_needs_no_calibration_and_keeps_accuracy(digits_resnet1
     manifest = read_manifest(save)
     assert manifest.runtime == RuntimeHints(engine="openvino", precision="bf16")
     assert manifest.transform["dtype"] == "bf16" and summary["quantized_layers"] == 0
-    assert load_artifact(save, threads=1).backend == "openvino"
+    assert load_artifact(save, LoadOptions(threads=1)).backend == "openvino"
     assert OpenVinoRunner(save, threads=1, precision="bf16").precision == "bf16"
     assert summary["accuracy_drop"] <= 0.6  # two val images of 360 at most
 

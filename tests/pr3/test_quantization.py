@@ -17,6 +17,7 @@ from modelops.cli import run_cli
 from modelops.data import make_loader
 from modelops.errors import UsageError
 from modelops.evaluate import predict_logits, top1_agreement
+from modelops.load_options import LoadOptions
 from PR3_model_optimization import model_quantization as mq
 from PR3_model_optimization.quantization.config import QuantConfig
 from PR3_model_optimization.quantization.coverage import dynamic_coverage, layer_macs
@@ -41,7 +42,7 @@ def agreement_with_fp32(int8_path: Path, fp32_path: Path, data, **load_kwargs) -
     fp32, _ = load_module(fp32_path)
     loader = make_loader(data.val, 256)
     reference, _ = predict_logits(fp32, loader)
-    logits, _ = predict_logits(load_artifact(int8_path, threads=1, **load_kwargs), loader)
+    logits, _ = predict_logits(load_artifact(int8_path, LoadOptions(threads=1, **load_kwargs)), loader)
     return top1_agreement(logits, reference)
 
 
@@ -70,7 +71,7 @@ def test_static_onnxruntime_round_trip(ort_static, digits_resnet18: Path, digits
     for key in ("accuracy", "fp32_accuracy", "top1_agreement", "latency_ms_p50_fp32", "latency_ms_p50_int8",
                 "speedup", "int8_speedup", "cpu_int8_outlook"):
         assert key in manifest.metrics and key in summary
-    predictor = load_artifact(save, threads=1)
+    predictor = load_artifact(save, LoadOptions(threads=1))
     assert predictor.backend == "onnxruntime"
     assert predictor(torch.zeros(3, *manifest.input_shape)).shape == (3, 10)
     assert agreement_with_fp32(save, digits_resnet18, digits_data) >= 98.0
@@ -152,7 +153,7 @@ def test_dynamic_covers_linear_only_and_is_written_when_asked(digits_resnet18: P
     manifest = read_manifest(tmp_path / "dyn.pt")
     assert manifest.transform["method"] == "dynamic" and manifest.metrics["quantized_layers"] == ["fc"]
     assert summary["quantized_mac_fraction"] < 0.001
-    assert load_artifact(tmp_path / "dyn.pt", threads=1)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert load_artifact(tmp_path / "dyn.pt", LoadOptions(threads=1))(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_onnx_node_names_map_to_modules() -> None:
@@ -190,7 +191,7 @@ def test_search_stops_at_its_budget_and_keeps_the_fastest_passing(digits_resnet1
     assert summary["config"] == expected
     manifest = read_manifest(save)
     assert manifest.metrics["max_accuracy_drop"] == 2.0 and manifest.metrics["speedup"] == summary["speedup"]
-    assert load_artifact(save, threads=1)(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    assert load_artifact(save, LoadOptions(threads=1))(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from torch import nn
 
 from modelops.artifact import RuntimeHints, export_onnx, load_artifact, read_manifest
 from modelops.errors import ArtifactError, UsageError
+from modelops.load_options import LoadOptions
 from modelops.predictor import LoadRequest, Predictor, Runtime
 from modelops.runtimes.onnxruntime_predictor import load_onnxruntime
 from PR3_model_optimization import model_quantization as mq
@@ -94,7 +95,7 @@ def test_a_registered_backend_quantizes_and_its_runtime_loads_it(toy: Backend, d
     assert summary["backend"] == "toy" and summary["latency_ms_p50_int8"] > 0  # timed by its runtime, elsewhere
     manifest = read_manifest(save)
     assert manifest.runtime == RuntimeHints(engine="toy") and manifest.transform["backend"] == "toy"
-    predictor = load_artifact(save, threads=1)
+    predictor = load_artifact(save, LoadOptions(threads=1))
     assert predictor.backend == "toy" and predictor(torch.zeros(2, *manifest.input_shape)).shape == (2, 10)
     unregister_backend(toy.name)
     with pytest.raises(ArtifactError, match="runtime 'toy', which is not known here"):
