@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from modelops.artifact import MODEL_SUFFIXES, read_manifest
-from modelops.cli import check_positive, common_parser, run_cli, set_help, split_seed
+from modelops.cli import check_positive, common_parser, load_options, run_cli, set_help, split_seed, usable_cores
 from modelops.errors import UsageError
-from modelops.timing import POLICY
+from modelops.timing import POLICY, TimingPolicy
+from PR4_model_benchmarking.bench_settings import BenchmarkSettings, LoadGenSettings
 from PR4_model_benchmarking.loadgen_phase import LOADGEN_MODES
 from PR4_model_benchmarking.measure import (
     NO_DATASET,
@@ -168,10 +169,10 @@ def parse_models(spec: str) -> list[tuple[str, Path]]:
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the flags --quick shortens and check every number."""
-    for key, (normal, quick) in QUICK_DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, quick if args.quick else normal)
+    """A copy of ``args`` with the flags --quick shortens filled, every number checked (``args`` stays as parsed)."""
+    filled = {key: quick if args.quick else normal for key, (normal, quick) in QUICK_DEFAULTS.items()
+              if getattr(args, key) is None}
+    args = argparse.Namespace(**{**vars(args), **filled})
     for name in ("warmup", "accuracy_samples", "untimed_per_turn", "settle_ms"):
         check_positive(f"--{name.replace('_', '-')}", getattr(args, name), allow_zero=True)
     for name in ("iters", "calls_per_turn", "max_iters", "min_time", "target_qps", "latency_bound_ms",
@@ -182,37 +183,64 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def check_inputs(models: list[tuple[str, Path]], args: argparse.Namespace) -> Any:
-    """Load the dataset at the models' input size; refuse models whose manifest says another shape.
+def run_dataset(models: list[tuple[str, Path]], args: argparse.Namespace) -> str | None:
+    """The dataset of the run: ``--dataset``, else the first manifest's that names one, else None (speed only)."""
+    manifests = [m for _, path in models if (m := read_manifest(path)) is not None]
+    return args.dataset or next((m.dataset for m in manifests if m.dataset), None)
 
-    With no ``--dataset`` and no manifest that names one, there is nothing to load: the run is speed-only
-    (``None``), each model timed on inputs of its own shape and its accuracy marked :data:`NO_DATASET`.
+
+def check_inputs(models: list[tuple[str, Path]], args: argparse.Namespace, dataset: str | None,
+                 accuracy_samples: int) -> Any:
+    """Load ``dataset`` at the models' input size; refuse models whose manifest says another shape.
+
+    With no ``dataset`` (no ``--dataset`` and no manifest that names one), there is nothing to load: the run is
+    speed-only (``None``), each model timed on inputs of its own shape and its accuracy marked :data:`NO_DATASET`.
     """
     from modelops.cli import load_model_dataset
     from modelops.data import load_dataset
 
     manifests = {name: read_manifest(path) for name, path in models}
     first = next((m for m in manifests.values() if m is not None), None)
-    args.dataset = args.dataset or next((m.dataset for m in manifests.values() if m is not None and m.dataset), None)
-    if args.dataset is None:
+    if dataset is None:
         logger.info("timing only, accuracy %s (pass --dataset to measure it)", NO_DATASET)
-        args.accuracy_samples = 0
         return None
     image_size = args.image_size or (first.input_shape[-1] if first else None)
     if first is not None:  # fake data takes the model's class count and size; --preprocessing, --labels apply
-        data = load_model_dataset(args, first)
+        data = load_model_dataset(args, first, dataset=dataset)
     else:
-        data = load_dataset(args.dataset, image_size=image_size, seed=split_seed(args, first), data_dir=args.data_dir)
+        data = load_dataset(dataset, image_size=image_size, seed=split_seed(args, first), data_dir=args.data_dir)
     for name, path in models:
         manifest = manifests[name]
         if manifest is None:
             continue  # checked after loading, from the shape load_artifact infers
-        check_shape(name, path, list(manifest.input_shape), data, args.dataset)
-        if args.accuracy_samples and manifest.num_classes != data.num_classes:
+        check_shape(name, path, list(manifest.input_shape), data, dataset)
+        if accuracy_samples and manifest.num_classes != data.num_classes:
             raise UsageError(f"Model {name!r} ({path}) predicts {manifest.num_classes} classes but dataset "
-                             f"{args.dataset!r} has {data.num_classes}; pick the model's --dataset or pass "
+                             f"{dataset!r} has {data.num_classes}; pick the model's --dataset or pass "
                              "--accuracy-samples 0")
     return data
+
+
+def benchmark_settings(args: argparse.Namespace, dataset: str | None, accuracy_samples: int) -> BenchmarkSettings:
+    """The run's :class:`BenchmarkSettings` from the resolved flags (see :func:`resolve_args`)."""
+    compile_flag = {"auto": None, "on": True, "off": False}[args.compile]
+    loadgen = LoadGenSettings(
+        mode=args.loadgen_mode, qsl_samples=args.qsl_samples,
+        accuracy_samples=accuracy_samples if args.loadgen_accuracy_samples is None else args.loadgen_accuracy_samples,
+        target_qps=args.target_qps, latency_bound_ms=args.latency_bound_ms, min_duration_ms=args.min_duration_ms,
+        min_query_count=args.min_query_count, max_duration_ms=args.max_duration_ms,
+        offline_batch_size=args.offline_batch_size, multi_stream_samples=args.multi_stream_samples,
+        server_search_runs=args.server_search_runs, server_search_seconds=args.server_search_seconds)
+    return BenchmarkSettings(
+        load=load_options(args, threads=args.threads or usable_cores(), compile=compile_flag),
+        isolation=args.isolation, seed=args.seed,
+        policy=TimingPolicy(warmup=args.warmup, calls_per_turn=args.calls_per_turn,
+                            untimed_per_turn=args.untimed_per_turn, settle_s=args.settle_ms / 1e3),
+        batch_sizes=tuple(parse_int_list(args.batch_sizes, "--batch-sizes")),
+        scenarios=tuple(parse_scenarios(args.scenarios)), iters=args.iters, min_time=args.min_time,
+        max_iters=args.max_iters, dataset=dataset, data_dir=args.data_dir, batch_size=args.batch_size,
+        accuracy_samples=accuracy_samples, accuracy_tolerance=args.accuracy_tolerance,
+        output_dir=args.output_dir, show_progress=not args.no_progress, loadgen=loadgen)
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -222,13 +250,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     models = parse_models(args.models)
     parse_int_list(args.batch_sizes, "--batch-sizes")
     parse_scenarios(args.scenarios)
-    data = check_inputs(models, args)
-    if args.loadgen_accuracy_samples is None:
-        args.loadgen_accuracy_samples = args.accuracy_samples
-    if args.loadgen_mode != "performance" and (data is None or not args.loadgen_accuracy_samples):
+    dataset = run_dataset(models, args)
+    accuracy_samples = args.accuracy_samples if dataset is not None else 0
+    data = check_inputs(models, args, dataset, accuracy_samples)
+    settings = benchmark_settings(args, dataset, accuracy_samples)
+    if settings.loadgen.mode != "performance" and (data is None or not settings.loadgen.accuracy_samples):
         raise UsageError(f"--loadgen-mode {args.loadgen_mode} scores LoadGen's accuracy log against a dataset's "
                          "labels: pass --dataset and a positive --loadgen-accuracy-samples, or use performance")
-    bench = Benchmark(args, models, data)
+    bench = Benchmark(settings, models, data)
     try:
         bench.load()
         bench.latency()

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import importlib.metadata
 import logging
@@ -18,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from modelops.cli import usable_cores
 from modelops.errors import UsageError
 from modelops.model_process import WorkerError, start_session, time_batch
-from modelops.timing import TimingPolicy
+from PR4_model_benchmarking.bench_settings import BenchmarkSettings
 from PR4_model_benchmarking.loadgen_phase import ModelSpeed, ScenarioPlan, run_model_scenarios, scenario_fields
 from PR4_model_benchmarking.runner import BenchSession
 from PR4_model_benchmarking.scenarios import P99_EARLY_STOPPING_QUERIES, P99_SCENARIOS, SCENARIOS
@@ -62,13 +60,14 @@ def check_shape(name: str, path: Path, shape: list[int], data: Any, dataset: str
                          f"{tuple(data.input_shape)}; pass a matching --dataset/--image-size or another model")
 
 
-def environment(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+def environment(settings: BenchmarkSettings, threads: int) -> dict[str, Any]:
     """Where the run happened: CPU and its int8 features, threads, versions, load, any wait-policy setting."""
     import torch
 
     from modelops.cpu import cpu_info
 
-    env: dict[str, Any] = {**cpu_info(), "threads": threads, "device": args.device, "isolation": args.isolation,
+    env: dict[str, Any] = {**cpu_info(), "threads": threads, "device": settings.load.device,
+                           "isolation": settings.isolation,
                            "python": platform.python_version(), "platform": platform.platform(),
                            "torch": torch.__version__, "numpy": np.__version__,
                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
@@ -86,26 +85,21 @@ def environment(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     return env
 
 
-def timing_policy(args: argparse.Namespace) -> TimingPolicy:
-    return TimingPolicy(warmup=args.warmup, calls_per_turn=args.calls_per_turn,
-                        untimed_per_turn=args.untimed_per_turn, settle_s=args.settle_ms / 1e3)
-
-
 class Benchmark:
     """State of one run, so an interrupted run can still report what it measured."""
 
-    def __init__(self, args: argparse.Namespace, models: list[tuple[str, Path]], data: Any) -> None:
-        self.args = args
+    def __init__(self, settings: BenchmarkSettings, models: list[tuple[str, Path]], data: Any) -> None:
+        self.settings = settings
         self.models = models
         self.data = data
-        self.threads = args.threads or usable_cores()
-        self.policy = timing_policy(args)
-        self.batch_sizes = parse_int_list(args.batch_sizes, "--batch-sizes")
-        self.scenarios = parse_scenarios(args.scenarios)
+        self.threads = settings.load.threads
+        self.policy = settings.policy
+        self.batch_sizes = list(settings.batch_sizes)
+        self.scenarios = list(settings.scenarios)
         if ("single-stream" in self.scenarios or "server" in self.scenarios) and 1 not in self.batch_sizes:
             self.batch_sizes.insert(0, 1)  # both size their LoadGen runs from the batch-1 latency
         self.created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        self.env = environment(args, self.threads)
+        self.env = environment(settings, self.threads)
         self.sessions: dict[str, Any] = {}
         self.infos: dict[str, dict[str, Any]] = {}
         self.errors: dict[str, str] = {}
@@ -136,18 +130,16 @@ class Benchmark:
 
         if self.progress is not None:
             self.progress.close()
-        self.progress = tqdm(total=total, desc=desc, disable=self.args.no_progress, leave=False, file=sys.stderr)
+        self.progress = tqdm(total=total, desc=desc, disable=not self.settings.show_progress, leave=False,
+                             file=sys.stderr)
         return self.progress
 
     # -------------------------------------------------------------- phases
     def load(self) -> None:
-        args = self.args
-        compile_flag = {"auto": None, "on": True, "off": False}[args.compile]
+        settings = self.settings
         for name, path in self.models:
-            self.sessions[name] = start_session(args.isolation, session=BenchSession, name=name, path=str(path),
-                                                device=args.device, threads=self.threads,
-                                                trust_pickle=args.trust_pickle, compile=compile_flag, seed=args.seed,
-                                                arch=args.arch, image_size=args.image_size)
+            self.sessions[name] = start_session(settings.isolation, name, path, settings.load, session=BenchSession,
+                                                seed=settings.seed)
             self.sessions[name].send("load")  # workers load in parallel; a local session loads right here
         for name, path in self.models:
             try:
@@ -156,7 +148,7 @@ class Benchmark:
                 self.fail(name, exc)
                 continue
             if self.data is not None:  # speed-only runs time each model on its own input shape
-                check_shape(name, path, self.infos[name]["input_shape"], self.data, args.dataset)
+                check_shape(name, path, self.infos[name]["input_shape"], self.data, settings.dataset)
         if not self.active():
             first = next(iter(self.usage_errors.values()), None)
             if first and len(self.usage_errors) == len(self.models):
@@ -165,27 +157,28 @@ class Benchmark:
 
     def latency(self) -> None:
         """Every batch size in turn: each model's input and peak-memory window, then interleaved turns."""
+        settings = self.settings
         for batch_size in self.batch_sizes:
             names = self.active()
-            bar = self._bar(None if self.args.min_time else self.args.iters * len(names), f"latency b={batch_size}")
+            bar = self._bar(None if settings.min_time else settings.iters * len(names), f"latency b={batch_size}")
             taken = time_batch(
-                {n: self.sessions[n] for n in names}, batch_size, 3 if self.args.min_time else self.args.iters,
-                self.policy, on_error=self.fail, enough=self._ran_min_time if self.args.min_time else None,
-                max_samples=self.args.max_iters if self.args.min_time else None,
+                {n: self.sessions[n] for n in names}, batch_size, 3 if settings.min_time else settings.iters,
+                self.policy, on_error=self.fail, enough=self._ran_min_time if self.settings.min_time else None,
+                max_samples=self.settings.max_iters if self.settings.min_time else None,
                 on_turn=lambda _name, count, bar=bar: bar.update(count))
             bar.close()
             for name, values in taken.items():
                 if values:
                     self.samples[name][str(batch_size)] = [round(ms, 4) for ms in values]
             for name in self.active():
-                if self.args.isolation == "process" or self.args.device != "cpu":
+                if self.settings.isolation == "process" or self.settings.load.device != "cpu":
                     self.memory[name][str(batch_size)] = self.sessions[name].batch_memory()
 
     def _ran_min_time(self, taken: dict[str, list[float]]) -> bool:
-        return all(sum(values) >= self.args.min_time * 1e3 for values in taken.values() if values)
+        return all(sum(values) >= self.settings.min_time * 1e3 for values in taken.values() if values)
 
     def evaluate(self) -> None:
-        if not self.args.accuracy_samples:
+        if not self.settings.accuracy_samples:
             return
         import torch
 
@@ -197,8 +190,8 @@ class Benchmark:
         for i, name in enumerate(names):
             try:
                 out = self.sessions[name].predict_dataset(
-                    self.args.dataset, self.data.image_size, self.data.split_seed, self.args.data_dir,
-                    self.args.accuracy_samples, self.args.batch_size)
+                    self.settings.dataset, self.data.image_size, self.data.split_seed, self.settings.data_dir,
+                    self.settings.accuracy_samples, self.settings.batch_size)
             except WorkerError as exc:
                 self.fail(name, exc)
                 continue
@@ -214,27 +207,28 @@ class Benchmark:
 
     def plan_scenarios(self) -> ScenarioPlan | None:
         """The LoadGen phase's plan; None when neither a scenario nor an accuracy run is wanted."""
-        args = self.args
+        settings = self.settings
+        lg = settings.loadgen
         names = [n for n in self.active() if self.samples[n]]
-        if not names or (args.loadgen_mode == "performance" and not self.scenarios):
+        if not names or (settings.loadgen.mode == "performance" and not self.scenarios):
             return None
         first = self.samples[names[0]].get("1")
-        qps = args.target_qps or (round(0.5 * 1e3 / float(np.mean(first)), 3) if first else None)
-        bound = args.latency_bound_ms or (round(5 * float(np.percentile(first, 90)), 3) if first else None)
-        samples: dict[str, Any] = {"count": args.qsl_samples}
+        qps = settings.loadgen.target_qps or (round(0.5 * 1e3 / float(np.mean(first)), 3) if first else None)
+        bound = settings.loadgen.latency_bound_ms or (round(5 * float(np.percentile(first, 90)), 3) if first else None)
+        samples: dict[str, Any] = {"count": settings.loadgen.qsl_samples}
         accuracy = None
         if self.data is not None:
-            dataset = {"dataset": args.dataset, "image_size": self.data.image_size,
-                       "split_seed": self.data.split_seed, "data_dir": args.data_dir}
-            samples = {**dataset, "count": min(args.qsl_samples, len(self.data.test))}
-            if args.loadgen_accuracy_samples:
-                accuracy = {**dataset, "count": min(args.loadgen_accuracy_samples, len(self.data.test))}
+            dataset = {"dataset": settings.dataset, "image_size": self.data.image_size,
+                       "split_seed": self.data.split_seed, "data_dir": settings.data_dir}
+            samples = {**dataset, "count": min(settings.loadgen.qsl_samples, len(self.data.test))}
+            if settings.loadgen.accuracy_samples:
+                accuracy = {**dataset, "count": min(settings.loadgen.accuracy_samples, len(self.data.test))}
         return ScenarioPlan(
-            scenarios=tuple(self.scenarios), mode=args.loadgen_mode, out_dir=Path(args.output_dir), samples=samples,
-            accuracy_samples=accuracy, min_duration_ms=args.min_duration_ms, min_query_count=args.min_query_count,
-            max_duration_ms=args.max_duration_ms, offline_batch_size=args.offline_batch_size,
-            multi_stream_samples=args.multi_stream_samples, server_qps=qps, server_bound_ms=bound,
-            search_runs=args.server_search_runs, search_seconds=args.server_search_seconds)
+            scenarios=tuple(self.scenarios), mode=lg.mode, out_dir=Path(settings.output_dir), samples=samples,
+            accuracy_samples=accuracy, min_duration_ms=lg.min_duration_ms, min_query_count=lg.min_query_count,
+            max_duration_ms=lg.max_duration_ms, offline_batch_size=lg.offline_batch_size,
+            multi_stream_samples=lg.multi_stream_samples, server_qps=qps, server_bound_ms=bound,
+            search_runs=lg.server_search_runs, search_seconds=lg.server_search_seconds)
 
     def speed(self, name: str) -> ModelSpeed:
         per = self.samples[name]
@@ -271,27 +265,28 @@ class Benchmark:
         for name, path in self.models:
             batches = [r for r in per_batch if r["model"] == name]
             row = model_row(name, str(path), self.infos.get(name, {}), batches, primary=self.batch_sizes[0],
-                            isolated=self.args.isolation == "process")
+                            isolated=self.settings.isolation == "process")
             row.update(self.accuracy.get(name, {}))
             if name in self.loadgen:
                 row.update(scenario_fields(self.loadgen[name]))
             row["error"] = self.errors.get(name)
             rows.append(row)
-        return add_comparisons(rows, self.args.accuracy_tolerance)
+        return add_comparisons(rows, self.settings.accuracy_tolerance)
 
     def notes_text(self) -> list[str]:
-        args, policy = self.args, self.policy
-        stop = f"rounds until each model ran {args.min_time} s" if args.min_time else f"{args.iters} timed calls"
+        settings, policy = self.settings, self.policy
+        stop = (f"rounds until each model ran {settings.min_time} s" if settings.min_time
+                else f"{settings.iters} timed calls")
         return [
             f"Latency: {policy.warmup} warm-up calls per model, then {stop} per batch size, taken in turns "
             f"({policy.settle_s * 1e3:.0f} ms pause, {policy.untimed_per_turn} untimed and up to "
             f"{policy.calls_per_turn} timed calls per turn); every runtime with its default threading.",
             "Inputs for timing are seeded random tensors of each model's input shape; "
-            + (f"accuracy uses the first {args.accuracy_samples} samples of the {args.dataset!r} test split, after "
-               "timing and memory." if self.data is not None else f"accuracy: {NO_DATASET}."),
+            + (f"accuracy uses the first {settings.accuracy_samples} samples of the {settings.dataset!r} test split, "
+               "after timing and memory." if self.data is not None else f"accuracy: {NO_DATASET}."),
             "Memory: weights_mb is the weights' bytes in memory; each model ran in its own process, model_rss_mb "
             "is that process's peak RSS while timing over its RSS with only the runtimes imported."
-            if args.isolation == "process" else
+            if settings.isolation == "process" else
             "All models ran in this process (--isolation none): weights only, no per-model RSS figure.",
             *self.loadgen_notes(),
         ]
@@ -331,7 +326,7 @@ class Benchmark:
                 "server_search_runs": plan.search_runs, "server_search_seconds": plan.search_seconds}
 
     def report(self) -> dict[str, Any]:
-        args = self.args
+        settings = self.settings
         per_batch = per_batch_rows(self.samples, self.memory, self.models[0][0])
         models = self.summary_rows(per_batch)
         env = dict(self.env)
@@ -343,17 +338,18 @@ class Benchmark:
         return {
             "tool": "PR4_model_benchmarking/benchmark_models.py", "created_at": self.created_at,
             "interrupted": self.interrupted, "environment": env,
-            "headline": headline(models, env, args.accuracy_tolerance),
+            "headline": headline(models, env, settings.accuracy_tolerance),
             "config": {"models": [f"{n}:{p}" for n, p in self.models], "batch_sizes": self.batch_sizes,
                        "primary_batch_size": self.batch_sizes[0], "scenarios": self.scenarios,
-                       "warmup": args.warmup, "iters": args.iters, "min_time_s": args.min_time,
+                       "warmup": settings.policy.warmup, "iters": settings.iters, "min_time_s": settings.min_time,
                        "timing_policy": asdict(self.policy),
-                       "dataset": args.dataset, "image_size": self.data.image_size if self.data is not None else None,
+                       "dataset": settings.dataset,
+                       "image_size": self.data.image_size if self.data is not None else None,
                        "accuracy": None if self.data is not None else NO_DATASET,
-                       "accuracy_samples": args.accuracy_samples, "threads": self.threads,
+                       "accuracy_samples": settings.accuracy_samples, "threads": self.threads,
                        "loadgen_plan": self.plan_config(),
-                       "device": args.device, "isolation": args.isolation, "seed": args.seed,
-                       "output_dir": str(args.output_dir)},
+                       "device": settings.load.device, "isolation": settings.isolation, "seed": settings.seed,
+                       "output_dir": str(settings.output_dir)},
             "models": models, "per_batch": per_batch, "samples_ms": self.samples,
             "loadgen": self.loadgen, "notes": notes + self.notes,
         }
