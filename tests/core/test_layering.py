@@ -186,3 +186,143 @@ def test_modules_and_functions_stay_small() -> None:
 def test_every_size_exception_is_still_needed() -> None:
     within = [name for name in SIZE_EXCEPTIONS if name not in oversized()]
     assert within == [], f"{within} are within the limits now: drop them from SIZE_EXCEPTIONS"
+
+
+# ---------------------------------------------------------------------- explicit inputs, no hidden state
+# The shared core keeps no process-wide state that a script sets and a loader reads: what a loader needs comes in
+# as arguments (a ``LoadOptions``). A module-level name bound to a call's result, or rebound by a function
+# (``global``), is such state, except these, each with why it is not.
+ALLOWED_MODULE_CALLS = {
+    "logging.getLogger": "a logger; configured once at the entry point, never read as a setting",
+    "TypeVar": "a typing construct",
+    "object": "a sentinel, compared by identity only",
+    "Path": "an immutable path constant",
+    "TimingPolicy": "a frozen dataclass constant (the timing policy's defaults)",
+    "import_torchvision": "the torchvision module itself, imported through the compat helper: the same object "
+                          "`import torchvision` binds, not a setting",
+}
+# (module, name) -> why a function may rebind it.
+ALLOWED_GLOBALS = {
+    ("modelops/tv_compat.py", "_compat_library"): "keeps torch's op registrations alive: torch's op registry is "
+                                                  "process-wide by nature, not a script's setting",
+    ("modelops/tv_compat.py", "patched"): "records whether those placeholder ops were defined in this process",
+}
+
+
+def hidden_state(source: str, rel: str) -> list[str]:
+    """Module-level names of the module ``rel`` (its ``source``) bound to a call's result or rebound by a function,
+    less the allowed ones."""
+    tree = ast.parse(source, filename=rel)
+    found = []
+    for node in tree.body:
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        if isinstance(value, ast.Call) and ast.unparse(value.func) not in ALLOWED_MODULE_CALLS:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            found += [f"{rel}:{node.lineno} {ast.unparse(t)} = {ast.unparse(value.func)}(...)" for t in targets]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            found += [f"{rel}:{node.lineno} global {name}" for name in node.names if (rel, name) not in ALLOWED_GLOBALS]
+    return found
+
+
+def test_the_state_check_sees_both_forms() -> None:
+    # The shape of the old ``--arch`` global: a literal at module level, rebound by a setter the CLI called.
+    source = ("import logging\n_arch = None\nCACHE = dict()\nlogger = logging.getLogger(__name__)\n"
+              "def set_arch(arch):\n    global _arch\n    _arch = arch\n")
+    assert hidden_state(source, "modelops/sample.py") == ["modelops/sample.py:3 CACHE = dict(...)",
+                                                          "modelops/sample.py:6 global _arch"]
+
+
+def test_no_hidden_process_state_in_the_core() -> None:
+    found = []
+    for path in sorted((REPO_ROOT / CORE).rglob("*.py")):
+        found += hidden_state(path.read_text(), path.relative_to(REPO_ROOT).as_posix())
+    assert found == []
+
+
+# Library code takes typed parameters; only a script's own functions and the CLI layer read parsed flags, and
+# nothing changes them after parsing (a flag changed below ``main`` is hidden state too).
+CLI_LAYER = {"modelops/cli.py": "turns the common flags into typed values (load_options, setup, datasets)"}
+# Library modules that still take a Namespace, each with why; the list only shrinks (checked below).
+NAMESPACE_EXCEPTIONS = {
+    "modelops/training.py": "fit() and its optimizer/scheduler builders read the training flags, torchvision "
+                            "reference style; not yet a typed training config",
+    "PR3_model_optimization/pruning/fine_tune.py": "pruning's phases still take model_pruning.py's flags",
+    "PR3_model_optimization/pruning/latency.py": "pruning's phases still take model_pruning.py's flags",
+    "PR3_model_optimization/pruning/run.py": "pruning's phases still take model_pruning.py's flags",
+    "PR3_model_optimization/quantization/run.py": "QuantizationRun still takes model_quantization.py's flags",
+    "PR3_model_optimization/quantization/search.py": "plan_trials still takes model_quantization.py's flags",
+    "PR4_model_benchmarking/benchmarks/artifact_pair.py": "a benchmark helper that reads its scripts' flags",
+    "main_job/job.py": "the main job keeps its parsed flags for its stages",
+    "main_job/sizing.py": "the main job's sizing step reads the main job's flags",
+}
+# Scripts that still fill their own flags in after parsing, each with why.
+MUTATION_EXCEPTIONS = {
+    "PR3_model_optimization/benchmarks/bench_backend_options.py": "parses --batch-sizes/--groups in place",
+    "PR3_model_optimization/benchmarks/bench_quantization.py": "parses --batch-sizes and turns off missing runtimes "
+                                                               "in place",
+}
+
+
+def is_script(tree: ast.Module) -> bool:
+    """A module with ``get_args_parser`` or an ``if __name__ == "__main__":`` entry point."""
+    return any((isinstance(node, ast.FunctionDef) and node.name == "get_args_parser")
+               or (isinstance(node, ast.If) and "__name__" in ast.unparse(node.test)) for node in tree.body)
+
+
+def namespace_uses(source: str, rel: str) -> tuple[list[str], list[str]]:
+    """(functions of a library module that take a Namespace, functions anywhere that change one they were given)."""
+    tree = ast.parse(source, filename=rel)
+    takes, changes = [], []
+    for func in ast.walk(tree):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        params = [*func.args.posonlyargs, *func.args.args, *func.args.kwonlyargs]
+        flags = {p.arg for p in params if p.annotation is not None and "Namespace" in ast.unparse(p.annotation)}
+        if flags and not is_script(tree):
+            takes.append(f"{rel}::{func.name}")
+        for node in ast.walk(func):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            hit = any(isinstance(t, ast.Attribute) and getattr(t.value, "id", None) in flags for t in targets)
+            hit |= (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr" and bool(node.args)
+                    and getattr(node.args[0], "id", None) in flags)
+            if hit:
+                changes.append(f"{rel}::{func.name}:{node.lineno}")
+    return takes, changes
+
+
+def test_the_namespace_check_sees_both_forms() -> None:
+    library = ("import argparse\ndef run(args: argparse.Namespace, n: int) -> None:\n    return None\n"
+               "def fill(args: argparse.Namespace) -> None:\n    args.dataset = 'digits'\n"
+               "    setattr(args, 'iters', 3)\n")
+    assert namespace_uses(library, "PR4_model_benchmarking/lib.py") == (
+        ["PR4_model_benchmarking/lib.py::run", "PR4_model_benchmarking/lib.py::fill"],
+        ["PR4_model_benchmarking/lib.py::fill:5", "PR4_model_benchmarking/lib.py::fill:6"])
+    script = library + "def get_args_parser():\n    pass\n"
+    assert namespace_uses(script, "s.py")[0] == []  # a script's own functions may read its flags
+
+
+@lru_cache(maxsize=1)
+def namespace_findings() -> dict[str, tuple[list[str], list[str]]]:
+    return {path.relative_to(REPO_ROOT).as_posix(): namespace_uses(path.read_text(),
+                                                                   path.relative_to(REPO_ROOT).as_posix())
+            for path in source_files()}
+
+
+def test_library_code_takes_no_namespace() -> None:
+    takes = [f for rel, (found, _) in namespace_findings().items()
+             if rel not in CLI_LAYER and rel not in NAMESPACE_EXCEPTIONS for f in found]
+    assert takes == []
+
+
+def test_no_function_changes_the_parsed_flags() -> None:
+    changes = [f for rel, (_, found) in namespace_findings().items() if rel not in MUTATION_EXCEPTIONS for f in found]
+    assert changes == []
+
+
+def test_every_namespace_exception_is_still_needed() -> None:
+    findings = namespace_findings()
+    unneeded = [rel for rel in NAMESPACE_EXCEPTIONS if not findings.get(rel, ([], []))[0]]
+    unneeded += [rel for rel in MUTATION_EXCEPTIONS if not findings.get(rel, ([], []))[1]]
+    assert unneeded == [], f"{unneeded} no longer need their exception: drop them"
