@@ -8,9 +8,12 @@ load generator, runs on that other core too. The model (``--model``, served as `
 models folder) is timed in-process on the worker's core with one thread (bench_e2e's :func:`in_process`: its own
 process, batch ``-b`` throughput) before and after the stack's run, and the stack gets bench_e2e's warm-up (until
 the broker's JIT goes quiet) and then a bounded closed-loop burst of JPEG photos (load_test's :func:`run_load`).
-Printed: the stack's throughput, the in-process throughput (median of the two), and their ratio. The engine and
-images come as in ``compose_stack.py up`` (local images by default); the stack is taken down at the end, and an
-engine started here is stopped.
+Printed: the stack's throughput, the in-process throughput (median of the two), and their ratio. The worker's own
+metrics, read inside its container before and after the burst, split the ratio in two: the model's samples per
+second of forward time inside the container (beside in-process: what the container costs the model) and the share
+of the burst the worker spent in forward passes (the rest: decoding, Kafka, waiting for input). The load average
+before and after says how busy the machine was. The engine and images come as in ``compose_stack.py up`` (local
+images by default); the stack is taken down at the end, and an engine started here is stopped.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelops.artifact import read_manifest
 from modelops.cpu import cpu_summary
@@ -77,6 +83,25 @@ def container_pid(project: str, service: str) -> int:
     return int(out)
 
 
+def worker_forward_totals(project: str, metrics_port: int) -> dict[str, float]:
+    """Samples, batches and forward seconds the worker has counted so far (its ``inference_batch_size`` and
+    ``inference_latency_seconds`` histograms), read from its metrics endpoint inside its container."""
+    (state,) = [s for s in container_states(project) if s["service"] == "worker"]
+    read = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{metrics_port}/metrics').read().decode())"
+    text = subprocess.run(["docker", "exec", state["id"], "python", "-c", read], check=True, capture_output=True,
+                          text=True).stdout
+    totals = {"samples": 0.0, "batches": 0.0, "forward_s": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "inference_batch_size_sum":
+                totals["samples"] += sample.value
+            elif sample.name == "inference_batch_size_count":
+                totals["batches"] += sample.value
+            elif sample.name == "inference_latency_seconds_sum":
+                totals["forward_s"] += sample.value
+    return totals
+
+
 def pinned_in_process(model: Path, core: int, batch_size: int, iters: int) -> float:
     """Samples/s of the model alone at ``batch_size``, one thread, its process on ``core``."""
     own = os.sched_getaffinity(0)
@@ -104,6 +129,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     override = work / "pinning.yaml"
     override.write_text(OVERRIDE.format(other=other, worker=worker))
 
+    load_before = os.getloadavg()[0]
     engine_state = container_engine.start_engine()
     inproc = [pinned_in_process(model, worker, args.batch_size, args.iters)]
     os.sched_setaffinity(0, {other})  # the load generator shares its core with Kafka and the API
@@ -116,7 +142,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         common = {"time_limit_s": args.time_limit_s, "payloads": payloads, "client_mode": args.client}
         view = _StackView(stack.api_url, _Broker(container_pid(PROJECT, "kafka")))
         warmup = warm_up(view, args, common)
+        metrics_port = Settings().worker_metrics_port
+        before, started = worker_forward_totals(PROJECT, metrics_port), time.perf_counter()
         loaded = run_load(stack.api_url, requests=args.requests, concurrency=args.concurrency, **common)
+        wall_s = time.perf_counter() - started
+        after = worker_forward_totals(PROJECT, metrics_port)
     finally:
         if stack is not None or container_engine.engine_running():
             compose_down(PROJECT, env=stack.env if stack else None, stop_engine=False)
@@ -125,13 +155,20 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if engine_state is not None:
         container_engine.stop_engine(engine_state)
     samples_per_s = statistics.median(inproc)
+    samples, forward_s = after["samples"] - before["samples"], after["forward_s"] - before["forward_s"]
+    batches = after["batches"] - before["batches"]
     return {"cpu": cpu_summary(), "model": str(model), "input_shape": manifest.input_shape,
             "worker_core": worker, "other_core": other, "max_batch_size": Settings().max_batch_size,
             "warmup_requests": warmup, "succeeded": loaded["succeeded"], "errors": loaded["errors"],
             "compose_throughput_rps": loaded["throughput_rps"], "compose_latency_ms_p50": loaded["latency_ms_p50"],
             "compose_batch_size_mean": loaded["batch_size_mean"],
             "inproc_1core_samples_per_s": [round(v, 1) for v in inproc],
-            "compose_vs_inproc_throughput": round(loaded["throughput_rps"] / samples_per_s, 3)}
+            "compose_vs_inproc_throughput": round(loaded["throughput_rps"] / samples_per_s, 3),
+            "worker_samples": int(samples), "worker_batch_size_mean": round(samples / batches, 2) if batches else 0.0,
+            "worker_model_samples_per_s": round(samples / forward_s, 1) if forward_s else 0.0,
+            "worker_model_vs_inproc": round(samples / forward_s / samples_per_s, 3) if forward_s else 0.0,
+            "worker_forward_share": round(forward_s / wall_s, 3), "burst_s": round(wall_s, 2),
+            "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -141,7 +178,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--images", choices=IMAGE_MODES, default="local",
                         help="local stand-ins or the registry's images (default: local)")
     parser.add_argument("--requests", type=int, default=600, help="requests of the timed burst (default: 600)")
-    parser.add_argument("--concurrency", type=int, default=16, help="closed-loop clients (default: 16)")
+    parser.add_argument("--concurrency", type=int, default=2 * Settings().max_batch_size,
+                        help="closed-loop clients (default: twice the workers' max batch, "
+                        f"{2 * Settings().max_batch_size}, so a full batch waits while one runs)")
     parser.add_argument("--time-limit-s", type=float, default=60.0, help="time limit per run (default: 60)")
     parser.add_argument("--warmup-requests", type=int, default=2000,
                         help="untimed requests first, at least (default: 2000)")
