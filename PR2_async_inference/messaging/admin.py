@@ -32,6 +32,18 @@ def broker_reachable(settings: Settings, timeout_s: float = 1.0) -> bool:
     return False
 
 
+def wait_for_broker(settings: Settings, deadline: float) -> None:
+    """Return once a bootstrap server accepts a TCP connection; ConnectionError naming the servers and what to do
+    when none does by ``deadline`` (monotonic). Checked before any kafka-python client is made: those retry on
+    their own schedule, past the caller's timeout, and log every refused connection."""
+    while not broker_reachable(settings, timeout_s=min(1.0, max(0.1, deadline - time.monotonic()))):
+        if time.monotonic() > deadline:
+            raise ConnectionError(
+                f"no Kafka broker answers at {settings.kafka_bootstrap_servers}: start one (make compose-up, or "
+                "PR2_async_inference/local_stack.py) or point INFERENCE_KAFKA_BOOTSTRAP_SERVERS at yours")
+        time.sleep(0.2)
+
+
 def topic_specs(settings: Settings) -> dict[str, int]:
     return {
         settings.requests_topic: settings.requests_partitions,
@@ -62,6 +74,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
     Returns {topic: partitions} as the broker reports them after creation.
     """
     deadline = time.monotonic() + timeout_s
+    wait_for_broker(settings, deadline)
     admin = connect_admin(settings, deadline)
     try:
         existing = set(admin.list_topics())
@@ -83,6 +96,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
 
 def wait_for_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
     """Block until the broker's metadata lists every topic; returns {topic: partitions}."""
+    wait_for_broker(settings, time.monotonic() + timeout_s)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_list(settings), client_id="inference-topic-check")
     try:
         deadline = time.monotonic() + max(timeout_s, 1.0)

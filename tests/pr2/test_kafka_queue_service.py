@@ -33,3 +33,15 @@ def test_create_topics_then_check_lists_them(broker):
         answer = json.loads(done.stdout.strip().splitlines()[-1])
         assert answer == {"bootstrap": settings.kafka_bootstrap_servers, "partitions": expected}
 
+
+
+def test_no_broker_is_one_line_naming_the_servers_and_what_to_do():
+    from PR2_async_inference.processes import free_port
+
+    server = f"127.0.0.1:{free_port()}"  # nothing listens there
+    for command in ("create-topics", "check"):
+        done = run_cli({"INFERENCE_KAFKA_BOOTSTRAP_SERVERS": server}, command, "--timeout-s", "1")
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ConnectionError: no Kafka broker answers at " + server)
+        assert "make compose-up" in lines[0] and done.stdout == ""
