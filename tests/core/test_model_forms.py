@@ -122,12 +122,12 @@ def test_a_message_says_what_the_file_is(tmp_path, make, says):
 
 
 def test_image_size_flag_picks_the_input_of_a_torchscript_file_that_runs_at_any_size(saved):
-    from modelops.cli import common_parser
+    from modelops.cli import common_parser, load_options
 
     shapes = []
 
-    def main(args: argparse.Namespace) -> None:
-        shapes.append(load_artifact(saved["torchscript"]).input_shape)
+    def main(args: argparse.Namespace) -> None:  # a script passes its --image-size down explicitly
+        shapes.append(load_artifact(saved["torchscript"], load_options(args)).input_shape)
 
     assert run_cli(main, common_parser(), ["--image-size", "48"]) == 0
     assert run_cli(main, common_parser(), []) == 0
