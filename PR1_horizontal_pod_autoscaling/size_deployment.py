@@ -8,7 +8,8 @@ artifact path (PR2's settings then give the batching). Without ``--report`` the 
 benchmark (``run_benchmark``: timed batch sizes up to max_batch_size, LoadGen single-stream and offline); with
 ``--report`` the figures come from that PR4 JSON report. It prints the sizing and writes ``DIR/kustomization.yaml``
 (an overlay on PR1's kustomization plus a patched copy of keda-scaledobject.yaml) and ``DIR/sizing.md`` (each
-number, the measurement it came from and the formula).
+number, the measurement it came from and the formula). Code that already has a PR4 report (the main job) calls
+:func:`size_from_report` with an :class:`Objective` and writes the same files with :func:`write_sizing`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,26 @@ from modelops.errors import UsageError
 PR1 = Path(__file__).resolve().parent
 WORKER = "inference-worker"
 LAG_METRIC = "inference_consumer_lag"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The latency objective and the load a deployment is sized for, as the command's flags name them."""
+
+    p95_ms: float  # p95 of a request
+    peak_rps: float
+    base_rps: float
+    headroom: float = 0.25  # fraction of each replica's throughput kept free
+
+    def check(self) -> None:
+        """UsageError naming the flag when a value is out of range."""
+        check_positive("--p95-ms", self.p95_ms)
+        check_positive("--peak-rps", self.peak_rps)
+        check_positive("--base-rps", self.base_rps, allow_zero=True)
+        if self.base_rps > self.peak_rps:
+            raise UsageError(f"--base-rps {self.base_rps:g} is above --peak-rps {self.peak_rps:g}")
+        if not 0 <= self.headroom < 1:
+            raise UsageError(f"--headroom must be in [0, 1), got {self.headroom:g}")
 
 
 @dataclass
@@ -160,6 +181,22 @@ def size(row: dict, batches: list[dict], *, source: str, threads: int | None, p9
         server_figure=server)
 
 
+def size_from_report(report: dict[str, Any], model: str, objective: Objective, *, source: str,
+                     max_batch_size: int, max_batch_delay_ms: float, batching_source: str,
+                     artifact: Path | None = None, partitions: int | None = None) -> Sizing:
+    """:func:`size` for the row of ``model`` in a PR4 JSON report (by name, else by ``artifact`` path), with the
+    threads the report measured with; ``partitions`` defaults to PR2's settings' requests_partitions."""
+    if partitions is None:
+        from PR2_async_inference.settings import Settings
+
+        partitions = Settings().requests_partitions
+    row, batches = report_rows(report, model, artifact)
+    return size(row, batches, source=source, threads=report.get("config", {}).get("threads"),
+                p95_ms=objective.p95_ms, base_rps=objective.base_rps, peak_rps=objective.peak_rps,
+                headroom=objective.headroom, partitions=partitions, max_batch_size=max_batch_size,
+                max_batch_delay_ms=max_batch_delay_ms, batching_source=batching_source)
+
+
 class _Dumper(yaml.SafeDumper):
     """Multi-line strings (the inline patches) as literal blocks, readable in the overlay."""
 
@@ -275,6 +312,13 @@ def write_report(s: Sizing, lines: list[str], out_dir: Path) -> Path:
     return path
 
 
+def write_sizing(s: Sizing, out_dir: Path) -> tuple[list[str], list[Path]]:
+    """Write ``out_dir/kustomization.yaml`` and ``out_dir/sizing.md``; returns the summary lines and the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = summary_lines(s)
+    return lines, [write_overlay(s, out_dir), write_report(s, lines, out_dir)]
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Size the worker Deployment, its HPA and its KEDA ScaledObject "
                                      "from PR4's measurements and PR2's batching settings.", add_help=add_help)
@@ -294,15 +338,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> Sizing:
-    from PR2_async_inference.settings import Settings
-
-    for name in ("p95_ms", "peak_rps", "threads"):
-        check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
-    check_positive("--base-rps", args.base_rps, allow_zero=True)
-    if args.base_rps > args.peak_rps:
-        raise UsageError(f"--base-rps {args.base_rps:g} is above --peak-rps {args.peak_rps:g}")
-    if not 0 <= args.headroom < 1:
-        raise UsageError(f"--headroom must be in [0, 1), got {args.headroom:g}")
+    objective = Objective(p95_ms=args.p95_ms, peak_rps=args.peak_rps, base_rps=args.base_rps,
+                          headroom=args.headroom)
+    objective.check()
+    check_positive("--threads", args.threads)
     out_dir = Path(args.output_dir)
     artifact, batch, delay, batching_source = batching_settings(args.model, args.registry)
     if args.report:
@@ -316,14 +355,10 @@ def main(args: argparse.Namespace) -> Sizing:
         name = args.model if artifact != Path(args.model) else artifact.stem
         report_path = measure(artifact, name, batch, args.threads, out_dir / "pr4")
     report = json.loads(report_path.read_text())
-    row, batches = report_rows(report, args.model if args.report else row_name(report), artifact)
-    sizing = size(row, batches, source=str(report_path), threads=report.get("config", {}).get("threads"),
-                  p95_ms=args.p95_ms, base_rps=args.base_rps, peak_rps=args.peak_rps, headroom=args.headroom,
-                  partitions=Settings().requests_partitions, max_batch_size=batch, max_batch_delay_ms=delay,
-                  batching_source=batching_source)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lines = summary_lines(sizing)
-    paths = [write_overlay(sizing, out_dir), write_report(sizing, lines, out_dir)]
+    sizing = size_from_report(report, args.model if args.report else row_name(report), objective,
+                              source=str(report_path), max_batch_size=batch, max_batch_delay_ms=delay,
+                              batching_source=batching_source, artifact=artifact)
+    lines, paths = write_sizing(sizing, out_dir)
     print("\n".join(lines + [f"wrote {p}" for p in paths]))
     return sizing
 
