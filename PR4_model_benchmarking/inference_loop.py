@@ -24,6 +24,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before 'ready' (default: 3)")
     parser.add_argument("--trust-pickle", action="store_true", help="allow pickled modules (default: off)")
     parser.add_argument("--arch", default=None, help="architecture of a bare state_dict (default: identified)")
+    parser.set_defaults(arch_names_input=True)  # this --arch names the input file's (modelops.cli.load_options)
     parser.add_argument("--image-size", type=int, default=None,
                         help="input side tried first on a file that does not declare its input (default: none)")
     return parser
