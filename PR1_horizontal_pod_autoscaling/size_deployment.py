@@ -309,11 +309,13 @@ def write_report(s: Sizing, lines: list[str], out_dir: Path) -> Path:
     path.write_text(f"# Worker sizing for {s.model}\n\n" + "\n".join(f"- {line}" for line in lines)
                     + "\n\nApply: `kubectl apply -k " + str(out_dir) + "`\n\n```json\n"
                     + json.dumps(asdict(s), indent=1) + "\n```\n")
+    (out_dir / "sizing.json").write_text(json.dumps(asdict(s), indent=1) + "\n")  # for code: sizing_proof.py
     return path
 
 
 def write_sizing(s: Sizing, out_dir: Path) -> tuple[list[str], list[Path]]:
-    """Write ``out_dir/kustomization.yaml`` and ``out_dir/sizing.md``; returns the summary lines and the paths."""
+    """Write ``out_dir/kustomization.yaml`` and ``out_dir/sizing.md`` (its numbers also as ``sizing.json``); returns
+    the summary lines and the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = summary_lines(s)
     return lines, [write_overlay(s, out_dir), write_report(s, lines, out_dir)]
