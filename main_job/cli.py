@@ -8,6 +8,7 @@ from pathlib import Path
 
 import main_job
 from main_job.job import STAGES, Job
+from main_job.sizing import add_sizing_flags
 from modelops.cli import common_parser, run_cli, set_help
 from modelops.logs import logging_to
 
@@ -26,6 +27,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list of stages to run (default: all: "
                         f"{','.join(STAGES)})")
     parser.add_argument("--force", action="store_true", help="redo stages that already have results (default: reuse)")
+    add_sizing_flags(parser)
     set_help(parser, "log_file", "also write every log record to FILE, libraries' warnings included, which the "
              "terminal shows only with -v (default: <output-dir>/job.log)")
     return parser
@@ -36,6 +38,8 @@ def main(args: argparse.Namespace) -> dict:
     log_file = Path(args.log_file or Path(args.output_dir) / "job.log")
     with logging_to(log_file):
         summary = Job(args).run()
+    if summary.get("sizing_line"):
+        print(f"\n{summary['sizing_line']}")
     print(f"\nReport: {summary['report_md']}\n        {summary['report_html']}\nLog:    {log_file}")
     return summary
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from main_job.report import write_report
+from main_job.sizing import check_sizing_flags, saving_line, size_models
 from modelops.artifact import read_manifest
 from modelops.cli import setup
 from modelops.selection import DEFAULT_MAX_ACCURACY_DROP_PTS, accuracy_within, pick_best
@@ -74,6 +75,7 @@ def best_variant(rows: list[dict]) -> str:
 
 class Job:
     def __init__(self, args: argparse.Namespace) -> None:
+        check_sizing_flags(args)  # a bad objective fails now, not after the stages
         self.args = args
         self.size = TINY if args.tiny else DEMO
         self.models = Path(args.models_dir)
@@ -196,6 +198,15 @@ class Job:
         finally:
             stop_stack(stack)
 
+    def sizing(self) -> dict | None:
+        """Size the worker for the original and the benchmark's best variant from the benchmark's report
+        (:mod:`main_job.sizing`); None when this run has no benchmark."""
+        report = Path(self.results.get("benchmark", {}).get("reports", {}).get("json", ""))
+        if not report.is_file():
+            return None
+        variants = {"original": "original", "optimized": self.fastest_variant()}
+        return size_models(report, variants, self.args, self.out / "sizing")
+
     # ------------------------------------------------------------------ driver
     def run(self) -> dict:
         wanted = [s.strip() for s in self.args.stages.split(",") if s.strip()]
@@ -216,6 +227,10 @@ class Job:
         for name in tqdm([s for s in STAGES if s in wanted], desc="main job", unit="stage"):
             fn, outputs = plan[name]
             self.stages.run(name, fn, outputs)
-        return write_report(self.out, self.results)
+        sizing = self.sizing()
+        summary = write_report(self.out, {**self.results, **({"sizing": sizing} if sizing else {})})
+        if sizing:
+            summary["sizing_line"] = saving_line(sizing)
+        return summary
 
 

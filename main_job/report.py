@@ -11,10 +11,12 @@ import json
 from html import escape
 from pathlib import Path
 
+from main_job.sizing import saving_line, sizing_rows
 from modelops.cpu import cpu_info
 from modelops.results import write_results
 from PR4_model_benchmarking.report_format import facts_html, html_page, html_table, markdown_table
 
+SIZING = "Worker sizing"
 # The columns each section shows, in order; the rest are in report.json.
 SHOWN = {
     "Baseline models": ("model", "test_accuracy", "size_mb", "params_m", "train_s"),
@@ -25,6 +27,9 @@ SHOWN = {
                   "offline_result", "verdict", "error"),
     "Async serving (end to end)": ("model", "requests_sent", "succeeded", "failed", "throughput_rps",
                                    "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "batch_size_mean"),
+    SIZING: ("model", "variant", "throughput_per_replica_rps", "batch_size", "lag_threshold", "min_replicas",
+             "max_replicas", "replicas_at_peak", "cores", "memory_request", "replicas_saved", "replica_ratio_x",
+             "throughput_ratio_x", "error"),
 }
 PLOT_TITLES = {"latency_distribution": "Latency distribution", "throughput": "Throughput vs batch size",
                "tradeoff": "Size / speed / accuracy trade-off"}
@@ -49,7 +54,22 @@ def report_sections(results: dict[str, dict]) -> dict[str, list[dict]]:
     if "serve" in results:
         sections["Async serving (end to end)"] = [{"model": name, **stats}
                                                   for name, stats in results["serve"].get("load", {}).items()]
+    if "sizing" in results:
+        sections[SIZING] = sizing_rows(results["sizing"])
     return sections
+
+
+def section_notes(results: dict[str, dict]) -> dict[str, list[str]]:
+    """Lines shown under a section's heading, above its table."""
+    notes = {}
+    if "sizing" in results:
+        o = results["sizing"]["objective"]
+        notes[SIZING] = [saving_line(results["sizing"]),
+                         f"PR1's size_deployment on the benchmark report's figures, headroom {o['headroom']:g} "
+                         f"(peak load: {o['peak_rps_from']}; base load: {o['base_rps_from']}); each model's "
+                         "sizing.md shows every number, its measurement and its formula."
+                         if "headroom" in o else "PR1's size_deployment on the benchmark report's figures."]
+    return notes
 
 
 def _benchmark_report(results: dict[str, dict]) -> dict | None:
@@ -77,6 +97,10 @@ def _links(out: Path, results: dict[str, dict]) -> dict[str, str]:
         for kind in ("flamegraph", "trace"):
             if profiled.get(kind):
                 links[f"{kind.capitalize()} of {Path(profiled['model']).name}"] = profiled[kind]
+    for name, entry in results.get("sizing", {}).get("models", {}).items():
+        for key, what in (("sizing_md", "Worker sizing"), ("overlay", "Kustomize overlay")):
+            if entry.get(key):
+                links[f"{what} for the {name} model"] = entry[key]
     return links
 
 
@@ -84,13 +108,16 @@ def write_report(out: Path, results: dict[str, dict]) -> dict:
     env = cpu_info()
     sections = report_sections(results)
     head = headline_lines(results, env)
-    source = f"Every figure is read from the stage summaries in {out / 'stages'}."
+    source = f"Every figure is read from the stage summaries in {out / 'stages'}" + (
+        f" and the sizing in {out / 'sizing' / 'sizing.json'}." if "sizing" in results else ".")
+    notes = section_notes(results)
     md = ["# Main job report", "", *head, "", source, ""]
     html = ["<h1>Main job report</h1>", facts_html([*head, source])]
     for title, rows in sections.items():
         columns = SHOWN.get(title) or tuple(dict.fromkeys(k for row in rows for k in row))
-        md += [f"## {title}", "", markdown_table(rows, columns), ""]
-        html += [f"<h2>{escape(title)}</h2>", html_table(rows, columns)]
+        md += [f"## {title}", "", *(line for note in notes.get(title, []) for line in (note, "")),
+               markdown_table(rows, columns), ""]
+        html += [f"<h2>{escape(title)}</h2>", facts_html(notes.get(title, [])), html_table(rows, columns)]
     links = _links(out, results)
     if links:
         md += ["## Files", ""] + [f"- {k}: `{v}`" for k, v in links.items()] + [""]
@@ -106,6 +133,6 @@ def write_report(out: Path, results: dict[str, dict]) -> dict:
     (out / "report.md").write_text("\n".join(md))
     (out / "report.html").write_text(html_page("Main job report", html))
     write_results(out / "report.json", {"environment": env, "headline": results.get("benchmark", {}).get("headline"),
-                                        "sections": sections}, "json")
+                                        "sections": sections, "sizing": results.get("sizing")}, "json")
     return {"report_md": str(out / "report.md"), "report_html": str(out / "report.html"),
             "report_json": str(out / "report.json"), "sections": list(sections)}
