@@ -93,7 +93,11 @@ def analyse(run: dict[str, Any], sizing: dict[str, Any], *, sizing_dir: Path, mo
     p95 = latency_stats(ok)["latency_ms_p95"] if ok else None
     within_one = replicas["mode"] is not None and all(abs(v - predicted) <= 1 for v in (replicas["min"],
                                                                                           replicas["max"]))
-    p95_ok = p95 is not None and p95 <= sizing["p95_ms"] and len(ok) == len(in_window)
+    # The objective is met when 95% of the requests sent in the window were answered within it: a request with no
+    # answer (refused, timed out, a dropped connection) counts as a miss, as in a p95 over every request sent.
+    met = sum(1 for r in in_window if r["status"] == "succeeded" and r["latency_ms"] <= sizing["p95_ms"])
+    share_met = met / len(in_window) if in_window else 0.0
+    p95_ok = bool(in_window) and share_met >= 0.95
     return {
         "model": str(model), "sizing_dir": str(sizing_dir), "sized_model": sizing["model"],
         "cpu": cpu_summary(), "broker": run["broker"], "hpa_sync_s": run["hpa_sync_s"],
@@ -118,7 +122,7 @@ def analyse(run: dict[str, Any], sizing: dict[str, Any], *, sizing_dir: Path, mo
             "requests_settled": len(in_window), "succeeded_settled": len(ok),
             "served_rps_settled": round(len(ok) / (end - start), 2),
             "latency_ms_p50_settled": latency_stats(ok)["latency_ms_p50"] if ok else None,
-            "latency_ms_p95_settled": p95,
+            "latency_ms_p95_settled": p95, "share_within_objective_settled": round(share_met, 4),
             "latency_ms_p99_settled": latency_stats(ok)["latency_ms_p99"] if ok else None,
             "latency_ms_p95_all": latency_stats(everything)["latency_ms_p95"] if everything else None,
             "latency_ms_max_all": max(everything) if everything else None,
@@ -176,7 +180,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"| consumer lag then | mean {m['lag_settled_mean']}, max {m['lag_settled_max']} | measured from the broker |",
         f"| p95 of the {m['requests_settled']} requests sent then | **{_ms(m['latency_ms_p95_settled'])} ms** "
         f"(p50 {_ms(m['latency_ms_p50_settled'])}, p99 {_ms(m['latency_ms_p99_settled'])}) vs objective "
-        f"{c['p95_objective_ms']:g} ms | measured: POST start -> final state in hand |",
+        f"{c['p95_objective_ms']:g} ms | measured: POST start -> final state in hand, answered requests |",
+        f"| sent then and answered within {c['p95_objective_ms']:g} ms | "
+        f"**{100 * m['share_within_objective_settled']:.2f}%** (the objective holds at 95% or more) | measured: a "
+        "request not answered counts as a miss |",
         f"| served then | {m['served_rps_settled']} requests/s | measured |",
         f"| requests sent / answered | {m['requests_sent']} / {m['statuses']} | measured |",
         f"| whole load: p95, max | {_ms(m['latency_ms_p95_all'])} ms, {_ms(m['latency_ms_max_all'])} ms | "
