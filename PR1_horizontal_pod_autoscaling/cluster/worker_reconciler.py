@@ -167,8 +167,10 @@ class WorkerReconciler:
         not_ready = [worker for worker in candidates if not worker_ready(worker)]
         victim = (not_ready or candidates)[-1]
         self._record(replicas, live, f"stop {victim.name} (pid {victim.pid})")
-        stop_process(victim)
+        # Forgotten first: from here on it is no longer one of the workers (live() and stack.workers agree while
+        # it finishes its batch and leaves the group), and the stop below ends it by pid.
         self._forget(victim)
+        stop_process(victim)
 
     def _forget(self, worker: Proc) -> None:
         with self._lock:
