@@ -32,13 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from modelops.artifact import read_manifest
 from modelops.cpu import cpu_summary
 from modelops.errors import UsageError
 from PR2_async_inference import container_engine
-from PR2_async_inference.benchmarks.bench_e2e import in_process, photo_payloads, warm_up
+from PR2_async_inference.benchmarks.bench_e2e import in_process, metric_sum, photo_payloads, warm_up
 from PR2_async_inference.compose_stack import IMAGE_MODES, MODEL_FILE, compose_down, compose_up, container_states
 from PR2_async_inference.load_test import CLIENT_MODES, run_load
 from PR2_async_inference.processes import free_port, interrupt_on_stop_signals
@@ -90,16 +88,9 @@ def worker_forward_totals(project: str, metrics_port: int) -> dict[str, float]:
     read = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{metrics_port}/metrics').read().decode())"
     text = subprocess.run(["docker", "exec", state["id"], "python", "-c", read], check=True, capture_output=True,
                           text=True).stdout
-    totals = {"samples": 0.0, "batches": 0.0, "forward_s": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "inference_batch_size_sum":
-                totals["samples"] += sample.value
-            elif sample.name == "inference_batch_size_count":
-                totals["batches"] += sample.value
-            elif sample.name == "inference_latency_seconds_sum":
-                totals["forward_s"] += sample.value
-    return totals
+    series = {"samples": "inference_batch_size_sum", "batches": "inference_batch_size_count",
+              "forward_s": "inference_latency_seconds_sum"}
+    return {key: metric_sum(text, name) or 0.0 for key, name in series.items()}
 
 
 def pinned_in_process(model: Path, core: int, batch_size: int, iters: int) -> float:
