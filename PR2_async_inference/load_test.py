@@ -49,7 +49,7 @@ async def _request(session: aiohttp.ClientSession, method: str, path: str, timeo
         return response.status, await response.read(), response.headers
 
 
-async def _wait_final(session: aiohttp.ClientSession, request_id: str, timeout_s: float) -> dict[str, Any] | None:
+async def wait_final(session: aiohttp.ClientSession, request_id: str, timeout_s: float) -> dict[str, Any] | None:
     """Long-poll the request's status until it is final or ``timeout_s`` has passed (then None)."""
     give_up = time.perf_counter() + timeout_s
     while (left := give_up - time.perf_counter()) > 0:
@@ -117,7 +117,7 @@ async def _run(url: str, requests: int, concurrency: int, time_limit_s: float,
             if status_code == 200:  # one call: the final state is the answer
                 final = json.loads(content)
             elif status_code == 202:
-                final = await _wait_final(session, json.loads(content)["request_id"],
+                final = await wait_final(session, json.loads(content)["request_id"],
                                           max(0.1, stop_at - time.perf_counter() + 30))
             else:
                 key = f"http_{status_code}"

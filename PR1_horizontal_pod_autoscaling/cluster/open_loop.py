@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from PR2_async_inference.load_test import check_local
+from PR2_async_inference.load_test import check_local, wait_final
 from PR2_async_inference.messaging.messages import FINAL_STATES
 from PR2_async_inference.settings import MAX_STATUS_WAIT_S
 
@@ -45,7 +45,8 @@ class Sent:
 
 
 async def _final_state(session: aiohttp.ClientSession, body: bytes, give_up: float) -> tuple[str, dict | None]:
-    """(status, final state) of one request: the POST's answer when final, else GETs until final or give_up."""
+    """(status, final state) of one request: the POST's answer when final, else load_test's long-poll until final
+    or give_up."""
     wait = round(min(MAX_STATUS_WAIT_S, max(0.1, give_up - time.monotonic())), 3)
     async with session.post("/inference", data=body, params={"wait": str(wait)},
                             headers={"Content-Type": "application/json"},
@@ -53,17 +54,11 @@ async def _final_state(session: aiohttp.ClientSession, body: bytes, give_up: flo
         if response.status not in (200, 202):
             return f"http_{response.status}", None
         state = json.loads(await response.read())
-    while state.get("status") not in FINAL_STATES:
+    if state.get("status") not in FINAL_STATES:
         left = give_up - time.monotonic()
-        if left <= 0:
+        state = await wait_final(session, state["request_id"], left) if left > 0 else None
+        if state is None:
             return "timeout", None
-        wait = round(min(MAX_STATUS_WAIT_S, left), 3)
-        async with session.get(f"/inference/{state['request_id']}", params={"wait": str(wait)},
-                               timeout=aiohttp.ClientTimeout(total=wait + 10)) as response:
-            if response.status != 200:
-                await asyncio.sleep(0.1)
-                continue
-            state = json.loads(await response.read())
     return state["status"], state
 
 
