@@ -97,6 +97,9 @@ def consumer_lag(bootstrap: str, group: str, topic: str) -> int:
 
 @dataclass
 class Sample:
+    """One reading. ``t_s`` is taken after the replicas are read and before the lag is: the replicas held at
+    ``t_s`` or earlier, and the lag held at ``t_s`` or later, so timings between samples are lower bounds."""
+
     t_s: float
     phase: str
     lag: int
@@ -153,13 +156,13 @@ class Timeline:
         for proc in self.plane.procs:  # a controller that died would freeze the replicas: say which one
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}; see {proc.log}")
+        replicas = deployment_replicas(self.plane, self.namespace)
+        t_s = round(time.monotonic() - self.started, 1)
         lag = consumer_lag(self.bootstrap, self.group, self.topic)
         metric, desired = hpa_state(self.plane, self.namespace)
-        replicas = deployment_replicas(self.plane, self.namespace)
         expected = expected_replicas(lag, self.settings.lag_threshold, self.settings.min_replicas,
                                      self.max_replicas)
-        sample = Sample(round(time.monotonic() - self.started, 1), self.phase, lag, metric, desired, replicas,
-                        expected)
+        sample = Sample(t_s, self.phase, lag, metric, desired, replicas, expected)
         self.samples.append(sample)
         return sample
 

@@ -84,7 +84,7 @@ def test_adapter_rules_return_the_series_the_hpa_names(stack: Stack, payload: di
 
 def test_keda_scales_the_worker_on_the_queue_lag(local_cluster: ControlPlane, stack: Stack, payload: dict,
                                                   tmp_path: Path) -> None:
-    settings = ScalingSettings(lag_threshold=10, scale_down_window_s=15)
+    settings = ScalingSettings(lag_threshold=10, scale_down_window_s=20)
     bursts = (25, 50)
     result = run_scenario(local_cluster, stack, MODEL, payload, namespace="autoscaling-test", bursts=bursts,
                           settings=settings, timeout_s=120)
@@ -96,9 +96,12 @@ def test_keda_scales_the_worker_on_the_queue_lag(local_cluster: ControlPlane, st
     # Nothing consumed while the workers were stopped: the lag the HPA saw is what was sent.
     bursts_samples = [s for s in result["timeline"] if s["phase"].startswith("burst")]
     assert max(s["lag"] for s in bursts_samples) == sum(bursts)
-    # Scale-down waits for the stabilization window once the queue is empty (give or take one HPA sync).
+    # Scale-down waits for the stabilization window once the lag no longer calls for more than the minimum. The
+    # HPA's last high reading can precede the test's last one by one sync period, plus one more for the
+    # controller's own delays on a busy 2-core machine; without the window it would follow within one sync.
     assert drain["replicas"] == settings.min_replicas
-    assert drain["seconds_after_lag_zero"] >= settings.scale_down_window_s - local_cluster.hpa_sync_s
+    assert drain["seconds_after_lag_over_threshold"] >= settings.scale_down_window_s - 2 * local_cluster.hpa_sync_s
+    assert drain["seconds_after_lag_zero"] <= drain["seconds_after_lag_over_threshold"]
     # No request lost: every one sent while the workers were stopped is answered once a worker is back.
     assert result["answered"] == {"succeeded": result["requests"]}
     paths = write_outputs(result, tmp_path / "timeline")
