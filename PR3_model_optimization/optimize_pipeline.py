@@ -16,7 +16,7 @@ the original) and ``quantized.onnx`` (the original in int8). Every artifact is t
 ``load_artifact`` and measured (test accuracy and size here; latency at batch 1 and ``--large-batch`` with each
 artifact loaded only in its own process, all timed in interleaved turns), and the table is printed and written
 as JSON, CSV and Markdown. The summary names the best variant: the fastest at ``--large-batch`` within 1.5
-accuracy points of the original (:func:`modelops.selection.pick_best`, the rule the main job uses too).
+accuracy points of the original (:func:`modelops.selection.best_variant`, the rule the main job uses too).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from modelops.evaluate import evaluate
 from modelops.load_options import LoadOptions
 from modelops.model_process import time_artifacts
 from modelops.results import markdown_table, write_results
-from modelops.selection import DEFAULT_MAX_ACCURACY_DROP_PTS, accuracy_within, pick_best
+from modelops.selection import best_variant
 from modelops.stages import StageRunner
 from modelops.timed_modules import medians_or_raise
 from PR3_model_optimization.quantization.auto import AUTO
@@ -252,14 +252,6 @@ def measure(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, 
     return rows
 
 
-def best_variant(rows: list[dict[str, Any]], large_batch: int) -> str:
-    """The fastest variant at ``large_batch`` within the shared accuracy budget of the original."""
-    original = next(r for r in rows if r["model"] == "original")
-    budget = accuracy_within(original["accuracy"], DEFAULT_MAX_ACCURACY_DROP_PTS, "accuracy")
-    best = pick_best(rows, speed=f"speedup_b{large_batch}", accuracy="accuracy", meets_budget=budget)
-    return best["model"] if best else "original"
-
-
 def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     started = time.perf_counter()
@@ -270,8 +262,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                for fmt, suffix in (("json", "json"), ("csv", "csv"), ("markdown", "md"))}
     table = markdown_table([{k: v for k, v in row.items() if k not in ("path", "description")} for row in rows])
     print(table)
+    best = best_variant(rows, speed=f"speedup_b{args.large_batch}", accuracy="accuracy")
     summary = {"artifacts": {name: str(path) for name, path in paths.items()}, "rows": rows, "results": results,
-               "best_variant": best_variant(rows, args.large_batch), "stages": stages,
+               "best_variant": best, "stages": stages,
                "threads": args.threads or torch.get_num_threads(),
                "total_s": round(time.perf_counter() - started, 1)}
     write_results(out / "pipeline_summary.json", summary)

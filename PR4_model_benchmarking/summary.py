@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from modelops.selection import accuracy_within, pick_best
+from modelops.selection import best_variant
 from modelops.timing import latency_stats
 
 HEADLINE_BATCHES = (1, 16)
@@ -141,13 +141,14 @@ def cpu_class(env: Mapping[str, Any]) -> str:
 
 
 def best_row(models: Sequence[dict[str, Any]], max_drop_pt: float) -> dict[str, Any] | None:
-    """The variant the report recommends, by the project's one rule (:func:`modelops.selection.pick_best`): the
+    """The variant the report recommends, by the project's one rule (:func:`modelops.selection.best_variant`): the
     fastest at the primary batch size that loses at most ``max_drop_pt`` accuracy points; None if that is the
     reference itself."""
-    ref = models[0] if models else {}
-    best = pick_best(models, speed="speedup_x", accuracy="accuracy_pct",
-                     meets_budget=accuracy_within(ref.get("accuracy_pct"), max_drop_pt, "accuracy_pct"))
-    return None if best is None or best is ref else dict(best)
+    if not models:
+        return None
+    ref = models[0]["model"]
+    best = best_variant(models, speed="speedup_x", accuracy="accuracy_pct", reference=ref, max_drop=max_drop_pt)
+    return None if best == ref else dict(next(r for r in models if r["model"] == best))
 
 
 def headline(models: Sequence[dict[str, Any]], env: Mapping[str, Any], max_drop_pt: float) -> dict[str, Any]:

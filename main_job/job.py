@@ -18,7 +18,7 @@ from main_job.report import write_report
 from main_job.sizing import check_sizing_flags, saving_line, size_models
 from modelops.artifact import read_manifest
 from modelops.cli import setup
-from modelops.selection import DEFAULT_MAX_ACCURACY_DROP_PTS, accuracy_within, pick_best
+from modelops.selection import DEFAULT_MAX_ACCURACY_DROP_PTS, best_variant
 from modelops.stages import StageRunner
 
 logger = logging.getLogger(__name__)
@@ -63,14 +63,10 @@ def _run_script(module: str, argv: list[str]) -> dict:
     return script.main(args) or {}
 
 
-def best_variant(rows: list[dict]) -> str:
-    """The benchmarked variant with the best speed-up whose accuracy is within the budget the pipeline uses
-    (:func:`modelops.selection.pick_best`; the original is a candidate too)."""
-    original = next((r for r in rows if r.get("model") == "original"), {})
-    budget = accuracy_within(original.get("accuracy_pct"), DEFAULT_MAX_ACCURACY_DROP_PTS, "accuracy_pct")
-    best = pick_best([r for r in rows if r.get("speedup_x")], speed="speedup_x", accuracy="accuracy_pct",
-                     meets_budget=budget)
-    return best["model"] if best else "original"
+def benchmarked_best(rows: list[dict]) -> str:
+    """The benchmarked variant with the best speed-up at the benchmark's first batch size whose accuracy is within
+    the budget the pipeline uses (:func:`modelops.selection.best_variant`; the original is a candidate too)."""
+    return best_variant(rows, speed="speedup_x", accuracy="accuracy_pct")
 
 
 class Job:
@@ -157,12 +153,12 @@ class Job:
         columns = (*summary_columns(result["report"]), *SCENARIO_COLUMNS[1:])
         summary = [{c: row.get(c) for c in columns if c in row} for row in result["models"]]
         return {"reports": result["reports"], "summary": summary, "headline": result["report"]["headline"],
-                "best_variant": best_variant(result["models"])}
+                "best_variant": benchmarked_best(result["models"])}
 
     def fastest_variant(self) -> str:
-        """The variant to profile and serve: the benchmark stage's choice (see :func:`best_variant`)."""
+        """The variant to profile and serve: the benchmark stage's choice (see :func:`benchmarked_best`)."""
         bench = self.results.get("benchmark", {})
-        return bench.get("best_variant") or best_variant(bench.get("summary", []))
+        return bench.get("best_variant") or benchmarked_best(bench.get("summary", []))
 
     def flamegraph(self) -> dict:
         variants = self.variants()

@@ -1,7 +1,7 @@
 """The one rule that picks the best variant: the fastest whose accuracy stays within a budget.
 
-Used by the quantization search (which trial to keep), PR3's optimization pipeline and the main job (which
-variant to profile and serve).
+Used by the quantization search (which trial to keep), PR3's optimization pipeline, PR4's report headline and the
+main job (which variant to profile and serve); :func:`best_variant` is the one place the last three name it.
 """
 
 from __future__ import annotations
@@ -47,3 +47,21 @@ def pick_best(rows: Sequence[Row], *, speed: str, accuracy: str, meets_budget: C
     if passing:
         return max(passing, key=lambda r: (r[speed], acc(r)))
     return max(done, key=lambda r: (acc(r), r[speed]), default=None)
+
+
+def best_variant(rows: Sequence[Row], *, speed: str, accuracy: str, reference: str = "original",
+                 max_drop: float | None = DEFAULT_MAX_ACCURACY_DROP_PTS) -> str:
+    """The ``model`` name of the fastest row whose accuracy is at most ``max_drop`` points below the row named
+    ``reference`` (:func:`pick_best`, the reference a candidate too); ``reference`` when no row can win.
+
+    Args:
+        rows: result rows, each with a ``model`` name.
+        speed: the key of the speed-up the choice is made on (larger is faster).
+        accuracy: the key of the accuracy.
+        reference: the ``model`` whose accuracy sets the budget (default: "original").
+        max_drop: the budget in points (default: :data:`DEFAULT_MAX_ACCURACY_DROP_PTS`; None: no budget).
+    """
+    ref = next((r for r in rows if r.get("model") == reference), {})
+    best = pick_best(rows, speed=speed, accuracy=accuracy,
+                     meets_budget=accuracy_within(ref.get(accuracy), max_drop, accuracy))
+    return best["model"] if best else reference

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from modelops.selection import accuracy_within, pick_best, within_budget
+from modelops.selection import accuracy_within, best_variant, pick_best, within_budget
 from modelops.stages import StageRunner
 
 
@@ -55,6 +55,21 @@ def test_pick_best_fastest_within_budget_else_most_accurate() -> None:
     assert pick_best(rows, speed="speedup", accuracy="acc", meets_budget=lambda r: True)["model"] == "int8"
     assert pick_best(rows, speed="speedup", accuracy="acc", meets_budget=lambda r: False)["model"] == "original"
     assert pick_best(rows[3:], speed="speedup", accuracy="acc", meets_budget=budget) is None
+
+
+def test_best_variant_names_the_winner_against_the_reference_row() -> None:
+    rows = [
+        {"model": "int8", "acc": 95.0, "speedup": 4.0},
+        {"model": "original", "acc": 98.0, "speedup": 1.0},
+        {"model": "pruned", "acc": 97.0, "speedup": 2.0},
+    ]
+    assert best_variant(rows, speed="speedup", accuracy="acc") == "pruned"  # the default 1.5-point budget
+    assert best_variant(rows, speed="speedup", accuracy="acc", max_drop=None) == "int8"
+    assert best_variant(rows, speed="speedup", accuracy="acc", max_drop=0.5) == "original"
+    # the budget is set by the row named ``reference``, wherever it stands
+    assert best_variant(rows, speed="speedup", accuracy="acc", max_drop=0.0) == "original"
+    assert best_variant(rows, speed="speedup", accuracy="acc", reference="int8", max_drop=0.0) == "int8"
+    assert best_variant([{"model": "original", "acc": 98.0}], speed="speedup", accuracy="acc") == "original"
 
 
 def test_within_budget() -> None:
