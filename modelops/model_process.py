@@ -12,17 +12,20 @@ forwards method calls over a pipe, so that
 :func:`time_artifacts` is the whole method for artifact files (load each in its own process, time them in
 turns at each batch size); :func:`time_batch` is one batch size of it for callers that keep their sessions
 for more work (PR4's benchmark). Every runtime keeps its own default threading. Workers ignore SIGINT: on
-Ctrl-C the parent stops them by pid.
+Ctrl-C the parent stops them by pid. On Linux the kernel ends a worker whose parent dies, even in the middle of a
+long call (a LoadGen run), so a parent killed with SIGKILL leaves no worker behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing as mp
 import os
 import signal
 import statistics
+import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,21 +41,35 @@ from modelops.timing import POLICY, TimingPolicy, latency_stats, run_turns
 
 logger = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel send SIGKILL to this process when its parent exits (Linux; elsewhere the message loop's
+    parent check is all there is). A worker busy in one call never reaches that check until the call ends."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            logger.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(0)
+
+
 # Generous: a cold torch.compile of a big model on a shared 2-core machine can take minutes.
 WORKER_REPLY_TIMEOUT_S = 1800.0
 
 
-def _worker_main(conn: Any, session_cls: type[ModelSession], kwargs: dict[str, Any],
+def _worker_main(conn: Any, session_cls: type[ModelSession], kwargs: dict[str, Any], parent: int,
                  runtimes: Sequence[Runtime] = (), log_file: Path | None = None, verbose: bool = False) -> None:
     """Entry point of a spawned worker: log as the parent does (warnings on the terminal, everything in its log
     file), take the parent's runtimes (a spawned process starts with the built-in table only), build a session,
     then answer (method, args, kwargs) messages."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
     configure_logging(verbose=verbose, log_file=log_file, console_level=logging.WARNING)
     for runtime in runtimes:
         register_runtime(runtime)
     session = session_cls(**kwargs)
-    parent = os.getppid()
     while True:
         try:
             while not conn.poll(1.0):
@@ -109,7 +126,8 @@ class WorkerProxy(_SessionProxy):
         self._conn, child = ctx.Pipe()
         self.name = kwargs["name"]
         self.process = ctx.Process(target=_worker_main,
-                                   args=(child, session, kwargs, list(RUNTIMES.values()), log_file_path(),
+                                   args=(child, session, kwargs, os.getpid(), list(RUNTIMES.values()),
+                                         log_file_path(),
                                          logging.getLogger().getEffectiveLevel() <= logging.DEBUG),
                                    daemon=True, name=f"bench-{self.name}")
         self.process.start()
