@@ -14,6 +14,7 @@ in :attr:`WorkerReconciler.events` with its time.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import ssl
@@ -32,12 +33,18 @@ logger = logging.getLogger(__name__)
 WORKER = "inference-worker"
 
 
+@functools.lru_cache(maxsize=4)
+def _tls_context(ca_cert: str) -> ssl.SSLContext:
+    """One context per cluster CA: loading the CA file costs more than the GET it secures."""
+    return ssl.create_default_context(cafile=ca_cert)
+
+
 def spec_replicas(plane: ControlPlane, namespace: str, name: str = WORKER, timeout_s: float = 5) -> int | None:
     """``spec.replicas`` of a Deployment, read with one HTTPS GET (None when it does not exist).
 
     A GET rather than ``kubectl``: this runs every second beside the load it scales, and a kubectl process costs
     the shared cores far more than a request."""
-    context = ssl.create_default_context(cafile=str(plane.pki.ca_cert))
+    context = _tls_context(str(plane.pki.ca_cert))
     url = f"{plane.server}/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {plane.pki.token}"})
     try:
