@@ -14,6 +14,8 @@ import torch
 
 from modelops.artifact import Manifest, export_onnx, load_module, save_artifact, write_manifest
 
+DEFAULT_WORK_DIR = "runs/timing_pair"
+
 
 def quantize_onnx_int8(state_dict_path: Path, out_path: Path, calibration: torch.Tensor) -> Path:
     """Static int8 (QDQ, per-channel) ONNX model of ``state_dict_path``, calibrated on ``calibration``."""
@@ -68,21 +70,30 @@ def add_pair_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fp32", default=None, help="fp32 artifact (default: a random-weight ResNet-18, made)")
     group.add_argument("--int8", default=None, help="int8 artifact (default: its static int8 ONNX copy, made)")
     group.add_argument("--image-size", type=int, default=224, help="input size of the made pair (default: 224)")
-    group.add_argument("--work-dir", default="runs/timing_pair", help="where the made pair goes "
-                       "(default: runs/timing_pair)")
+    group.add_argument("--work-dir", default=DEFAULT_WORK_DIR,
+                       help=f"where the made pair goes (default: {DEFAULT_WORK_DIR})")
 
 
-def resolve_pair(args: argparse.Namespace) -> dict[str, Path]:
-    """The pair the flags name, or the made one; a missing file is a usage error."""
+def resolve_pair(fp32: str | Path | None, int8: str | Path | None, *, image_size: int = 224,
+                 work_dir: str | Path = DEFAULT_WORK_DIR) -> dict[str, Path]:
+    """The pair ``fp32``/``int8`` name (``--fp32``/``--int8``), or, when both are None, the pair made at
+    ``image_size`` in ``work_dir``; a missing file is a usage error.
+
+    Args:
+        fp32: the fp32 artifact, or None to make the pair.
+        int8: its int8 artifact, or None to make the pair.
+        image_size: input size of the made pair (default: 224).
+        work_dir: where the made pair goes (default: :data:`DEFAULT_WORK_DIR`).
+    """
     from modelops.cli import check_positive
     from modelops.errors import UsageError
 
-    if (args.fp32 is None) != (args.int8 is None):
+    if (fp32 is None) != (int8 is None):
         raise UsageError("--fp32 and --int8 go together: give both artifacts or neither")
-    if args.fp32 is None:
-        check_positive("--image-size", args.image_size)
-        return make_pair(Path(args.work_dir), image_size=args.image_size)
-    paths = {"fp32": Path(args.fp32), "int8": Path(args.int8)}
+    if fp32 is None or int8 is None:
+        check_positive("--image-size", image_size)
+        return make_pair(Path(work_dir), image_size=image_size)
+    paths = {"fp32": Path(fp32), "int8": Path(int8)}
     for flag, path in paths.items():
         if not path.is_file():
             raise UsageError(f"--{flag} {path} does not exist")

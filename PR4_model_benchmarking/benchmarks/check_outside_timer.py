@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         check_positive(f"--{flag}", getattr(args, flag))
     check_positive("--warmup", args.warmup, allow_zero=True)
     threads = args.threads or usable_cores()
-    paths = resolve_pair(args)
+    paths = resolve_pair(args.fp32, args.int8, image_size=args.image_size, work_dir=args.work_dir)
     out = Path(args.output_dir)
     project = benchmark_ratios(paths, batch_sizes, iters=args.iters, threads=threads, output_dir=out / "run1")
     outside = outside_ratios(paths, batch_sizes, samples=args.iters, warmup=args.warmup, threads=threads)

@@ -81,7 +81,7 @@ def chosen_methods(spec: str | None) -> list[str]:
 
 def measure(args: argparse.Namespace, methods: list[str], threads: int) -> dict[str, Any]:
     """Every method ``--repeats`` times, and the outside timer as often; all ratios per batch size."""
-    paths = resolve_pair(args)
+    paths = resolve_pair(args.fp32, args.int8, image_size=args.image_size, work_dir=args.work_dir)
     batch_sizes = parse_int_list(args.batch_sizes, "--batch-sizes")
     work = Path(args.output).parent / "timing_policy_runs"
     ratios: dict[str, dict[int, list[float]]] = {OUTSIDE: {b: [] for b in batch_sizes}}

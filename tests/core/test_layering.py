@@ -252,7 +252,6 @@ NAMESPACE_EXCEPTIONS = {
     "PR3_model_optimization/pruning/run.py": "pruning's phases still take model_pruning.py's flags",
     "PR3_model_optimization/quantization/run.py": "QuantizationRun still takes model_quantization.py's flags",
     "PR3_model_optimization/quantization/search.py": "plan_trials still takes model_quantization.py's flags",
-    "PR4_model_benchmarking/benchmarks/artifact_pair.py": "a benchmark helper that reads its scripts' flags",
     "main_job/job.py": "the main job keeps its parsed flags for its stages",
     "main_job/sizing.py": "the main job's sizing step reads the main job's flags",
 }
