@@ -340,45 +340,47 @@ def compare(group: str, sessions: Mapping[str, Any], batch_sizes: list[int], rou
     return rows
 
 
-def run_groups(args: argparse.Namespace, files: dict[str, Path], work: Path) -> list[dict[str, Any]]:
-    """Every requested group at every batch size, its variants in their own processes; the option rows."""
+def run_groups(args: argparse.Namespace, groups: list[str], batch_sizes: list[int], files: dict[str, Path],
+               work: Path) -> list[dict[str, Any]]:
+    """Every group of ``groups`` at every batch size, its variants in their own processes; the option rows."""
     rows: list[dict[str, Any]] = []
-    for group in args.groups:
+    for group in groups:
         sessions = start_group(group, args, files[group], work)
         try:
             label = f"{group} {'fp32' if group == 'eager' else 'int8'}"
             rows += [{"arch": args.arch, **row}
-                     for row in compare(label, sessions, args.batch_sizes, args.rounds, args.min_gain)]
+                     for row in compare(label, sessions, batch_sizes, args.rounds, args.min_gain)]
         finally:
             for session in sessions.values():
                 session.close()
     return rows
 
 
-def parse_groups(args: argparse.Namespace) -> None:
-    """``--groups`` and ``--batch-sizes`` as lists, checked; openvino dropped (with a warning) where it cannot run."""
-    args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
-    args.groups = [g.strip() for g in str(args.groups).split(",") if g.strip()]
-    unknown = [g for g in args.groups if g not in GROUPS]
-    if unknown or not args.groups:
+def parse_groups(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+    """(``--groups``, ``--batch-sizes``) as lists, checked; openvino dropped (with a warning) where it cannot run."""
+    batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
+    groups = [g.strip() for g in str(args.groups).split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or not groups:
         raise UsageError(f"Unknown --groups {', '.join(unknown) or '(none)'}. Choose from: {', '.join(GROUPS)}")
-    if not args.batch_sizes or min(args.batch_sizes) < 1 or args.rounds < 1 or args.threads < 1:
+    if not batch_sizes or min(batch_sizes) < 1 or args.rounds < 1 or args.threads < 1:
         raise UsageError("--batch-sizes, --rounds and --threads must be positive")
-    if "openvino" in args.groups and not (openvino_available() and nncf_available()):
+    if "openvino" in groups and not (openvino_available() and nncf_available()):
         logger.warning("openvino or nncf is not installed: no openvino group")
-        args.groups.remove("openvino")
+        groups.remove("openvino")
+    return groups, batch_sizes
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    parse_groups(args)
+    groups, batch_sizes = parse_groups(args)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = create_model(args.arch, 1000).eval()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_options_") as tmp:
         files = build_files(model, [3, args.image_size, args.image_size], Path(tmp), args.calibration_batches,
-                            args.groups)
-        rows = run_groups(args, files, Path(tmp))
+                            groups)
+        rows = run_groups(args, groups, batch_sizes, files, Path(tmp))
     info = cpu_info()
     result = {"cpu": info["cpu_model"], "usable_cores": info["usable_cores"], "threads": args.threads,
               "arch": args.arch, "image_size": args.image_size, "rounds": args.rounds,

@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,35 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def build_contenders(args: argparse.Namespace, arch: str, model: torch.nn.Module, manifest: Manifest, work: Path,
-                     ) -> dict[str, Path]:
+@dataclass(frozen=True)
+class Runs:
+    """What this run times: the models and batch sizes the flags name, and the optional runtimes the flags ask
+    for that this machine can run."""
+
+    archs: list[str]
+    batch_sizes: list[int]
+    openvino: bool
+    bf16: bool
+
+
+def plan_runs(args: argparse.Namespace) -> Runs:
+    """``--archs`` and ``--batch-sizes`` as lists, checked; OpenVINO and bf16 left out, with a warning, where this
+    machine cannot run them."""
+    batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b]
+    archs = [a for a in args.archs.split(",") if a]
+    if not archs or any(b < 1 for b in batch_sizes):
+        raise UsageError("--archs and --batch-sizes need at least one model and positive batch sizes")
+    openvino = args.openvino and openvino_available() and nncf_available()
+    if args.openvino and not openvino:
+        logger.warning("openvino or nncf is not installed: no OpenVINO columns")
+    bf16 = args.bf16 and bf16_support()[0]
+    if args.bf16 and not bf16:
+        logger.warning("no bf16 columns: %s", bf16_support()[1])
+    return Runs(archs=archs, batch_sizes=batch_sizes, openvino=openvino, bf16=bf16)
+
+
+def build_contenders(args: argparse.Namespace, runs: Runs, arch: str, model: torch.nn.Module, manifest: Manifest,
+                     work: Path) -> dict[str, Path]:
     """fp32 eager and every int8/bf16 artifact file of one model, each with its manifest, by contender name."""
     shape = manifest.input_shape
     fp32_path = work / f"{arch}.pt"
@@ -113,10 +141,10 @@ def build_contenders(args: argparse.Namespace, arch: str, model: torch.nn.Module
     paths = {"fp32 onnxruntime": prepared}
     quantize_onnx(prepared, work / f"{arch}_int8.onnx", config, calibration)
     paths["int8 onnxruntime"] = artifact(work / f"{arch}_int8.onnx", "onnx")
-    if args.openvino:
+    if runs.openvino:
         quantize_nncf(prepared, work / f"{arch}_int8_ov.onnx", config, calibration)
         paths["int8 openvino"] = artifact(work / f"{arch}_int8_ov.onnx", "onnx", engine="openvino")
-        if args.bf16:
+        if runs.bf16:
             shutil.copyfile(prepared, work / f"{arch}_bf16_ov.onnx")
             paths["bf16 openvino"] = artifact(work / f"{arch}_bf16_ov.onnx", "onnx", engine="openvino",
                                               precision="bf16")
@@ -124,7 +152,7 @@ def build_contenders(args: argparse.Namespace, arch: str, model: torch.nn.Module
         graph = quantize_pt2e(model, calibration[0][:2], config.with_(backend="pt2e"), calibration)
         save_pt2e(graph, work / f"{arch}_int8.pt2", calibration[0][:2])
         paths["int8 pt2e+compile"] = artifact(work / f"{arch}_int8.pt2", "exported_program", compile=True)
-        if args.bf16:
+        if runs.bf16:
             save_bf16_program(model, calibration[0][:2], work / f"{arch}_bf16.pt2")
             paths["bf16 inductor"] = artifact(work / f"{arch}_bf16.pt2", "exported_program", compile=True)
     logger.info("%s: export, quantization and bf16 builds took %.0f s", arch, time.perf_counter() - started)
@@ -139,22 +167,22 @@ def auto_pick(ms_by_batch: dict[int, dict[str, float]]) -> str:
                                                                 for ms in ms_by_batch.values()))
 
 
-def speed_part(args: argparse.Namespace, arch: str, work: Path) -> list[dict[str, Any]]:
+def speed_part(args: argparse.Namespace, runs: Runs, arch: str, work: Path) -> list[dict[str, Any]]:
     """Build fp32/int8/bf16 artifacts of a random-weight ``arch`` and time them interleaved per batch size."""
     torch.manual_seed(0)
     model = create_model(arch, 1000).eval()
     manifest = Manifest(arch=arch, num_classes=1000, input_shape=[3, args.image_size, args.image_size],
                         dataset="fake", transform={"kind": "baseline", "source": "random"})
-    paths = build_contenders(args, arch, model, manifest, work)
+    paths = build_contenders(args, runs, arch, model, manifest, work)
     load = os.getloadavg()[0]
-    times = time_artifacts(paths, args.batch_sizes,
-                           {b: args.rounds_batch1 if b == 1 else args.rounds for b in args.batch_sizes},
+    times = time_artifacts(paths, runs.batch_sizes,
+                           {b: args.rounds_batch1 if b == 1 else args.rounds for b in runs.batch_sizes},
                            options=LoadOptions(threads=args.threads))
     if "fp32 eager" not in times.infos or times.errors.get("fp32 eager"):
         raise RuntimeError(f"fp32 eager could not be timed: {times.errors.get('fp32 eager')}")
     for name, error in times.errors.items():
         logger.warning("%s %s: no column (%s)", arch, name, error)
-    ms_by_batch = {b: times.median_ms(b) for b in args.batch_sizes}
+    ms_by_batch = {b: times.median_ms(b) for b in runs.batch_sizes}
     chosen = auto_pick(ms_by_batch)
     sizes = contender_sizes(paths, times)
     return [speed_row(arch, b, ms, sizes, chosen, load) for b, ms in ms_by_batch.items()]
@@ -194,7 +222,7 @@ def speed_row(arch: str, batch_size: int, ms: dict[str, float], sizes: dict[str,
     return row
 
 
-def accuracy_part(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+def accuracy_part(args: argparse.Namespace, runs: Runs, work: Path) -> list[dict[str, Any]]:
     """Quantize the digits ResNet-18 with the script's defaults, then with the accuracy-aware search
     (``--max-accuracy-drop 0.3`` on the val split); top-1 on the held-out test split before and after."""
     model_path = Path(args.digits_model)
@@ -208,12 +236,12 @@ def accuracy_part(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     fp32_logits, targets = predict_logits(fp32, loader)
     fp32_acc = accuracy(fp32_logits, targets)
     rows = []
-    runs = {"default (auto int8)": [],
+    quantizations = {"default (auto int8)": [],
             "--max-accuracy-drop 0.3": ["--max-accuracy-drop", "0.3", "--backend", "onnxruntime",
                                         "--max-trials", str(args.search_trials)]}
-    if args.bf16:
-        runs["bf16 (auto)"] = ["--quantization-method", "bf16"]
-    for name, flags in runs.items():
+    if runs.bf16:
+        quantizations["bf16 (auto)"] = ["--quantization-method", "bf16"]
+    for name, flags in quantizations.items():
         save = work / f"digits_int8_{len(rows)}.onnx"
         summary = mq.main(mq.get_args_parser().parse_args(
             ["--model", str(model_path), "--save-path", str(save), "--threads", str(args.threads),
@@ -232,25 +260,16 @@ def accuracy_part(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b]
-    archs = [a for a in args.archs.split(",") if a]
-    if not archs or any(b < 1 for b in args.batch_sizes):
-        raise UsageError("--archs and --batch-sizes need at least one model and positive batch sizes")
+    runs = plan_runs(args)
     torch.set_num_threads(args.threads)
-    if args.openvino and (not openvino_available() or not nncf_available()):
-        logger.warning("openvino or nncf is not installed: no OpenVINO columns")
-        args.openvino = False
-    if args.bf16 and not bf16_support()[0]:
-        logger.warning("no bf16 columns: %s", bf16_support()[1])
-        args.bf16 = False
     out = Path(args.output)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench_quant_") as tmp:
-        for arch in archs:
-            rows += speed_part(args, arch, Path(tmp))
+        for arch in runs.archs:
+            rows += speed_part(args, runs, arch, Path(tmp))
             write_results(out / "speed.csv", rows)  # an interrupted run keeps what it measured
-        digits = accuracy_part(args, Path(tmp))
+        digits = accuracy_part(args, runs, Path(tmp))
     result = {
         "machine": cpu_summary(),
         "threads": args.threads, "image_size": args.image_size, "speed": rows, "digits_accuracy": digits,

@@ -256,11 +256,7 @@ NAMESPACE_EXCEPTIONS = {
     "main_job/sizing.py": "the main job's sizing step reads the main job's flags",
 }
 # Scripts that still fill their own flags in after parsing, each with why.
-MUTATION_EXCEPTIONS = {
-    "PR3_model_optimization/benchmarks/bench_backend_options.py": "parses --batch-sizes/--groups in place",
-    "PR3_model_optimization/benchmarks/bench_quantization.py": "parses --batch-sizes and turns off missing runtimes "
-                                                               "in place",
-}
+MUTATION_EXCEPTIONS: dict[str, str] = {}
 
 
 def is_script(tree: ast.Module) -> bool:
