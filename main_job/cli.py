@@ -8,7 +8,7 @@ from pathlib import Path
 
 import main_job
 from main_job.job import STAGES, Job
-from main_job.sizing import add_sizing_flags
+from main_job.sizing import SizingConfig, add_sizing_flags, check_sizing_flags
 from modelops.cli import common_parser, run_cli, set_help
 from modelops.logs import logging_to
 
@@ -33,11 +33,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def sizing_config(args: argparse.Namespace) -> SizingConfig:
+    """The sizing flags as the sizing step's typed config."""
+    return SizingConfig(p95_ms=args.p95_ms, peak_rps=args.peak_rps, base_rps=args.base_rps, headroom=args.headroom)
+
+
 def main(args: argparse.Namespace) -> dict:
+    sizing = sizing_config(args)
+    check_sizing_flags(sizing)  # a bad objective fails now, not after the stages
     # The terminal shows the job's progress and results; libraries' messages go to the job's log file.
     log_file = Path(args.log_file or Path(args.output_dir) / "job.log")
     with logging_to(log_file):
-        summary = Job(args).run()
+        summary = Job(args, sizing).run()
     if summary.get("sizing_line"):
         print(f"\n{summary['sizing_line']}")
     print(f"\nReport: {summary['report_md']}\n        {summary['report_html']}\nLog:    {log_file}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from main_job.report import write_report
-from main_job.sizing import check_sizing_flags, saving_line, size_models
+from main_job.sizing import SizingConfig, saving_line, size_models
 from modelops.artifact import read_manifest
 from modelops.cli import setup
 from modelops.selection import DEFAULT_MAX_ACCURACY_DROP_PTS, best_variant
@@ -70,9 +70,9 @@ def benchmarked_best(rows: list[dict]) -> str:
 
 
 class Job:
-    def __init__(self, args: argparse.Namespace) -> None:
-        check_sizing_flags(args)  # a bad objective fails now, not after the stages
+    def __init__(self, args: argparse.Namespace, sizing: SizingConfig) -> None:
         self.args = args
+        self.sizing_config = sizing
         self.size = TINY if args.tiny else DEMO
         self.models = Path(args.models_dir)
         self.out = Path(args.output_dir)
@@ -201,7 +201,7 @@ class Job:
         if not report.is_file():
             return None
         variants = {"original": "original", "optimized": self.fastest_variant()}
-        return size_models(report, variants, self.args, self.out / "sizing")
+        return size_models(report, variants, self.sizing_config, self.out / "sizing")
 
     # ------------------------------------------------------------------ driver
     def run(self) -> dict:

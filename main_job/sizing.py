@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +51,33 @@ def add_sizing_flags(parser: argparse.ArgumentParser) -> None:
                        help=f"fraction of each replica's throughput kept free (default: {DEFAULT_HEADROOM:g})")
 
 
-def check_sizing_flags(args: argparse.Namespace) -> None:
-    """UsageError for an objective or load out of range, before any stage runs."""
-    check_positive("--p95-ms", args.p95_ms)
-    check_positive("--peak-rps", args.peak_rps)
-    check_positive("--base-rps", args.base_rps, allow_zero=True)
-    if args.peak_rps is not None and args.base_rps is not None and args.base_rps > args.peak_rps:
-        raise UsageError(f"--base-rps {args.base_rps:g} is above --peak-rps {args.peak_rps:g}")
-    if not 0 <= args.headroom < 1:
-        raise UsageError(f"--headroom must be in [0, 1), got {args.headroom:g}")
+@dataclass(frozen=True)
+class SizingConfig:
+    """The objective and load the worker is sized for, as the sizing flags give them.
+
+    Args:
+        p95_ms: latency objective, p95 of a request in ms (default: :data:`DEFAULT_P95_MS`).
+        peak_rps: peak load in requests/s; None: inferred from the original (:func:`inferred_peak_rps`).
+        base_rps: base load in requests/s; None: :data:`BASE_FRACTION` x the peak.
+        headroom: fraction of each replica's throughput kept free (default: :data:`DEFAULT_HEADROOM`).
+    """
+
+    p95_ms: float = DEFAULT_P95_MS
+    peak_rps: float | None = None
+    base_rps: float | None = None
+    headroom: float = DEFAULT_HEADROOM
+
+
+def check_sizing_flags(config: SizingConfig) -> None:
+    """UsageError, in the flags' names, for an objective or load out of range; the main job calls it before any
+    stage runs."""
+    check_positive("--p95-ms", config.p95_ms)
+    check_positive("--peak-rps", config.peak_rps)
+    check_positive("--base-rps", config.base_rps, allow_zero=True)
+    if config.peak_rps is not None and config.base_rps is not None and config.base_rps > config.peak_rps:
+        raise UsageError(f"--base-rps {config.base_rps:g} is above --peak-rps {config.peak_rps:g}")
+    if not 0 <= config.headroom < 1:
+        raise UsageError(f"--headroom must be in [0, 1), got {config.headroom:g}")
 
 
 def _floor_3sf(value: float) -> float:
@@ -74,13 +92,13 @@ def inferred_peak_rps(original: Sizing) -> float:
     return _floor_3sf(original.samples_per_s * (1 - original.headroom) * original.partitions * (1 - 1e-9))
 
 
-def _objective(args: argparse.Namespace, peak_rps: float) -> Objective:
-    base = args.base_rps if args.base_rps is not None else round(peak_rps * BASE_FRACTION, 6)
-    return Objective(p95_ms=args.p95_ms, peak_rps=peak_rps, base_rps=base, headroom=args.headroom)
+def _objective(config: SizingConfig, peak_rps: float) -> Objective:
+    base = config.base_rps if config.base_rps is not None else round(peak_rps * BASE_FRACTION, 6)
+    return Objective(p95_ms=config.p95_ms, peak_rps=peak_rps, base_rps=base, headroom=config.headroom)
 
 
-def size_models(report_path: Path, variants: dict[str, str], args: argparse.Namespace, out_dir: Path) -> dict:
-    """Size each of :data:`SIZED` (``variants`` maps it to its row in the PR4 report) at the flags' objective
+def size_models(report_path: Path, variants: dict[str, str], config: SizingConfig, out_dir: Path) -> dict:
+    """Size each of :data:`SIZED` (``variants`` maps it to its row in the PR4 report) at ``config``'s objective
     and load; write each overlay and sizing.md under ``out_dir/<model>/`` and the summary to
     ``out_dir/sizing.json``. A model that cannot meet the objective gets an ``error`` and no files."""
     report = json.loads(report_path.read_text())
@@ -96,17 +114,17 @@ def size_models(report_path: Path, variants: dict[str, str], args: argparse.Name
             logger.warning("[sizing] %s (%s): %s", name, variants[name], e)
             return str(e)
 
-    peak, peak_from, failed = args.peak_rps, "--peak-rps", {}
+    peak, peak_from, failed = config.peak_rps, "--peak-rps", {}
     if peak is None:
         # The original's throughput per replica does not depend on the load, so any load sizes it for this.
-        first = attempt("original", _objective(args, 1.0))
+        first = attempt("original", _objective(config, 1.0))
         if isinstance(first, Sizing):
             peak = inferred_peak_rps(first)
         else:
             failed = {"original": first, "optimized": "no load to size for: the original could not be sized"}
         peak_from = "inferred (the original's throughput per replica x (1 - headroom) x the requests partitions)"
     models: dict[str, dict[str, Any]] = {}
-    objective = _objective(args, peak) if peak is not None else None
+    objective = _objective(config, peak) if peak is not None else None
     for name in SIZED:
         entry: dict[str, Any] = {"variant": variants[name]}
         shutil.rmtree(out_dir / name, ignore_errors=True)  # no overlay of an earlier run's flags stays behind
@@ -123,7 +141,7 @@ def size_models(report_path: Path, variants: dict[str, str], args: argparse.Name
         models[name] = entry
     summary = {"report": str(report_path),
                "objective": {**(asdict(objective) if objective else {}), "peak_rps_from": peak_from,
-                             "base_rps_from": "--base-rps" if args.base_rps is not None
+                             "base_rps_from": "--base-rps" if config.base_rps is not None
                              else f"{BASE_FRACTION:g} x the peak"},
                "models": models, "saving": saving(models)}
     write_results(out_dir / "sizing.json", summary, "json")

@@ -253,7 +253,6 @@ NAMESPACE_EXCEPTIONS = {
     "PR3_model_optimization/quantization/run.py": "QuantizationRun still takes model_quantization.py's flags",
     "PR3_model_optimization/quantization/search.py": "plan_trials still takes model_quantization.py's flags",
     "main_job/job.py": "the main job keeps its parsed flags for its stages",
-    "main_job/sizing.py": "the main job's sizing step reads the main job's flags",
 }
 # Scripts that still fill their own flags in after parsing, each with why.
 MUTATION_EXCEPTIONS: dict[str, str] = {}
