@@ -38,7 +38,7 @@ from modelops.errors import UsageError
 from modelops.evaluate import evaluate
 from modelops.load_options import LoadOptions
 from modelops.model_process import time_artifacts
-from modelops.results import markdown_table, write_results
+from modelops.results import markdown_table, speedup_key, write_results
 from modelops.selection import best_variant
 from modelops.stages import StageRunner
 from modelops.timed_modules import medians_or_raise
@@ -240,12 +240,12 @@ def measure(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, 
             "model": name, "arch": manifest.arch, "format": manifest.format,
             "size_mb": round(manifest.size_mb, 3), "size_pct_of_original": round(100 * manifest.size_mb / size0, 1),
             "params_m": round(params / 1e6, 3) if params else None,
-            "accuracy": round(accuracy[name], 2),
-            "accuracy_change_pts": round(accuracy[name] - accuracy["original"], 2),
+            "top1_pct": round(accuracy[name], 2),
+            "top1_change_pts": round(accuracy[name] - accuracy["original"], 2),
         }
         for batch_size in (1, args.large_batch):
             row[f"latency_ms_p50_b{batch_size}"] = round(latency[name][batch_size], 3)
-            row[f"speedup_b{batch_size}"] = round(latency["original"][batch_size] / latency[name][batch_size], 2)
+            row[speedup_key(batch_size)] = round(latency["original"][batch_size] / latency[name][batch_size], 2)
         row["description"] = DESCRIPTIONS[name]
         row["path"] = str(paths[name])
         rows.append(row)
@@ -262,7 +262,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                for fmt, suffix in (("json", "json"), ("csv", "csv"), ("markdown", "md"))}
     table = markdown_table([{k: v for k, v in row.items() if k not in ("path", "description")} for row in rows])
     print(table)
-    best = best_variant(rows, speed=f"speedup_b{args.large_batch}", accuracy="accuracy")
+    best = best_variant(rows, speed=speedup_key(args.large_batch))
     summary = {"artifacts": {name: str(path) for name, path in paths.items()}, "rows": rows, "results": results,
                "best_variant": best, "stages": stages,
                "threads": args.threads or torch.get_num_threads(),

@@ -200,5 +200,5 @@ def scenario_fields(result: dict[str, Any]) -> dict[str, Any]:
                    server_lowest_invalid_qps=search["lowest_invalid_qps"], server_range=search["range"],
                    server_runs=len(search["runs"]))
     if result.get("accuracy"):
-        row["loadgen_accuracy_pct"] = result["accuracy"]["accuracy_pct"]
+        row["loadgen_top1_pct"] = result["accuracy"]["top1_pct"]
     return row

@@ -263,4 +263,4 @@ def score_accuracy_log(path: str | Path, labels: np.ndarray) -> dict[str, Any]:
     for entry in entries:
         seen[int(entry["qsl_idx"])] = int(np.frombuffer(bytes.fromhex(entry["data"]), dtype="<i4")[0])
     correct = sum(int(labels[i] == predicted) for i, predicted in seen.items())
-    return {"accuracy_pct": round(100.0 * correct / len(seen), 3) if seen else None, "accuracy_samples": len(seen)}
+    return {"top1_pct": round(100.0 * correct / len(seen), 3) if seen else None, "accuracy_samples": len(seen)}

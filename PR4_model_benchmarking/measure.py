@@ -199,7 +199,7 @@ class Benchmark:
             if i == 0 and name == self.models[0][0]:
                 reference = logits
             self.accuracy[name] = {
-                "accuracy_pct": round(accuracy(logits, targets), 3), "accuracy_samples": len(targets),
+                "top1_pct": round(accuracy(logits, targets), 3), "accuracy_samples": len(targets),
                 "top1_agreement_pct": round(top1_agreement(logits, reference), 3) if reference is not None else None,
             }
             bar.update(1)
@@ -271,7 +271,7 @@ class Benchmark:
                 row.update(scenario_fields(self.loadgen[name]))
             row["error"] = self.errors.get(name)
             rows.append(row)
-        return add_comparisons(rows, self.settings.accuracy_tolerance)
+        return add_comparisons(rows, self.settings.accuracy_tolerance, primary=self.batch_sizes[0])
 
     def notes_text(self) -> list[str]:
         settings, policy = self.settings, self.policy
@@ -338,7 +338,7 @@ class Benchmark:
         return {
             "tool": "PR4_model_benchmarking/benchmark_models.py", "created_at": self.created_at,
             "interrupted": self.interrupted, "environment": env,
-            "headline": headline(models, env, settings.accuracy_tolerance),
+            "headline": headline(models, env, settings.accuracy_tolerance, primary=self.batch_sizes[0]),
             "config": {"models": [f"{n}:{p}" for n, p in self.models], "batch_sizes": self.batch_sizes,
                        "primary_batch_size": self.batch_sizes[0], "scenarios": self.scenarios,
                        "warmup": settings.policy.warmup, "iters": settings.iters, "min_time_s": settings.min_time,

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from modelops.errors import UsageError
+from modelops.results import speedup_key
 from PR4_model_benchmarking.report_format import fmt
-from PR4_model_benchmarking.summary import HEADLINE_BATCHES, speedup_key
+from PR4_model_benchmarking.summary import HEADLINE_BATCHES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEPT_REPORT = Path("docs/measurements/main_job_report.json")
@@ -72,12 +73,12 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     for row in rows:
         size = row.get("size_mb")
         share = f"{100 * size / ref['size_mb']:.1f}%" if size and ref.get("size_mb") else "-"
-        delta = row.get("accuracy_delta_pt")
+        delta = row.get("top1_change_pts")
         line = {"variant": row["model"], "what was done": row.get("transform") or row.get("backend") or "-",
                 "size (% of original)": f"{share} ({fmt(size)} MB)" if size else share,
                 **{f"speed-up batch {b}": _ratio(row.get(speedup_key(b))) for b in HEADLINE_BATCHES},
                 "top-1 change (pts)": "-" if delta is None else f"{delta:+.2f}",
-                "top-1 (%)": "-" if row.get("accuracy_pct") is None else f"{row['accuracy_pct']:.2f}"}
+                "top-1 (%)": "-" if row.get("top1_pct") is None else f"{row['top1_pct']:.2f}"}
         if loadgen:
             line["single-stream p90 (ms)"] = _loadgen(row.get("single_stream_latency_ms_p90"),
                                                        row.get("single_stream_result"))

@@ -18,9 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from modelops.results import json_safe, write_results
+from modelops.results import json_safe, speedup_key, write_results
 from PR4_model_benchmarking.report_format import facts_html, fmt, html_page, html_table, markdown_table
-from PR4_model_benchmarking.summary import HEADLINE_BATCHES, speedup_key
+from PR4_model_benchmarking.summary import HEADLINE_BATCHES
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +31,14 @@ SAMPLES_CSV = "benchmark_samples.csv"
 
 # The tables fit a screen: what a reader compares. Every other figure is in the CSV and JSON reports.
 # Speed-up columns (speedup_b<N>_x, one per timed batch size) are added between latency and memory.
-SUMMARY_COLUMNS = ("model", "transform", "backend", "size_mb", "accuracy_pct", "accuracy_delta_pt",
+SUMMARY_COLUMNS = ("model", "transform", "backend", "size_mb", "top1_pct", "top1_change_pts",
                    "latency_ms_p50", "weights_mb", "model_rss_mb", "verdict", "error")
 BATCH_COLUMNS = ("model", "batch_size", "iters", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
                  "samples_per_s", "peak_rss_mb")
 SCENARIO_COLUMNS = ("model", "single_stream_latency_ms_p90", "single_stream_result",
                     "multi_stream_early_stopping_ms_p99", "multi_stream_result", "offline_samples_per_s",
                     "offline_result", "server_latency_bound_ms", "server_highest_valid_qps",
-                    "server_lowest_invalid_qps", "loadgen_accuracy_pct")
+                    "server_lowest_invalid_qps", "loadgen_top1_pct")
 RUN_COLUMNS = ("model", "scenario", "target_qps", "figure", "query_count", "result", "invalid_reason", "summary_log")
 
 
@@ -71,10 +71,10 @@ class ModelSummary(BaseModel):
     size_mb: float | None = None
     params_m: float | None = None
     macs_m: float | None = None
-    accuracy_pct: float | None = None
+    top1_pct: float | None = None
+    top1_change_pts: float | None = None
     top1_agreement_pct: float | None = None
     latency_ms_p50: float | None = None
-    speedup_x: float | None = None
     size_ratio: float | None = None
     weights_mb: float | None = None
     model_rss_mb: float | None = None
@@ -129,7 +129,7 @@ def headline_lines(report: dict[str, Any]) -> list[str]:
     if head.get("best"):
         ratio = head.get("best_size_ratio")
         size = f"{fmt(head.get('best_size_mb'))} MB" + (f" ({fmt(ratio * 100)}% of the original)" if ratio else "")
-        delta = head.get("best_accuracy_delta_pt")
+        delta = head.get("best_top1_change_pts")
         accuracy = "accuracy not measured" if delta is None else f"accuracy {delta:+.2f} points"
         speeds = ", ".join(f"{_ratio(head.get(speedup_key(b)))} at batch {b}" for b in HEADLINE_BATCHES)
         lines.append(f"Best variant: {head['best']}, {size}, {speeds}, {accuracy} against the original.")
@@ -192,7 +192,7 @@ def loadgen_run_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         if result.get("accuracy"):
             acc = result["accuracy"]
             rows.append({"model": model, "scenario": "offline, AccuracyOnly",
-                         "figure": f"top-1 {fmt(acc.get('accuracy_pct'))}% of {acc.get('accuracy_samples')} samples",
+                         "figure": f"top-1 {fmt(acc.get('top1_pct'))}% of {acc.get('accuracy_samples')} samples",
                          "summary_log": acc.get("summary_log")})
     return rows
 
@@ -289,7 +289,7 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         for m in ok:
             size = m.get("size_mb") or 1.0
-            acc = m.get("accuracy_pct")
+            acc = m.get("top1_pct")
             y = acc if acc is not None else 0.0
             ax.scatter([m["latency_ms_p50"]], [y], s=max(20.0, 8 * size ** 0.8), alpha=0.6)
             ax.annotate(f"{m['model']} ({size:.1f} MB)", (m["latency_ms_p50"], y), fontsize=8,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from modelops.results import speedup_key
 from modelops.selection import best_variant
 from modelops.timing import latency_stats
 
@@ -23,12 +24,13 @@ def offline_throughput(per_batch: Sequence[dict[str, Any]]) -> tuple[float | Non
     return best["samples_per_s"], best["batch_size"]
 
 
-def verdicts(rows: Sequence[dict[str, Any]], *, speed_margin: float = 1.1, size_margin: float = 0.9,
+def verdicts(rows: Sequence[dict[str, Any]], *, speed: str, speed_margin: float = 1.1, size_margin: float = 0.9,
              accuracy_tolerance_pt: float = 1.0) -> list[str]:
     """One word per model against the first: baseline, best, faster, smaller, same, slower, worse or failed.
 
-    "worse" means it lost more than ``accuracy_tolerance_pt`` points of accuracy (or is slower and no
-    smaller); "best" is the fastest model that is not worse, if it is at least ``speed_margin`` faster.
+    "worse" means it lost more than ``accuracy_tolerance_pt`` top-1 points (or is slower and no smaller);
+    "best" is the fastest model by the ``speed`` key (a speed-up) that is not worse, if it is at least
+    ``speed_margin`` faster.
     """
     words: list[str] = []
     for i, row in enumerate(rows):
@@ -38,8 +40,8 @@ def verdicts(rows: Sequence[dict[str, Any]], *, speed_margin: float = 1.1, size_
         if i == 0:
             words.append("baseline")
             continue
-        speedup, size_ratio = row.get("speedup_x"), row.get("size_ratio")
-        delta = row.get("accuracy_delta_pt")
+        speedup, size_ratio = row.get(speed), row.get("size_ratio")
+        delta = row.get("top1_change_pts")
         if delta is not None and delta < -accuracy_tolerance_pt:
             words.append("worse")
         elif speedup is not None and speedup >= speed_margin:
@@ -52,17 +54,14 @@ def verdicts(rows: Sequence[dict[str, Any]], *, speed_margin: float = 1.1, size_
             words.append("same")
     candidates = [i for i, w in enumerate(words) if w == "faster"]
     if candidates:
-        words[max(candidates, key=lambda i: rows[i]["speedup_x"])] = "best"
+        words[max(candidates, key=lambda i: rows[i][speed])] = "best"
     return words
-
-
-def speedup_key(batch_size: int) -> str:
-    return f"speedup_b{batch_size}_x"
 
 
 def per_batch_rows(samples: Mapping[str, Mapping[str, list[float]]], memory: Mapping[str, Mapping[str, dict]],
                    reference: str | None) -> list[dict[str, Any]]:
-    """One row per model and batch size: latency statistics, throughput, peak memory, speed-up over ``reference``."""
+    """One row per model and batch size: latency statistics, throughput, peak memory, speed-up over ``reference``
+    (``speedup_x``: at the row's ``batch_size``, like its latency)."""
     rows = []
     for name, per in samples.items():
         for b, values in per.items():
@@ -94,7 +93,8 @@ def _memory_fields(batches: list[dict[str, Any]], info: Mapping[str, Any], isola
 
 def model_row(name: str, path: str, info: Mapping[str, Any], batches: list[dict[str, Any]], *,
               primary: int, isolated: bool) -> dict[str, Any]:
-    """One model's summary: what it is, its latency at the primary batch size, speed-ups, memory."""
+    """One model's summary: what it is, its latency at the primary batch size, a speed-up per timed batch size
+    (``speedup_b<N>_x``), memory."""
     at_primary = next((r for r in batches if r["batch_size"] == primary), {})
     best, best_b = offline_throughput(batches)
     params, macs = info.get("params"), info.get("macs")
@@ -105,26 +105,28 @@ def model_row(name: str, path: str, info: Mapping[str, Any], batches: list[dict[
         "batch_size": primary,
         **{k: at_primary.get(k) for k in ("latency_ms_mean", "latency_ms_std", "latency_ms_p50", "latency_ms_p90",
                                           "latency_ms_p95", "latency_ms_p99")},
-        "speedup_x": at_primary.get("speedup_x"),
         **{speedup_key(r["batch_size"]): r["speedup_x"] for r in batches},
         "best_samples_per_s": best, "best_batch_size": best_b,
         **_memory_fields(batches, info, isolated), "load_s": info.get("load_s"),
     }
 
 
-def add_comparisons(rows: list[dict[str, Any]], accuracy_tolerance_pt: float) -> list[dict[str, Any]]:
-    """Size ratio, accuracy change and verdict of each row against the first."""
+def add_comparisons(rows: list[dict[str, Any]], accuracy_tolerance_pt: float, *, primary: int) -> list[dict[str, Any]]:
+    """Size ratio, top-1 change and verdict of each row against the first; the verdict's speed is the speed-up at
+    the ``primary`` batch size (a failed row, or any row when the first failed, has none)."""
+    speed = speedup_key(primary)
     ref = rows[0] if rows else {}
     for row in rows:
         ok = not ref.get("error") and not row.get("error")
         row["size_ratio"] = (round(row["size_mb"] / ref["size_mb"], 4)
                              if ok and ref.get("size_mb") and row.get("size_mb") else None)
-        row["accuracy_delta_pt"] = (round(row["accuracy_pct"] - ref["accuracy_pct"], 3)
-                                    if ok and ref.get("accuracy_pct") is not None
-                                    and row.get("accuracy_pct") is not None else None)
+        row["top1_change_pts"] = (round(row["top1_pct"] - ref["top1_pct"], 3)
+                                  if ok and ref.get("top1_pct") is not None and row.get("top1_pct") is not None
+                                  else None)
         if not ok:
-            row["speedup_x"] = None
-    for row, word in zip(rows, verdicts(rows, accuracy_tolerance_pt=accuracy_tolerance_pt), strict=True):
+            row[speed] = None
+    words = verdicts(rows, speed=speed, accuracy_tolerance_pt=accuracy_tolerance_pt)
+    for row, word in zip(rows, words, strict=True):
         row["verdict"] = word
     return rows
 
@@ -140,30 +142,31 @@ def cpu_class(env: Mapping[str, Any]) -> str:
     return "AVX2" if env.get("has_avx2") else "no AVX2"
 
 
-def best_row(models: Sequence[dict[str, Any]], max_drop_pt: float) -> dict[str, Any] | None:
+def best_row(models: Sequence[dict[str, Any]], max_drop_pt: float, *, primary: int) -> dict[str, Any] | None:
     """The variant the report recommends, by the project's one rule (:func:`modelops.selection.best_variant`): the
-    fastest at the primary batch size that loses at most ``max_drop_pt`` accuracy points; None if that is the
+    fastest at the ``primary`` batch size that loses at most ``max_drop_pt`` top-1 points; None if that is the
     reference itself."""
     if not models:
         return None
     ref = models[0]["model"]
-    best = best_variant(models, speed="speedup_x", accuracy="accuracy_pct", reference=ref, max_drop=max_drop_pt)
+    best = best_variant(models, speed=speedup_key(primary), reference=ref, max_drop=max_drop_pt)
     return None if best == ref else dict(next(r for r in models if r["model"] == best))
 
 
-def headline(models: Sequence[dict[str, Any]], env: Mapping[str, Any], max_drop_pt: float) -> dict[str, Any]:
+def headline(models: Sequence[dict[str, Any]], env: Mapping[str, Any], max_drop_pt: float, *,
+             primary: int) -> dict[str, Any]:
     """The figures a reader acts on, copied from the summary rows: what was done, the best variant, the CPU."""
     ref = models[0] if models else {}
-    best = best_row(models, max_drop_pt)
+    best = best_row(models, max_drop_pt, primary=primary)
     out: dict[str, Any] = {
         "reference": ref.get("model"), "reference_size_mb": ref.get("size_mb"),
-        "reference_accuracy_pct": ref.get("accuracy_pct"),
+        "reference_top1_pct": ref.get("top1_pct"),
         "variants": {r["model"]: r.get("transform") or r.get("format") for r in models[1:]},
         "cpu_model": env.get("cpu_model"), "cpu_class": cpu_class(env), "threads": env.get("threads"),
-        "best": best["model"] if best else None, "max_accuracy_drop_pt": max_drop_pt,
+        "best": best["model"] if best else None, "max_top1_drop_pts": max_drop_pt,
     }
     if best:
         out.update({"best_size_mb": best.get("size_mb"), "best_size_ratio": best.get("size_ratio"),
-                    "best_accuracy_delta_pt": best.get("accuracy_delta_pt"),
+                    "best_top1_change_pts": best.get("top1_change_pts"),
                     **{speedup_key(b): best.get(speedup_key(b)) for b in HEADLINE_BATCHES}})
     return out

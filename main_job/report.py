@@ -19,10 +19,10 @@ from PR4_model_benchmarking.report_format import facts_html, html_page, html_tab
 SIZING = "Worker sizing"
 # The columns each section shows, in order; the rest are in report.json.
 SHOWN = {
-    "Baseline models": ("model", "test_accuracy", "size_mb", "params_m", "train_s"),
-    "Optimization pipeline": ("model", "description", "size_mb", "size_pct_of_original", "params_m", "accuracy",
-                              "accuracy_change_pts"),
-    "Benchmark": ("model", "transform", "size_mb", "accuracy_pct", "accuracy_delta_pt", "speedup_b1_x",
+    "Baseline models": ("model", "top1_pct", "size_mb", "params_m", "train_s"),
+    "Optimization pipeline": ("model", "description", "size_mb", "size_pct_of_original", "params_m", "top1_pct",
+                              "top1_change_pts"),
+    "Benchmark": ("model", "transform", "size_mb", "top1_pct", "top1_change_pts", "speedup_b1_x",
                   "speedup_b16_x", "single_stream_latency_ms_p90", "single_stream_result", "offline_samples_per_s",
                   "offline_result", "verdict", "error"),
     "Async serving (end to end)": ("model", "requests_sent", "succeeded", "failed", "throughput_rps",
@@ -40,7 +40,7 @@ def report_sections(results: dict[str, dict]) -> dict[str, list[dict]]:
     sections: dict[str, list[dict]] = {}
     if "baseline" in results:
         sections["Baseline models"] = [
-            {"model": r.get("arch"), "path": r.get("model"), "test_accuracy": r.get("test_accuracy"),
+            {"model": r.get("arch"), "path": r.get("model"), "top1_pct": r.get("test_accuracy"),
              "size_mb": r.get("size_mb"), "params_m": r.get("params_m"), "train_s": r.get("train_s")}
             for key, r in results["baseline"].items() if isinstance(r, dict) and "arch" in r]
     if "optimize" in results and results["optimize"].get("rows"):

@@ -62,7 +62,7 @@ class ModelSession:
             "format": manifest.format, "backend": self.predictor.backend, "arch": manifest.arch,
             "input_shape": list(manifest.input_shape), "num_classes": manifest.num_classes,
             "transform": (manifest.transform or {}).get("kind"), "size_mb": round(file_size_mb(self.path), 4),
-            "params": params, "macs": macs, "manifest_accuracy_pct": manifest.metrics.get("accuracy"),
+            "params": params, "macs": macs, "manifest_top1_pct": manifest.metrics.get("accuracy"),
             "weights_mb": round(weights / 2**20, 3) if weights is not None else None,
             "load_rss_mb": round(load_rss, 1), "rss_baseline_mb": round(self.baseline_mb, 1),
             "load_s": round(load_s, 3), "pid": os.getpid(), "threads": torch.get_num_threads(),

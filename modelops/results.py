@@ -1,4 +1,4 @@
-"""Write flat result rows as CSV, JSON or Markdown."""
+"""Flat result rows: their shared key vocabulary, and writing them as CSV, JSON or Markdown."""
 
 from __future__ import annotations
 
@@ -9,6 +9,17 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FORMATS = ("csv", "json", "markdown")
+
+# Keys carry their units, and the same key means the same thing in every row the project writes (PR3's pipeline,
+# PR4's benchmark, the main job's report).
+TOP1 = "top1_pct"  # test-split top-1 accuracy, percent
+TOP1_CHANGE = "top1_change_pts"  # top-1 against the reference row, percentage points
+
+
+def speedup_key(batch_size: int) -> str:
+    """The key of a speed-up over the reference at one batch size (``speedup_b16_x``: the reference's median
+    latency over the row's, both at batch 16)."""
+    return f"speedup_b{batch_size}_x"
 
 
 def _rows(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

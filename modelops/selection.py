@@ -10,6 +10,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from modelops.results import TOP1
+
 # The main job and the pipeline call a variant "as accurate" when it loses at most this many top-1 points.
 DEFAULT_MAX_ACCURACY_DROP_PTS = 1.5
 
@@ -49,7 +51,7 @@ def pick_best(rows: Sequence[Row], *, speed: str, accuracy: str, meets_budget: C
     return max(done, key=lambda r: (acc(r), r[speed]), default=None)
 
 
-def best_variant(rows: Sequence[Row], *, speed: str, accuracy: str, reference: str = "original",
+def best_variant(rows: Sequence[Row], *, speed: str, accuracy: str = TOP1, reference: str = "original",
                  max_drop: float | None = DEFAULT_MAX_ACCURACY_DROP_PTS) -> str:
     """The ``model`` name of the fastest row whose accuracy is at most ``max_drop`` points below the row named
     ``reference`` (:func:`pick_best`, the reference a candidate too); ``reference`` when no row can win.
@@ -57,7 +59,7 @@ def best_variant(rows: Sequence[Row], *, speed: str, accuracy: str, reference: s
     Args:
         rows: result rows, each with a ``model`` name.
         speed: the key of the speed-up the choice is made on (larger is faster).
-        accuracy: the key of the accuracy.
+        accuracy: the key of the accuracy (default: ``top1_pct``).
         reference: the ``model`` whose accuracy sets the budget (default: "original").
         max_drop: the budget in points (default: :data:`DEFAULT_MAX_ACCURACY_DROP_PTS`; None: no budget).
     """

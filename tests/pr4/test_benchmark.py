@@ -39,11 +39,11 @@ def test_percentiles_on_known_data():
 
 
 def test_verdicts():
-    rows = [{"model": "a"}, {"speedup_x": 3.0, "size_ratio": 0.25, "accuracy_delta_pt": -0.2},
-            {"speedup_x": 1.5, "size_ratio": 1.0, "accuracy_delta_pt": 0.0},
-            {"speedup_x": 1.0, "size_ratio": 0.5, "accuracy_delta_pt": 0.0},
-            {"speedup_x": 4.0, "size_ratio": 0.2, "accuracy_delta_pt": -5.0}, {"error": "boom"}]
-    assert verdicts(rows) == ["baseline", "best", "faster", "smaller", "worse", "failed"]
+    rows = [{"model": "a"}, {"speedup_b1_x": 3.0, "size_ratio": 0.25, "top1_change_pts": -0.2},
+            {"speedup_b1_x": 1.5, "size_ratio": 1.0, "top1_change_pts": 0.0},
+            {"speedup_b1_x": 1.0, "size_ratio": 0.5, "top1_change_pts": 0.0},
+            {"speedup_b1_x": 4.0, "size_ratio": 0.2, "top1_change_pts": -5.0}, {"error": "boom"}]
+    assert verdicts(rows, speed="speedup_b1_x") == ["baseline", "best", "faster", "smaller", "worse", "failed"]
 
 
 # ---------------------------------------------------------------------- bad input
@@ -139,13 +139,13 @@ def test_every_format_is_measured(full_run):
         assert row["latency_ms_p50"] > 0 and row["best_samples_per_s"] > 0
         assert row["peak_rss_mb"] > row["model_rss_mb"] > 0  # own worker process: its own peak
         assert row["weights_mb"] > 0 and row["load_rss_mb"] is not None
-        assert row["accuracy_pct"] > 50 and row["server_latency_ms_p99"] > 0
+        assert row["top1_pct"] > 50 and row["server_latency_ms_p99"] > 0
         assert row["server_result"] in ("VALID", "INVALID") and row["server_runs"] == 1
     for name in ("torchscript", "exported_program", "onnx"):  # same weights: same answers
         assert rows[name]["top1_agreement_pct"] >= 98
         assert rows[name]["size_ratio"] == pytest.approx(1.0, abs=0.05)
     assert rows["int8"]["size_ratio"] < 0.35  # int8 weights: about a quarter of fp32
-    assert rows["state_dict"]["verdict"] == "baseline" and rows["state_dict"]["speedup_x"] == 1.0
+    assert rows["state_dict"]["verdict"] == "baseline" and rows["state_dict"]["speedup_b1_x"] == 1.0
     assert rows["broken"]["error"] and rows["broken"]["verdict"] == "failed"
 
 

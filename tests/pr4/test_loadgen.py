@@ -101,7 +101,7 @@ def test_accuracy_mode_scores_loadgens_accuracy_log(digits_resnet18, tmp_path):
     entries = json.loads((Path(accuracy["detail_log"]).parent / ACCURACY_LOG).read_text())
     assert sorted(e["qsl_idx"] for e in entries) == list(range(48))  # every sample once
     # the same 48 test images through LoadGen and through the benchmark's own accuracy pass
-    assert accuracy["accuracy_samples"] == 48 and row["loadgen_accuracy_pct"] == row["accuracy_pct"]
+    assert accuracy["accuracy_samples"] == 48 and row["loadgen_top1_pct"] == row["top1_pct"]
     assert (Path(accuracy["summary_log"]).parent / SUMMARY_LOG).is_file()
 
 

@@ -16,10 +16,10 @@ REPORT = {
     "environment": {"cpu_model": "Test CPU 9000"},
     "headline": {"cpu_model": "Test CPU 9000", "cpu_class": "AVX2", "threads": 2, "best": "combined"},
     "sections": {"Benchmark": [
-        {"model": "original", "transform": "baseline", "size_mb": 94.4, "accuracy_pct": 97.2,
-         "accuracy_delta_pt": 0.0, "speedup_b1_x": 1.0, "speedup_b16_x": 1.0},
-        {"model": "combined", "transform": "quantization", "size_mb": 6.2, "accuracy_pct": 97.5,
-         "accuracy_delta_pt": 0.28, "speedup_b1_x": 14.4, "speedup_b16_x": 11.9}]},
+        {"model": "original", "transform": "baseline", "size_mb": 94.4, "top1_pct": 97.2,
+         "top1_change_pts": 0.0, "speedup_b1_x": 1.0, "speedup_b16_x": 1.0},
+        {"model": "combined", "transform": "quantization", "size_mb": 6.2, "top1_pct": 97.5,
+         "top1_change_pts": 0.28, "speedup_b1_x": 14.4, "speedup_b16_x": 11.9}]},
 }
 
 

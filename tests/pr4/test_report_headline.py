@@ -28,11 +28,11 @@ def _report() -> dict:
     for name in SAMPLES:
         row = model_row(name, f"{name}.pt", INFO[name], [r for r in per_batch if r["model"] == name], primary=1,
                         isolated=False)
-        rows.append({**row, "accuracy_pct": ACCURACY[name], "error": None})
-    models = add_comparisons(rows, accuracy_tolerance_pt=1.0)
+        rows.append({**row, "top1_pct": ACCURACY[name], "error": None})
+    models = add_comparisons(rows, accuracy_tolerance_pt=1.0, primary=1)
     return {"created_at": "2026-12-01T00:00:00+00:00", "interrupted": False, "environment": ENV,
             "config": {"batch_sizes": [1, 16], "primary_batch_size": 1}, "models": models, "per_batch": per_batch,
-            "samples_ms": SAMPLES, "server": {}, "notes": [], "headline": headline(models, ENV, 1.0)}
+            "samples_ms": SAMPLES, "server": {}, "notes": [], "headline": headline(models, ENV, 1.0, primary=1)}
 
 
 def _md_table(md: str) -> list[dict[str, str]]:
@@ -47,7 +47,8 @@ def test_speedups_come_from_the_per_batch_rows_only():
     by_batch = {(r["model"], r["batch_size"]): r["speedup_x"] for r in report["per_batch"]}
     assert by_batch[("quantized", 1)] == 4.0 and by_batch[("quantized", 16)] == 5.0
     for row in report["models"]:
-        assert row["speedup_b1_x"] == by_batch[(row["model"], 1)] == row["speedup_x"]
+        assert row["speedup_b1_x"] == by_batch[(row["model"], 1)]
+        assert "speedup_x" not in row  # every speed-up in a summary row names its batch size
         assert row["speedup_b16_x"] == by_batch[(row["model"], 16)]
 
 
@@ -57,10 +58,10 @@ def test_headline_figures_equal_the_table_figures():
     assert head["best"] == "quantized"  # pruned is faster than the original but loses 3 points: "worse"
     table = {row[label("model")]: row for row in _md_table(to_markdown(report))}
     best = {key: table["quantized"][label(key)] for key in ("speedup_b1_x", "speedup_b16_x", "size_mb",
-                                                              "accuracy_delta_pt")}
+                                                              "top1_change_pts")}
     assert float(best["speedup_b1_x"]) == head["speedup_b1_x"] == 4.0
     assert float(best["speedup_b16_x"]) == head["speedup_b16_x"] == 5.0
-    assert float(best["size_mb"]) == head["best_size_mb"] and float(best["accuracy_delta_pt"]) == -0.5
+    assert float(best["size_mb"]) == head["best_size_mb"] and float(best["top1_change_pts"]) == -0.5
     assert head["cpu_class"] == "AVX512-VNNI" and head["variants"] == {"quantized": "quantization",
                                                                         "pruned": "pruning"}
     text = " ".join(headline_lines(report))
@@ -90,7 +91,7 @@ def test_cpu_class(flags, expected):
 def test_no_best_variant_is_said_plainly():
     report = _report()
     for row in report["models"][1:]:
-        row["accuracy_pct"] = 90.0
-    report["headline"] = headline(report["models"], ENV, 1.0)
+        row["top1_pct"] = 90.0
+    report["headline"] = headline(report["models"], ENV, 1.0, primary=1)
     assert report["headline"]["best"] is None
     assert any(re.match("Best variant: none", line) for line in headline_lines(report))

@@ -71,16 +71,16 @@ def pr4_report(out_dir: Path) -> dict:
                                                          "weights_mb": size * 0.95}, [r for r in per_batch
                                                                                      if r["model"] == name],
                         primary=1, isolated=True)
-        rows.append({**row, "accuracy_pct": top1, "model_rss_mb": 138.9123, "error": None,
+        rows.append({**row, "top1_pct": top1, "model_rss_mb": 138.9123, "error": None,
                      **scenario_fields(loadgen[name])})
     rows.append({"model": "broken_variant_with_a_long_name", "path": f"{LONG_PATH}/broken.onnx",
                  "error": "ArtifactError: " + "could not parse the ONNX protobuf, the file is truncated; " * 4})
-    models = add_comparisons(rows, 1.0)
+    models = add_comparisons(rows, 1.0, primary=1)
     return {"created_at": "2026-12-06T10:00:00+00:00", "interrupted": False, "environment": ENV,
             "config": {"batch_sizes": [1, 16], "primary_batch_size": 1, "dataset": "digits", "seed": 0,
                        "output_dir": str(out_dir)},
             "models": models, "per_batch": per_batch, "samples_ms": samples, "loadgen": loadgen,
-            "headline": headline(models, ENV, 1.0),
+            "headline": headline(models, ENV, 1.0, primary=1),
             "notes": ["A note long enough to wrap over several lines of the page. " * 6]}
 
 
@@ -151,7 +151,7 @@ def test_main_job_page_fits_the_window_and_reads_as_a_document(tmp_path, hops):
                      for arch in ("resnet50", "resnet18")},
         "optimize": {"rows": [{"model": name, "arch": "resnet50", "format": "onnx", "size_mb": v[1],
                                "size_pct_of_original": 100 * v[1] / 94.429, "params_m": 23.5291,
-                               "accuracy": v[4], "accuracy_change_pts": v[4] - 97.7778,
+                               "top1_pct": v[4], "top1_change_pts": v[4] - 97.7778,
                                "description": f"{v[0]} (static int8, measured-fastest backend, 6 epochs)",
                                "path": f"{LONG_PATH}/{name}.onnx"} for name, v in VARIANTS.items()]},
         "benchmark": {"summary": bench["models"], "headline": bench["headline"],

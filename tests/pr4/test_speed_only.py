@@ -38,4 +38,4 @@ def test_two_manifestless_torchscript_models_without_a_dataset_are_timed_and_acc
     rows = {row["model"]: row for row in report["models"]}
     assert set(rows) == {"original", "small"}
     assert all(row["error"] is None and row["latency_ms_p50"] > 0 for row in rows.values())
-    assert all(row.get("accuracy_pct") is None for row in rows.values())
+    assert all(row.get("top1_pct") is None for row in rows.values())
