@@ -171,18 +171,16 @@ def service_env(broker: Proc | str, registry: Path | str | None = None, **overri
     return env
 
 
+def _script_command(script: str, *flags: str) -> list[str]:
+    """The command that runs PR2's ``script`` with this interpreter and ``flags``."""
+    return [sys.executable, str(REPO_ROOT / "PR2_async_inference" / script), *flags]
+
+
 def start_api(
     log_dir: Path, env: dict[str, str], port: int | None = None, name: str = "api", timeout_s: float = 90.0
 ) -> Proc:
     port = port or free_port()
-    cmd = [
-        sys.executable,
-        str(REPO_ROOT / "PR2_async_inference" / "async_fastapi_server.py"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    cmd = _script_command("async_fastapi_server.py", "--host", "127.0.0.1", "--port", str(port))
     proc = spawn(name, cmd, log_dir, env=env, port=port, url=f"http://127.0.0.1:{port}")
     wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s, proc.popen)
     return proc
@@ -197,14 +195,7 @@ def start_worker(
     timeout_s: float = 90.0,
 ) -> Proc:
     metrics_port = metrics_port or free_port()
-    cmd = [
-        sys.executable,
-        str(REPO_ROOT / "PR2_async_inference" / "model_worker.py"),
-        "--metrics-port",
-        str(metrics_port),
-        "--metrics-host",
-        "127.0.0.1",
-    ]
+    cmd = _script_command("model_worker.py", "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1")
     proc = spawn(
         name, cmd, log_dir, env=env, port=metrics_port, metrics_url=f"http://127.0.0.1:{metrics_port}"
     )
