@@ -26,46 +26,31 @@ SERVING_NAMES = (
 FRONT_PROXY_CLIENT = "front-proxy-client"
 
 
+class _PkiFile:
+    """One file of the PKI folder: ``ca_cert = _PkiFile("ca.crt")`` in :class:`Pki` makes ``pki.ca_cert``
+    ``pki.dir / "ca.crt"``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, pki: Pki, owner: type | None = None) -> Path:
+        return pki.dir / self.name
+
+
 @dataclass(frozen=True)
 class Pki:
     dir: Path
     token: str
 
-    @property
-    def ca_cert(self) -> Path:
-        return self.dir / "ca.crt"
-
-    @property
-    def serving_cert(self) -> Path:
-        return self.dir / "serving.crt"
-
-    @property
-    def serving_key(self) -> Path:
-        return self.dir / "serving.key"
-
-    @property
-    def front_proxy_ca_cert(self) -> Path:
-        return self.dir / "front-proxy-ca.crt"
-
-    @property
-    def front_proxy_client_cert(self) -> Path:
-        return self.dir / "front-proxy-client.crt"
-
-    @property
-    def front_proxy_client_key(self) -> Path:
-        return self.dir / "front-proxy-client.key"
-
-    @property
-    def service_account_key(self) -> Path:
-        return self.dir / "sa.key"
-
-    @property
-    def service_account_pub(self) -> Path:
-        return self.dir / "sa.pub"
-
-    @property
-    def token_file(self) -> Path:
-        return self.dir / "tokens.csv"
+    ca_cert = _PkiFile("ca.crt")
+    serving_cert = _PkiFile("serving.crt")
+    serving_key = _PkiFile("serving.key")
+    front_proxy_ca_cert = _PkiFile("front-proxy-ca.crt")
+    front_proxy_client_cert = _PkiFile(f"{FRONT_PROXY_CLIENT}.crt")
+    front_proxy_client_key = _PkiFile(f"{FRONT_PROXY_CLIENT}.key")
+    service_account_key = _PkiFile("sa.key")
+    service_account_pub = _PkiFile("sa.pub")
+    token_file = _PkiFile("tokens.csv")
 
 
 def _openssl(*args: str) -> None:
