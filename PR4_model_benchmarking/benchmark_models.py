@@ -267,11 +267,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         bench.interrupted = True
         logger.warning("interrupted: writing the reports with what was measured")
         if bench.infos:
-            write_reports(bench.report(), args.output_dir, formats)
+            write_reports(bench.report().model_dump(exclude_unset=True), args.output_dir, formats)
         raise
     finally:
         bench.close()
-    report = bench.report()
+    # Built through the pydantic model (a bad row fails here); the writers and callers take the dict, with the
+    # keys each row was given (a figure a run did not measure stays absent, not null).
+    report = bench.report().model_dump(exclude_unset=True)
     paths = write_reports(report, args.output_dir, formats)
     if all(row.get("error") for row in report["models"]):
         raise RuntimeError(f"every model failed; reports in {args.output_dir}")

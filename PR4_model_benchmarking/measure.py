@@ -1,4 +1,4 @@
-"""One benchmark run's phases: load every model, time them in turns, accuracy, LoadGen scenarios, the report dict.
+"""One benchmark run's phases: load every model, time them in turns, accuracy, LoadGen scenarios, the report.
 
 :class:`Benchmark` keeps what each phase measured, so an interrupted run can still report it.
 """
@@ -21,6 +21,7 @@ from modelops.errors import UsageError
 from modelops.model_process import WorkerError, start_session, time_batch
 from PR4_model_benchmarking.bench_settings import BenchmarkSettings
 from PR4_model_benchmarking.loadgen_phase import ModelSpeed, ScenarioPlan, run_model_scenarios, scenario_fields
+from PR4_model_benchmarking.report_schema import BenchmarkReport
 from PR4_model_benchmarking.runner import BenchSession
 from PR4_model_benchmarking.scenarios import P99_EARLY_STOPPING_QUERIES, P99_SCENARIOS, SCENARIOS
 from PR4_model_benchmarking.summary import add_comparisons, headline, model_row, per_batch_rows
@@ -325,7 +326,9 @@ class Benchmark:
                 "server_first_qps": plan.server_qps, "server_latency_bound_ms": plan.server_bound_ms,
                 "server_search_runs": plan.search_runs, "server_search_seconds": plan.search_seconds}
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> BenchmarkReport:
+        """What was measured so far as a :class:`BenchmarkReport` (a row that does not fit it fails here);
+        ``report().model_dump(exclude_unset=True)`` is the dict the report writers take."""
         settings = self.settings
         per_batch = per_batch_rows(self.samples, self.memory, self.models[0][0])
         models = self.summary_rows(per_batch)
@@ -335,21 +338,21 @@ class Benchmark:
         if env.get("load_average_start") and env["load_average_start"] > 0.5 * env.get("usable_cores", 1):
             notes.append(f"The machine was busy (load average {env['load_average_start']} on "
                          f"{env.get('usable_cores')} cores): compare ratios, not absolute times.")
-        return {
-            "tool": "PR4_model_benchmarking/benchmark_models.py", "created_at": self.created_at,
-            "interrupted": self.interrupted, "environment": env,
-            "headline": headline(models, env, settings.accuracy_tolerance, primary=self.batch_sizes[0]),
-            "config": {"models": [f"{n}:{p}" for n, p in self.models], "batch_sizes": self.batch_sizes,
-                       "primary_batch_size": self.batch_sizes[0], "scenarios": self.scenarios,
-                       "warmup": settings.policy.warmup, "iters": settings.iters, "min_time_s": settings.min_time,
-                       "timing_policy": asdict(self.policy),
-                       "dataset": settings.dataset,
-                       "image_size": self.data.image_size if self.data is not None else None,
-                       "accuracy": None if self.data is not None else NO_DATASET,
-                       "accuracy_samples": settings.accuracy_samples, "threads": self.threads,
-                       "loadgen_plan": self.plan_config(),
-                       "device": settings.load.device, "isolation": settings.isolation, "seed": settings.seed,
-                       "output_dir": str(settings.output_dir)},
-            "models": models, "per_batch": per_batch, "samples_ms": self.samples,
-            "loadgen": self.loadgen, "notes": notes + self.notes,
-        }
+        return BenchmarkReport(
+            tool="PR4_model_benchmarking/benchmark_models.py", created_at=self.created_at,
+            interrupted=self.interrupted, environment=env,
+            headline=headline(models, env, settings.accuracy_tolerance, primary=self.batch_sizes[0]),
+            config={"models": [f"{n}:{p}" for n, p in self.models], "batch_sizes": self.batch_sizes,
+                    "primary_batch_size": self.batch_sizes[0], "scenarios": self.scenarios,
+                    "warmup": settings.policy.warmup, "iters": settings.iters, "min_time_s": settings.min_time,
+                    "timing_policy": asdict(self.policy),
+                    "dataset": settings.dataset,
+                    "image_size": self.data.image_size if self.data is not None else None,
+                    "accuracy": None if self.data is not None else NO_DATASET,
+                    "accuracy_samples": settings.accuracy_samples, "threads": self.threads,
+                    "loadgen_plan": self.plan_config(),
+                    "device": settings.load.device, "isolation": settings.isolation, "seed": settings.seed,
+                    "output_dir": str(settings.output_dir)},
+            models=models, per_batch=per_batch, samples_ms=self.samples,
+            loadgen=self.loadgen, notes=notes + self.notes,
+        )

@@ -1,7 +1,7 @@
 """Benchmark reports: Markdown (tabulate), HTML with embedded plots, CSV and JSON with every raw figure.
 
-The JSON report follows :class:`BenchmarkReport` (a pydantic model; ``report_json_schema()`` gives
-its JSON Schema), so other tools and tests read figures, not text.
+The report these functions take is :class:`~PR4_model_benchmarking.report_schema.BenchmarkReport` as a dict (the
+benchmark builds it through that pydantic model), so other tools and tests read figures, not text.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict
 
 from modelops.results import json_safe, speedup_key, write_results
 from PR4_model_benchmarking.report_format import facts_html, fmt, html_page, html_table, markdown_table
@@ -40,68 +38,6 @@ SCENARIO_COLUMNS = ("model", "single_stream_latency_ms_p90", "single_stream_resu
                     "offline_result", "server_latency_bound_ms", "server_highest_valid_qps",
                     "server_lowest_invalid_qps", "loadgen_top1_pct")
 RUN_COLUMNS = ("model", "scenario", "target_qps", "figure", "query_count", "result", "invalid_reason", "summary_log")
-
-
-class BatchStats(BaseModel):
-    """Latency and throughput of one model at one batch size."""
-
-    model_config = ConfigDict(extra="allow")
-    model: str
-    batch_size: int
-    iters: int
-    latency_ms_mean: float
-    latency_ms_std: float
-    latency_ms_min: float
-    latency_ms_max: float
-    latency_ms_p50: float
-    latency_ms_p90: float
-    latency_ms_p95: float
-    latency_ms_p99: float
-    samples_per_s: float
-
-
-class ModelSummary(BaseModel):
-    """One model's row: what it is, how fast, how big, how accurate, and against the first model."""
-
-    model_config = ConfigDict(extra="allow")
-    model: str
-    path: str
-    format: str | None = None
-    backend: str | None = None
-    size_mb: float | None = None
-    params_m: float | None = None
-    macs_m: float | None = None
-    top1_pct: float | None = None
-    top1_change_pts: float | None = None
-    top1_agreement_pct: float | None = None
-    latency_ms_p50: float | None = None
-    size_ratio: float | None = None
-    weights_mb: float | None = None
-    model_rss_mb: float | None = None
-    peak_rss_mb: float | None = None
-    verdict: str
-    error: str | None = None
-
-
-class BenchmarkReport(BaseModel):
-    """The whole run: where, with which settings, the per-model rows and every raw sample."""
-
-    model_config = ConfigDict(extra="allow")
-    tool: str
-    created_at: str
-    interrupted: bool
-    environment: dict[str, Any]
-    headline: dict[str, Any] = {}
-    config: dict[str, Any]
-    models: list[ModelSummary]
-    per_batch: list[BatchStats]
-    samples_ms: dict[str, dict[str, list[float]]]
-    loadgen: dict[str, Any] = {}
-    notes: list[str]
-
-
-def report_json_schema() -> dict[str, Any]:
-    return BenchmarkReport.model_json_schema()
 
 
 def summary_columns(report: dict[str, Any]) -> tuple[str, ...]:

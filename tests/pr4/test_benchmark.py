@@ -18,7 +18,8 @@ from modelops.errors import UsageError
 from modelops.timing import latency_stats
 from PR4_model_benchmarking import benchmark_models
 from PR4_model_benchmarking.report_format import label
-from PR4_model_benchmarking.reports import SAMPLES_CSV, SUMMARY_COLUMNS, BenchmarkReport, report_json_schema
+from PR4_model_benchmarking.report_schema import BenchmarkReport, report_json_schema
+from PR4_model_benchmarking.reports import SAMPLES_CSV, SUMMARY_COLUMNS
 from PR4_model_benchmarking.summary import verdicts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from pydantic import ValidationError
 
 from PR4_model_benchmarking.report_format import label
+from PR4_model_benchmarking.report_schema import BenchmarkReport
 from PR4_model_benchmarking.reports import headline_lines, summary_columns, to_html, to_markdown
 from PR4_model_benchmarking.summary import add_comparisons, cpu_class, headline, model_row, per_batch_rows
 
@@ -50,6 +52,16 @@ def test_speedups_come_from_the_per_batch_rows_only():
         assert row["speedup_b1_x"] == by_batch[(row["model"], 1)]
         assert "speedup_x" not in row  # every speed-up in a summary row names its batch size
         assert row["speedup_b16_x"] == by_batch[(row["model"], 16)]
+
+
+def test_the_rows_fit_the_report_model_and_a_bad_row_fails_where_it_is_made():
+    fields = {"tool": "test", "notes": [], **_report()}
+    report = BenchmarkReport(**fields).model_dump(exclude_unset=True)
+    assert report["models"] == fields["models"] and report["headline"] == fields["headline"]
+    for bad in ({"speedup_b16_x": "fast"}, {"top1_pct": "high"}, {"verdict": None}):
+        rows = [{**fields["models"][0], **bad}, *fields["models"][1:]]
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            BenchmarkReport(**{**fields, "models": rows})
 
 
 def test_headline_figures_equal_the_table_figures():
