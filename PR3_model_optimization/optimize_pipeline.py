@@ -17,6 +17,8 @@ the original) and ``quantized.onnx`` (the original in int8). Every artifact is t
 artifact loaded only in its own process, all timed in interleaved turns), and the table is printed and written
 as JSON, CSV and Markdown. The summary names the best variant: the fastest at ``--large-batch`` within 1.5
 accuracy points of the original (:func:`modelops.selection.best_variant`, the rule the main job uses too).
+``--no-measure`` skips that measurement (for a caller that benchmarks the artifacts itself, as the main job does):
+the table then says what each artifact is, from its manifest alone, and the summary names no best variant.
 """
 
 from __future__ import annotations
@@ -105,6 +107,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     group.add_argument("--force", action="store_true",
                        help="rebuild stages whose summary and artifact already exist (default: reuse them)")
     measure = parser.add_argument_group("measuring")
+    measure.add_argument("--no-measure", action="store_true",
+                         help="build the artifacts and list what each is (format, size, parameters) without "
+                              "measuring accuracy or latency, and name no best variant; for a caller that "
+                              "benchmarks them itself, as the main job does (default: measure)")
     measure.add_argument("--large-batch", type=int, default=16,
                          help="the larger batch size timed beside batch 1 (default: 16)")
     measure.add_argument("--speed-rounds", type=int, default=30,
@@ -210,8 +216,30 @@ def run_stages(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any
     return paths, stages
 
 
+def describe(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """What each artifact is, from its manifest alone (nothing is run): architecture, format, size, parameters."""
+    manifests = {name: read_manifest(path) or load_artifact(path, load_options(args)).manifest
+                 for name, path in paths.items()}
+    size0 = manifests["original"].size_mb
+    rows = []
+    for name in (n for n in ROWS if n in manifests):
+        manifest = manifests[name]
+        params = manifest.metrics.get("params")
+        if params is None and manifest.parent:  # an int8 file keeps its fp32 parent's parameter count
+            parent = read_manifest(manifest.parent["path"]) if Path(manifest.parent["path"]).is_file() else None
+            params = parent.metrics.get("params") if parent else None
+        rows.append({
+            "model": name, "arch": manifest.arch, "format": manifest.format,
+            "size_mb": round(manifest.size_mb, 3), "size_pct_of_original": round(100 * manifest.size_mb / size0, 1),
+            "params_m": round(params / 1e6, 3) if params else None,
+            "description": DESCRIPTIONS[name], "path": str(paths[name]),
+        })
+    return rows
+
+
 def measure(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Accuracy, size and latency of every artifact, each loaded the way a user would (timed per process)."""
+    """:func:`describe`'s rows with test accuracy and latency, each artifact loaded the way a user would (timed
+    per process)."""
     options = load_options(args)
     predictors = {name: load_artifact(path, options) for name, path in paths.items()}
     original = predictors["original"]
@@ -228,27 +256,16 @@ def measure(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, 
         for name, ms in medians_or_raise(times, batch_size).items():
             latency[name][batch_size] = ms
 
-    size0 = original.manifest.size_mb
     rows = []
-    for name in (n for n in ROWS if n in predictors):
-        manifest = predictors[name].manifest
-        params = manifest.metrics.get("params")
-        if params is None and manifest.parent:  # an int8 file keeps its fp32 parent's parameter count
-            parent = read_manifest(manifest.parent["path"]) if Path(manifest.parent["path"]).is_file() else None
-            params = parent.metrics.get("params") if parent else None
-        row: dict[str, Any] = {
-            "model": name, "arch": manifest.arch, "format": manifest.format,
-            "size_mb": round(manifest.size_mb, 3), "size_pct_of_original": round(100 * manifest.size_mb / size0, 1),
-            "params_m": round(params / 1e6, 3) if params else None,
-            "top1_pct": round(accuracy[name], 2),
-            "top1_change_pts": round(accuracy[name] - accuracy["original"], 2),
-        }
+    for row in describe(paths, args):
+        name = row["model"]
+        last = {key: row.pop(key) for key in ("description", "path")}  # the long columns stay last
+        row["top1_pct"] = round(accuracy[name], 2)
+        row["top1_change_pts"] = round(accuracy[name] - accuracy["original"], 2)
         for batch_size in (1, args.large_batch):
             row[f"latency_ms_p50_b{batch_size}"] = round(latency[name][batch_size], 3)
             row[speedup_key(batch_size)] = round(latency["original"][batch_size] / latency[name][batch_size], 2)
-        row["description"] = DESCRIPTIONS[name]
-        row["path"] = str(paths[name])
-        rows.append(row)
+        rows.append(row | last)
     return rows
 
 
@@ -256,15 +273,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     started = time.perf_counter()
     paths, stages = run_stages(args)
-    rows = measure(paths, args)
+    rows = describe(paths, args) if args.no_measure else measure(paths, args)
     out = Path(args.output_dir)
     results = {fmt: str(write_results(out / f"pipeline_results.{suffix}", rows))
                for fmt, suffix in (("json", "json"), ("csv", "csv"), ("markdown", "md"))}
     table = markdown_table([{k: v for k, v in row.items() if k not in ("path", "description")} for row in rows])
     print(table)
-    best = best_variant(rows, speed=speedup_key(args.large_batch))
+    best = None if args.no_measure else best_variant(rows, speed=speedup_key(args.large_batch))
     summary = {"artifacts": {name: str(path) for name, path in paths.items()}, "rows": rows, "results": results,
-               "best_variant": best, "stages": stages,
+               "best_variant": best, "measured": not args.no_measure, "stages": stages,
                "threads": args.threads or torch.get_num_threads(),
                "total_s": round(time.perf_counter() - started, 1)}
     write_results(out / "pipeline_summary.json", summary)

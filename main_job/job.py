@@ -126,12 +126,13 @@ class Job:
         return out
 
     def optimize(self) -> dict:
-        """Prune, distill and quantize the original, each alone and combined (optimize_pipeline.py)."""
+        """Prune, distill and quantize the original, each alone and combined (optimize_pipeline.py). The pipeline
+        does not measure them (``--no-measure``): the benchmark stage measures every variant, once."""
         argv = ["--model", str(self.teacher), "--output-dir", str(self.models / "optimized"),
                 "--epochs", str(self.size.optimize_epochs), "--student-arch", self.args.student_arch,
-                "--calibration-batches", str(self.size.calibration_batches), *self.common]
+                "--calibration-batches", str(self.size.calibration_batches), "--no-measure", *self.common]
         if self.args.tiny:
-            argv += ["--speed-rounds", "5", "--limit", "256", "--prune-steps", "1"]
+            argv += ["--limit", "256", "--prune-steps", "1"]
         if self.args.force:
             argv.append("--force")
         return _run_script("PR3_model_optimization.optimize_pipeline", argv)

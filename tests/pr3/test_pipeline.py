@@ -46,10 +46,17 @@ def test_pipeline_builds_reloads_and_reuses(digits_resnet18: Path, tmp_path: Pat
         assert Path(summary["results"][fmt]).is_file()
     assert json.loads(Path(summary["results"]["json"]).read_text())[0]["model"] == "original"
 
-    # A second run reuses every stage instead of training again.
-    again = optimize_pipeline.main(optimize_pipeline.get_args_parser().parse_args(argv))
+    assert summary["best_variant"] in rows and summary["measured"]
+
+    # A second run reuses every stage instead of training again; --no-measure lists the same artifacts from their
+    # manifests without running them, and names no best variant.
+    again = optimize_pipeline.main(optimize_pipeline.get_args_parser().parse_args([*argv, "--no-measure"]))
     assert all(stage.get("reused") for stage in again["stages"].values())
     assert {r["model"] for r in again["rows"]} == set(rows)
+    assert again["best_variant"] is None and not again["measured"]
+    for row in again["rows"]:
+        measured = rows[row["model"]]
+        assert row == {k: v for k, v in measured.items() if not k.startswith(("top1", "latency_ms", "speedup"))}
 
 
 def test_pipeline_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
