@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from modelops.artifact import Manifest, Predictor, load_artifact, load_module, read_manifest, save_artifact
-from modelops.cli import check_positive, common_parser, load_model_dataset, load_options, run_cli
+from modelops.cli import check_positive, common_parser, load_model_dataset, load_options, run_cli, training_config
 from modelops.data import AugmentedDataset, DatasetSplits, make_loader, train_augmentation
 from modelops.errors import UsageError
 from modelops.evaluate import evaluate
@@ -35,7 +35,7 @@ from modelops.model_process import time_artifacts
 from modelops.models import check_arch, classifier_layer, count_macs, count_parameters, create_model
 from modelops.results import write_results
 from modelops.timed_modules import Timer, medians_or_raise
-from modelops.training import add_training_args, check_training_args, cross_entropy_step, fit
+from modelops.training import add_training_args, check_training_config, cross_entropy_step, fit
 from PR3_model_optimization.distillation import (
     DistillationLoss,
     HintStudent,
@@ -102,7 +102,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    check_training_args(args)
+    check_training_config(training_config(args))
     check_positive("--temperature", args.temperature)
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be within [0, 1], got {args.alpha}")
@@ -196,8 +196,8 @@ def distill(
     step = distillation_step(loss_fn, teacher=runner, cache=cache, hint_weight=args.hint_weight)
     train_loader = make_loader(train, args.batch_size, shuffle=True, seed=args.seed, workers=args.workers)
     val_loader = make_loader(data.val, 256)
-    result = fit(model, train_loader, val_loader, args, output_dir=output_dir, step_fn=step, desc="distill",
-                 progress=progress)
+    result = fit(model, train_loader, val_loader, training_config(args), output_dir=output_dir, step_fn=step,
+                 desc="distill", progress=progress)
     return student.eval(), {"history": result.history, "best_val_accuracy": result.best_accuracy,
                             "best_epoch": result.best_epoch, "stopped_early": result.stopped_early}
 
@@ -206,11 +206,11 @@ def train_baseline(
     student: nn.Module, data: DatasetSplits, args: argparse.Namespace, output_dir: Path, *, progress: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The same student, same data and epochs, labels only: what the student learns without a teacher."""
-    baseline_args = copy.copy(args)
     checkpoint = output_dir / "checkpoint.pth"
-    baseline_args.resume = str(checkpoint) if args.resume and checkpoint.is_file() else None
+    # A resumed run continues the baseline from its own checkpoint, not the distilled student's.
+    config = training_config(args, resume=str(checkpoint) if args.resume and checkpoint.is_file() else None)
     loader = make_loader(_train_set(args, data), args.batch_size, shuffle=True, seed=args.seed, workers=args.workers)
-    result = fit(student, loader, make_loader(data.val, 256), baseline_args, output_dir=output_dir,
+    result = fit(student, loader, make_loader(data.val, 256), config, output_dir=output_dir,
                  step_fn=cross_entropy_step(args.label_smoothing), desc="baseline", progress=progress)
     return student.eval(), {"history": result.history, "best_val_accuracy": result.best_accuracy,
                             "best_epoch": result.best_epoch}

@@ -27,11 +27,11 @@ from torch import nn
 
 from modelops.artifact import Manifest, RuntimeHints, file_size_mb, load_module, save_artifact
 from modelops.artifact import write_manifest as write_artifact_manifest
-from modelops.cli import check_positive, common_parser, load_options, run_cli, set_help
+from modelops.cli import check_positive, common_parser, load_options, run_cli, set_help, training_config
 from modelops.errors import UsageError
 from modelops.models import count_macs, count_parameters
 from modelops.results import write_results
-from modelops.training import add_training_args, check_training_args
+from modelops.training import add_training_args, check_training_config
 from PR3_model_optimization.pruning.fine_tune import test_accuracy
 from PR3_model_optimization.pruning.latency import MEMORY_FORMATS
 from PR3_model_optimization.pruning.run import (
@@ -176,7 +176,7 @@ def check_args(args: argparse.Namespace) -> None:
     if args.resume and args.steps > 1:
         raise UsageError("--resume continues one fine-tuning run; it does not combine with --steps > 1")
     if args.fine_tune:
-        check_training_args(args)
+        check_training_config(training_config(args))
 
 
 

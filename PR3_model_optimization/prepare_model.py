@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from modelops.artifact import FORMATS, Manifest, save_artifact
-from modelops.cli import common_parser, run_cli, split_seed
+from modelops.cli import common_parser, run_cli, split_seed, training_config
 from modelops.data import AugmentedDataset, load_dataset, make_loader, train_augmentation
 from modelops.evaluate import evaluate
 from modelops.models import check_arch, count_macs, count_parameters, create_model
-from modelops.training import add_training_args, check_training_args, fit
+from modelops.training import add_training_args, check_training_config, fit
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def artifact_summary(path: str | Path, manifest: Manifest) -> dict:
 
 def main(args: argparse.Namespace) -> dict:
     check_arch(args.arch)
-    check_training_args(args)
+    training = training_config(args)
+    check_training_config(training)
     save_path = Path(args.save_path or f"models/{args.arch}.pt")
     output_dir = Path(args.output_dir or f"runs/prepare_{args.arch}")
     data = load_dataset(args.dataset, image_size=args.image_size, seed=split_seed(args), data_dir=args.data_dir)
@@ -68,7 +69,7 @@ def main(args: argparse.Namespace) -> dict:
         train_set = data.train if args.no_augment else AugmentedDataset(data.train, train_augmentation(data.image_size))
         train_loader = make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed, workers=args.workers)
         val_loader = make_loader(data.val, 256)
-        result = fit(model, train_loader, val_loader, args, output_dir=output_dir, desc=args.arch)
+        result = fit(model, train_loader, val_loader, training, output_dir=output_dir, desc=args.arch)
         history = {"best_val_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
                    "epochs_run": len(result.history)}
     train_s = time.perf_counter() - started

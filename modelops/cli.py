@@ -8,7 +8,7 @@ import os
 import random
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ from modelops.errors import UsageError
 from modelops.load_options import LoadOptions
 from modelops.logs import configure_logging
 from modelops.preprocessing import PRESETS
+from modelops.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,17 @@ def load_options(args: argparse.Namespace, **changes: Any) -> LoadOptions:
         image_size=getattr(args, "image_size", None),
     )
     return replace(options, **changes)
+
+
+def training_config(args: argparse.Namespace, **changes: Any) -> TrainingConfig:
+    """The :class:`TrainingConfig` a script's training flags ask for (:func:`modelops.training.add_training_args`),
+    built once in its ``main``; ``changes`` set fields the script decides (``resume=...``).
+
+    The parsed flags travel along, ``changes`` applied, as the record each checkpoint saves.
+    """
+    settings = {f.name: getattr(args, f.name) for f in fields(TrainingConfig)
+                if f.name != "flags" and hasattr(args, f.name)}
+    return TrainingConfig(**{**settings, **changes}, flags={**vars(args), **changes})
 
 
 def split_seed(args: argparse.Namespace, manifest: Any = None) -> int:

@@ -12,7 +12,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,27 +52,73 @@ def add_training_args(parser: argparse.ArgumentParser, *, epochs: int = 10, lr: 
     group.add_argument("--resume", default=None, help="checkpoint.pth to continue from (default: start fresh)")
 
 
-def check_training_args(args: argparse.Namespace) -> None:
-    if args.epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.lr <= 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
-    if args.resume and not Path(args.resume).is_file():
-        raise UsageError(f"--resume checkpoint {args.resume} does not exist")
+@dataclass(frozen=True)
+class TrainingConfig:
+    """What :func:`fit` reads: the training flags of :func:`add_training_args` (torchvision reference names) and
+    the device. Scripts build it once from their flags with :func:`modelops.cli.training_config`.
+
+    Args:
+        epochs: epochs to train, counting those a resumed checkpoint already ran (default: 10).
+        lr: initial learning rate (default: 0.05).
+        opt: ``sgd`` (Nesterov) or ``adamw`` (default: sgd).
+        momentum: SGD momentum (default: 0.9).
+        weight_decay: weight decay (default: 5e-4).
+        lr_scheduler: ``cosine``, ``step`` or ``none`` (default: cosine).
+        lr_step_size, lr_gamma: epochs per step and decay of the ``step`` schedule (default: 5, 0.1).
+        label_smoothing: of the default cross-entropy step (default: 0.0).
+        patience: stop after this many epochs without a better validation accuracy (default: None, off).
+        bf16: bf16 autocast (default: False).
+        resume: a ``checkpoint.pth`` to continue from (default: None, start fresh).
+        device: where to train (default: cpu).
+        flags: the run's parsed flags, saved as each checkpoint's ``args`` beside these fields (torchvision keeps
+            the whole command line with a checkpoint) (default: none).
+    """
+
+    epochs: int = 10
+    lr: float = 0.05
+    opt: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_scheduler: str = "cosine"
+    lr_step_size: int = 5
+    lr_gamma: float = 0.1
+    label_smoothing: float = 0.0
+    patience: int | None = None
+    bf16: bool = False
+    resume: str | None = None
+    device: str = "cpu"
+    # A record only, never read as a setting: left out of equality and hashing.
+    flags: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def record(self) -> dict[str, Any]:
+        """The run's flags and these fields as primitives only, so checkpoints load with ``weights_only=True``."""
+        settings = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "flags"}
+        return {k: v if isinstance(v, int | float | str | bool | type(None)) else str(v)
+                for k, v in {**self.flags, **settings}.items()}
 
 
-def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+def check_training_config(config: TrainingConfig) -> None:
+    if config.epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {config.epochs}")
+    if config.lr <= 0:
+        raise UsageError(f"--lr must be > 0, got {config.lr}")
+    if config.resume and not Path(config.resume).is_file():
+        raise UsageError(f"--resume checkpoint {config.resume} does not exist")
+
+
+def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if args.opt == "adamw":
-        return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True)
+    if config.opt == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           nesterov=True)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> torch.optim.lr_scheduler.LRScheduler:
-    if args.lr_scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    if args.lr_scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step_size, gamma=args.lr_gamma)
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    if config.lr_scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.lr_scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_size, gamma=config.lr_gamma)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
@@ -110,11 +156,6 @@ def train_one_epoch(
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * correct / seen:.1f}")
     return {"train_loss": total_loss / max(seen, 1), "train_accuracy": 100 * correct / max(seen, 1)}
-
-
-def _plain_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Args as primitives only, so checkpoints load with ``weights_only=True``."""
-    return {k: v if isinstance(v, int | float | str | bool | type(None)) else str(v) for k, v in vars(args).items()}
 
 
 @dataclass
@@ -155,7 +196,7 @@ def fit(
     model: nn.Module,
     train_loader: DataLoader,
     val_loader: DataLoader,
-    args: argparse.Namespace,
+    config: TrainingConfig,
     *,
     output_dir: str | Path,
     step_fn: StepFn | None = None,
@@ -164,30 +205,30 @@ def fit(
 ) -> FitResult:
     """Train with validation every epoch; keep the best weights in ``model`` at the end.
 
-    Writes ``output_dir/checkpoint.pth`` after every epoch (resume with ``args.resume``) and
+    Writes ``output_dir/checkpoint.pth`` after every epoch (resume with ``config.resume``) and
     ``output_dir/metrics.csv`` with one row per epoch. An interrupt (Ctrl-C) keeps the last
     finished epoch's checkpoint and re-raises.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    device = getattr(args, "device", "cpu")
+    device = config.device
     model.to(device)
-    step_fn = step_fn or cross_entropy_step(getattr(args, "label_smoothing", 0.0))
-    optimizer = build_optimizer(model, args)
-    scheduler = build_scheduler(optimizer, args)
+    step_fn = step_fn or cross_entropy_step(config.label_smoothing)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
     result = FitResult()
     best_state = copy.deepcopy(model.state_dict())
     start_epoch = 0
-    if getattr(args, "resume", None):
-        start_epoch, best_state = resume(args.resume, model, optimizer, scheduler, result, best_state)
+    if config.resume:
+        start_epoch, best_state = resume(config.resume, model, optimizer, scheduler, result, best_state)
 
-    patience = getattr(args, "patience", None)
-    for epoch in range(start_epoch, args.epochs):
+    patience = config.patience
+    for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         row: dict[str, float] = {"epoch": epoch, "lr": lr}
         row.update(train_one_epoch(model, train_loader, optimizer, step_fn, epoch=epoch,
-                                   bf16=getattr(args, "bf16", False), device=device, progress=progress, desc=desc))
+                                   bf16=config.bf16, device=device, progress=progress, desc=desc))
         scheduler.step()
         row["val_accuracy"] = evaluate(model, val_loader)["accuracy"]
         row["epoch_s"] = round(time.perf_counter() - started, 2)
@@ -200,7 +241,7 @@ def fit(
                     result.best_epoch, row["epoch_s"])
         save_checkpoint(output_dir, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-            "epoch": epoch, "args": _plain_args(args), "history": result.history,
+            "epoch": epoch, "args": config.record(), "history": result.history,
             "best_accuracy": result.best_accuracy, "best_epoch": result.best_epoch, "best_state": best_state,
         })
         write_results(output_dir / "metrics.csv", result.history)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from modelops.artifact import Manifest, save_artifact
 from modelops.data import load_dataset, make_loader
 from modelops.evaluate import evaluate
 from modelops.models import count_macs, count_parameters, create_model
-from modelops.training import fit
+from modelops.training import TrainingConfig, fit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_IMAGE_SIZE = 32
@@ -23,10 +22,10 @@ def train_tiny(arch: str, out_dir: Path, epochs: int = 3) -> Path:
     torch.manual_seed(0)
     data = load_dataset("digits", image_size=TINY_IMAGE_SIZE, seed=0)
     model = create_model(arch, data.num_classes)
-    args = argparse.Namespace(epochs=epochs, lr=0.05, opt="sgd", momentum=0.9, weight_decay=5e-4,
-                              lr_scheduler="cosine", lr_step_size=5, lr_gamma=0.1, label_smoothing=0.0,
-                              patience=None, bf16=False, resume=None, device="cpu")
-    fit(model, make_loader(data.train, 64, shuffle=True), make_loader(data.val, 256), args,
+    config = TrainingConfig(epochs=epochs, lr=0.05, opt="sgd", momentum=0.9, weight_decay=5e-4,
+                            lr_scheduler="cosine", lr_step_size=5, lr_gamma=0.1, label_smoothing=0.0,
+                            patience=None, bf16=False, resume=None, device="cpu")
+    fit(model, make_loader(data.train, 64, shuffle=True), make_loader(data.val, 256), config,
         output_dir=out_dir / f"run_{arch}", progress=False)
     accuracy = evaluate(model, make_loader(data.test, 256))["accuracy"]
     manifest = Manifest(arch=arch, num_classes=data.num_classes, input_shape=data.input_shape,

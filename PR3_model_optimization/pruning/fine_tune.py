@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelops.cli import training_config
 from modelops.data import DatasetSplits, make_loader
 from modelops.evaluate import evaluate
 from modelops.training import StepFn, fit
@@ -37,8 +38,8 @@ def fine_tune(
     train_loader = make_loader(data.train, args.batch_size, shuffle=True, seed=args.seed,
                                workers=args.workers)
     val_loader = make_loader(data.val, 256)
-    result = fit(model, train_loader, val_loader, args, output_dir=output_dir, step_fn=step_fn, desc=desc,
-                 progress=progress)
+    result = fit(model, train_loader, val_loader, training_config(args), output_dir=output_dir, step_fn=step_fn,
+                 desc=desc, progress=progress)
     model.eval()
     return {"best_val_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
             "epochs_run": len(result.history)}

@@ -245,8 +245,6 @@ def test_no_hidden_process_state_in_the_core() -> None:
 CLI_LAYER = {"modelops/cli.py": "turns the common flags into typed values (load_options, setup, datasets)"}
 # Library modules that still take a Namespace, each with why; the list only shrinks (checked below).
 NAMESPACE_EXCEPTIONS = {
-    "modelops/training.py": "fit() and its optimizer/scheduler builders read the training flags, torchvision "
-                            "reference style; not yet a typed training config",
     "PR3_model_optimization/pruning/fine_tune.py": "pruning's phases still take model_pruning.py's flags",
     "PR3_model_optimization/pruning/latency.py": "pruning's phases still take model_pruning.py's flags",
     "PR3_model_optimization/pruning/run.py": "pruning's phases still take model_pruning.py's flags",
