@@ -15,6 +15,7 @@ from main_job.sizing import saving_line, sizing_rows
 from modelops.cpu import cpu_info
 from modelops.results import write_results
 from PR4_model_benchmarking.report_format import facts_html, html_page, html_table, markdown_table
+from PR4_model_benchmarking.reports import headline_lines, plots
 
 SIZING = "Worker sizing"
 # The columns each section shows, in order; the rest are in report.json.
@@ -77,17 +78,6 @@ def _benchmark_report(results: dict[str, dict]) -> dict | None:
     return json.loads(bench_json.read_text()) if bench_json.exists() else None
 
 
-def headline_lines(results: dict[str, dict], env: dict) -> list[str]:
-    """The benchmark report's headline (what was done, best variant, size, speed-ups, accuracy, CPU) when it ran,
-    else the CPU alone: the CPU is named once."""
-    bench = _benchmark_report(results)
-    if bench is None:
-        return [f"CPU: {env['cpu_model']} ({env['usable_cores']} usable cores)."]
-    from PR4_model_benchmarking.reports import headline_lines as benchmark_headline
-
-    return benchmark_headline(bench)
-
-
 def _links(out: Path, results: dict[str, dict]) -> dict[str, str]:
     links = {}
     for key in ("html", "markdown", "json", "csv"):
@@ -107,7 +97,11 @@ def _links(out: Path, results: dict[str, dict]) -> dict[str, str]:
 def write_report(out: Path, results: dict[str, dict]) -> dict:
     env = cpu_info()
     sections = report_sections(results)
-    head = headline_lines(results, env)
+    bench = _benchmark_report(results)
+    # The benchmark report's headline (what was done, best variant, size, speed-ups, top-1 change, CPU) when it
+    # ran, else the CPU alone: the CPU is named once.
+    head = headline_lines(bench) if bench is not None else [
+        f"CPU: {env['cpu_model']} ({env['usable_cores']} usable cores)."]
     source = f"Every figure is read from the stage summaries in {out / 'stages'}" + (
         f" and the sizing in {out / 'sizing' / 'sizing.json'}." if "sizing" in results else ".")
     notes = section_notes(results)
@@ -123,10 +117,7 @@ def write_report(out: Path, results: dict[str, dict]) -> dict:
         md += ["## Files", ""] + [f"- {k}: `{v}`" for k, v in links.items()] + [""]
         html += ["<h2>Files</h2><ul>"] + [f"<li><a href='{escape(Path(v).resolve().as_uri(), quote=True)}'>"
                                           f"{escape(k)}</a></li>" for k, v in links.items()] + ["</ul>"]
-    bench = _benchmark_report(results)
     if bench is not None:
-        from PR4_model_benchmarking.reports import plots
-
         for name, png in plots(bench).items():
             title = PLOT_TITLES.get(name, name)
             html.append(f'<h2>{escape(title)}</h2><img alt="{escape(title)}" src="data:image/png;base64,{png}">')
