@@ -11,9 +11,9 @@ from typing import Any
 RESULT_FORMATS = ("csv", "json", "markdown")
 
 # Keys carry their units, and the same key means the same thing in every row the project writes (PR3's pipeline,
-# PR4's benchmark, the main job's report).
-TOP1 = "top1_pct"  # test-split top-1 accuracy, percent
-TOP1_CHANGE = "top1_change_pts"  # top-1 against the reference row, percentage points
+# PR4's benchmark, the main job's report): top1_pct is the test-split top-1 accuracy in percent, top1_change_pts
+# the top-1 against the reference row in percentage points, speedup_b<N>_x a speed-up at batch N (speedup_key).
+TOP1 = "top1_pct"
 
 
 def speedup_key(batch_size: int) -> str:
