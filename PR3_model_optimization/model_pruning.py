@@ -27,11 +27,21 @@ from torch import nn
 
 from modelops.artifact import Manifest, RuntimeHints, file_size_mb, load_module, save_artifact
 from modelops.artifact import write_manifest as write_artifact_manifest
-from modelops.cli import check_positive, common_parser, load_options, run_cli, set_help, training_config
+from modelops.cli import (
+    check_positive,
+    common_parser,
+    load_model_dataset,
+    load_options,
+    run_cli,
+    set_help,
+    training_config,
+)
+from modelops.data import DatasetSplits
 from modelops.errors import UsageError
 from modelops.models import count_macs, count_parameters
 from modelops.results import write_results
 from modelops.training import add_training_args, check_training_config
+from PR3_model_optimization.pruning.config import PruningConfig
 from PR3_model_optimization.pruning.fine_tune import test_accuracy
 from PR3_model_optimization.pruning.latency import MEMORY_FORMATS
 from PR3_model_optimization.pruning.run import (
@@ -179,6 +189,16 @@ def check_args(args: argparse.Namespace) -> None:
         check_training_config(training_config(args))
 
 
+def pruning_config(args: argparse.Namespace) -> PruningConfig:
+    """The typed settings the pruning phases take, built once from the flags."""
+    return PruningConfig(
+        pruning_method=args.pruning_method, amount=args.amount, importance=args.importance, steps=args.steps,
+        round_to=args.round_to, memory_format=args.memory_format, target_speedup=args.target_speedup,
+        target_latency_ms=args.target_latency_ms, amount_step=args.amount_step, max_amount=args.max_amount,
+        latency_batch_size=args.latency_batch_size, latency_rounds=args.latency_rounds, threads=args.threads,
+        fine_tune=args.fine_tune, distill_from=args.distill_from, kd_alpha=args.kd_alpha,
+        kd_temperature=args.kd_temperature, eval_limit=args.eval_limit, batch_size=args.batch_size, seed=args.seed,
+        workers=args.workers, output_dir=args.output_dir, training=training_config(args), load=load_options(args))
 
 
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, Manifest]:
@@ -191,6 +211,16 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, Manifest]:
         raise UsageError(f"--save-path {args.save_path} would overwrite the --model being pruned; "
                          "choose another path")
     return model, manifest
+
+
+def load_data(args: argparse.Namespace, manifest: Manifest) -> DatasetSplits:
+    """The splits the model was trained on: ``--dataset``, else its manifest's, checked against its classes."""
+    name = args.dataset or manifest.dataset or "digits"
+    data = load_model_dataset(args, manifest, dataset=name)  # fake data takes the model's classes and size
+    if manifest.num_classes and data.num_classes != manifest.num_classes:
+        raise UsageError(f"{args.model} predicts {manifest.num_classes} classes but dataset {name!r} has "
+                         f"{data.num_classes}: pass the --dataset it was trained on")
+    return data
 
 
 def pruning_transform(args: argparse.Namespace, run: PruningRun, amount: float, compress: bool) -> dict[str, Any]:
@@ -222,8 +252,9 @@ def save_pruned(run: PruningRun, args: argparse.Namespace, transform: dict[str, 
     return saved
 
 
-def summarize(run: PruningRun, args: argparse.Namespace, saved: Manifest, metrics: dict[str, Any],
-              medians: dict[str, float], memory_format: str, transform: dict[str, Any]) -> dict[str, Any]:
+def summarize(run: PruningRun, args: argparse.Namespace, config: PruningConfig, saved: Manifest,
+              metrics: dict[str, Any], medians: dict[str, float], memory_format: str,
+              transform: dict[str, Any]) -> dict[str, Any]:
     """The flat summary ``main`` prints and returns."""
     params, macs, accuracy = metrics["params"], metrics["macs"], metrics["accuracy"]
     latency_after, size_before = medians["pruned"], file_size_mb(args.model)
@@ -247,23 +278,21 @@ def summarize(run: PruningRun, args: argparse.Namespace, saved: Manifest, metric
         summary["note"] = UNSTRUCTURED_NOTE
     if run.target_rows:
         summary["target_steps"] = len(run.target_rows)
-        last = run.target_rows[-1]
-        summary["target_met"] = bool(
-            (args.target_speedup is not None and last["speedup"] >= args.target_speedup)
-            or (args.target_latency_ms is not None and last["latency_ms_p50"] <= args.target_latency_ms))
+        summary["target_met"] = bool(config.target_met(run.target_rows[-1]))
     return summary
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     check_args(args)
     model, manifest = load_model(args)
-    pruner = make_pruner(args, model, list(manifest.input_shape))
-    run = start_run(args, model, manifest)
-    amount = prune_in_steps(run, args, pruner, fine_tune_step_fn(args, manifest))
+    config = pruning_config(args)
+    pruner = make_pruner(config, model, list(manifest.input_shape))
+    run = start_run(config, model, manifest, load_data(args, manifest))
+    amount = prune_in_steps(run, config, pruner, fine_tune_step_fn(config, manifest))
     model.eval()
 
     weight_sparsity, param_sparsity, per_layer = sparsity_report(model)
-    medians, memory_format = time_pruned(run, args)
+    medians, memory_format = time_pruned(run, config)
     compress = args.compress if args.compress is not None else args.pruning_method in UNSTRUCTURED
     transform = pruning_transform(args, run, amount, compress)
     metrics = {"accuracy": test_accuracy(model, run.data, args.eval_limit), "accuracy_before": run.accuracy_before,
@@ -274,7 +303,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                "latency_ms_p50": medians["pruned"], "latency_ms_p50_before": medians["original"],
                "latency_batch_size": args.latency_batch_size, **run.tuning}
     saved = save_pruned(run, args, transform, metrics, memory_format)
-    summary = summarize(run, args, saved, metrics, medians, memory_format, transform)
+    summary = summarize(run, args, config, saved, metrics, medians, memory_format, transform)
     _write_reports(Path(args.output_dir), summary, per_layer, run.target_rows)
     print(json.dumps(summary, indent=2))
     return summary

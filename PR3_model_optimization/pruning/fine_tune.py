@@ -13,7 +13,7 @@ from torch import nn
 from modelops.cli import training_config
 from modelops.data import DatasetSplits, make_loader
 from modelops.evaluate import evaluate
-from modelops.training import StepFn, fit
+from modelops.training import StepFn, TrainingConfig, fit
 
 
 def teacher_fine_tune_step(teacher: Callable[[torch.Tensor], torch.Tensor], *, alpha: float, temperature: float,
@@ -30,19 +30,38 @@ def teacher_fine_tune_step(teacher: Callable[[torch.Tensor], torch.Tensor], *, a
     return kd_step(loss, teacher=TeacherRunner(teacher))
 
 
+def fine_tune_pruned(
+    model: nn.Module, data: DatasetSplits, config: TrainingConfig, *, batch_size: int, seed: int, workers: int = 0,
+    output_dir: Path, step_fn: StepFn | None = None, desc: str = "fine-tune", progress: bool = True,
+) -> dict[str, Any]:
+    """``modelops.training.fit`` on the train split, best weights by validation accuracy; a summary dict.
+
+    Args:
+        model: the pruned model, trained in place.
+        data: the splits it was trained on.
+        config: the training settings.
+        batch_size, seed, workers: the train loader's batch, shuffle seed and worker processes.
+        output_dir: checkpoints and metrics.csv.
+        step_fn: the training step (default: cross-entropy with ``config.label_smoothing``).
+        desc, progress: the progress bar's label, and whether to show it (default: fine-tune, True).
+    """
+    train_loader = make_loader(data.train, batch_size, shuffle=True, seed=seed, workers=workers)
+    val_loader = make_loader(data.val, 256)
+    result = fit(model, train_loader, val_loader, config, output_dir=output_dir, step_fn=step_fn, desc=desc,
+                 progress=progress)
+    model.eval()
+    return {"best_val_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history)}
+
+
 def fine_tune(
     model: nn.Module, data: DatasetSplits, args: argparse.Namespace, *, output_dir: Path,
     step_fn: StepFn | None = None, desc: str = "fine-tune", progress: bool = True,
 ) -> dict[str, Any]:
-    """``modelops.training.fit`` on the train split, best weights by validation accuracy; a summary dict."""
-    train_loader = make_loader(data.train, args.batch_size, shuffle=True, seed=args.seed,
-                               workers=args.workers)
-    val_loader = make_loader(data.val, 256)
-    result = fit(model, train_loader, val_loader, training_config(args), output_dir=output_dir, step_fn=step_fn,
-                 desc=desc, progress=progress)
-    model.eval()
-    return {"best_val_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history)}
+    """:func:`fine_tune_pruned` with ``model_pruning.py``'s flags, the form ``benchmarks/bench_pruning.py`` calls."""
+    return fine_tune_pruned(model, data, training_config(args), batch_size=args.batch_size, seed=args.seed,
+                            workers=args.workers, output_dir=output_dir, step_fn=step_fn, desc=desc,
+                            progress=progress)
 
 
 def test_accuracy(model: Callable[[torch.Tensor], torch.Tensor], data: DatasetSplits,

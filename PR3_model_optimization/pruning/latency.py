@@ -7,7 +7,6 @@ in its own process, all timed in interleaved turns (:func:`modelops.timed_module
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Any
@@ -20,6 +19,7 @@ from modelops.manifest import Manifest
 from modelops.model_process import time_artifacts
 from modelops.models import count_parameters
 from modelops.timed_modules import Timer, medians_or_raise, time_modules
+from PR3_model_optimization.pruning.config import PruningConfig
 from PR3_model_optimization.pruning.structured import structured_step
 
 logger = logging.getLogger(__name__)
@@ -47,15 +47,15 @@ def compare_latency(variants: dict[str, Variant], input_shape: list[int], *, bat
 
 
 
-def prune_to_target(pruner, model: nn.Module, original: Variant, args: argparse.Namespace,
+def prune_to_target(pruner, model: nn.Module, original: Variant, config: PruningConfig,
                     input_shape: list[int], grad_loader=None, *, timer: Timer = time_artifacts,
                     ) -> list[dict[str, Any]]:
-    """Prune structurally in ``--amount-step`` increments until the measured latency meets the target.
+    """Prune structurally in ``config.amount_step`` increments until the measured latency meets the target.
 
-    ``pruner`` comes from :func:`build_structured_pruner` with ``amount=--max-amount`` and one
+    ``pruner`` comes from :func:`build_structured_pruner` with ``amount=config.max_amount`` and one
     step per increment. Each increment is timed against ``original`` (and in channels_last when allowed),
     each in its own process, and the run stops at the first step that meets the target or at
-    ``--max-amount``. Returns one row per step. The model is left at the last step taken.
+    ``config.max_amount``. Returns one row per step. The model is left at the last step taken.
     """
     from tqdm import tqdm
 
@@ -63,15 +63,15 @@ def prune_to_target(pruner, model: nn.Module, original: Variant, args: argparse.
     params_before = count_parameters(model)
     rows: list[dict[str, Any]] = []
     for step in tqdm(range(1, n_steps + 1), desc="prune to target", disable=not sys.stderr.isatty()):
-        structured_step(pruner, model, args.importance, grad_loader)
+        structured_step(pruner, model, config.importance, grad_loader)
         model.eval()
         variants: dict[str, Variant] = {"original": original, "pruned": model}
-        if args.memory_format != "contiguous":
+        if config.memory_format != "contiguous":
             variants["pruned_channels_last"] = (model, True)
-        medians = compare_latency(variants, input_shape, batch_size=args.latency_batch_size,
-                                  rounds=args.latency_rounds, threads=args.threads, timer=timer)
+        medians = compare_latency(variants, input_shape, batch_size=config.latency_batch_size,
+                                  rounds=config.latency_rounds, threads=config.threads, timer=timer)
         kept = {"contiguous": ("pruned",), "channels_last": ("pruned_channels_last",),
-                "auto": ("pruned", "pruned_channels_last")}[args.memory_format]
+                "auto": ("pruned", "pruned_channels_last")}[config.memory_format]
         best = min(kept, key=lambda v: medians[v])
         row = {"step": step, "amount": round(pruner.per_step_pruning_ratio[step], 4),
                "params_ratio": round(count_parameters(model) / params_before, 4),
@@ -82,12 +82,10 @@ def prune_to_target(pruner, model: nn.Module, original: Variant, args: argparse.
         logger.info("target step %d: amount %.2f params x%.2f latency %.2f ms vs %.2f ms (%.2fx, %s)", step,
                     row["amount"], row["params_ratio"], row["latency_ms_p50"], row["latency_ms_p50_original"],
                     row["speedup"], row["memory_format"])
-        met = (args.target_speedup is not None and row["speedup"] >= args.target_speedup) or (
-            args.target_latency_ms is not None and row["latency_ms_p50"] <= args.target_latency_ms)
-        if met:
+        if config.target_met(row):
             logger.info("target met at amount %.2f", row["amount"])
             break
     else:
         logger.warning("target not met at --max-amount %.2f: keeping the most pruned model (%.2fx)",
-                       args.max_amount, rows[-1]["speedup"])
+                       config.max_amount, rows[-1]["speedup"])
     return rows

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import subprocess
@@ -17,8 +16,10 @@ from torch.utils.data import Subset
 from modelops.artifact import Manifest, load_artifact, load_module, read_manifest, save_artifact
 from modelops.cli import run_cli
 from modelops.models import count_parameters, create_model
+from modelops.training import TrainingConfig
 from PR3_model_optimization import model_pruning as mp
-from PR3_model_optimization.pruning.fine_tune import fine_tune, teacher_fine_tune_step
+from PR3_model_optimization.pruning.config import PruningConfig
+from PR3_model_optimization.pruning.fine_tune import fine_tune_pruned, teacher_fine_tune_step
 from PR3_model_optimization.pruning.fine_tune import test_accuracy as accuracy_on_test_split
 from PR3_model_optimization.pruning.latency import prune_to_target
 from PR3_model_optimization.pruning.structured import build_structured_pruner, structured_step
@@ -38,11 +39,14 @@ def _convs(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {n: tuple(m.weight.shape) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
-def _train_args(**changes) -> argparse.Namespace:
-    args = mp.get_args_parser().parse_args(["--model", "unused.pt"])
-    for key, value in changes.items():
-        setattr(args, key, value)
-    return args
+def test_pruning_config_carries_the_flags() -> None:
+    args = mp.get_args_parser().parse_args(["--model", "m.pt", "--target-speedup", "1.5", "--epochs", "2",
+                                            "--trust-pickle", "--threads", "1"])
+    config = mp.pruning_config(args)
+    assert config.targeted and config.target_speedup == 1.5 and config.threads == 1
+    assert config.training.epochs == 2 and config.training.lr == 0.01  # model_pruning.py's own default lr
+    assert config.load.trust_pickle and config.load.threads == 1
+    assert config.training.record()["model"] == "m.pt"  # checkpoints keep the whole command line
 
 
 # --------------------------------------------------------------------------- structured
@@ -170,8 +174,8 @@ def test_fine_tuning_recovers_accuracy(digits_resnet18: Path, digits_data, tmp_p
 
     # 2 epochs on 512 samples can leave a 50%-pruned model near chance (13.3% on an AVX512 EPYC); 1024 reach 91.9%.
     small = dataclasses.replace(digits_data, train=Subset(digits_data.train, range(1024)))
-    args = _train_args(epochs=2, lr=0.01, batch_size=64)
-    summary = fine_tune(model, small, args, output_dir=tmp_path / "ft", progress=False)
+    summary = fine_tune_pruned(model, small, TrainingConfig(epochs=2, lr=0.01), batch_size=64, seed=0,
+                               output_dir=tmp_path / "ft", progress=False)
     tuned_accuracy = accuracy_on_test_split(model, digits_data)
     assert summary["epochs_run"] == 2
     assert tuned_accuracy > pruned_accuracy + 5, (pruned_accuracy, tuned_accuracy)
@@ -278,10 +282,10 @@ def test_prune_to_target_stops_when_measured_target_is_met() -> None:
     model = create_model("resnet18", 10).eval()
     original = create_model("resnet18", 10).eval()
     original.load_state_dict(model.state_dict())
-    args = _train_args(target_speedup=1.2, amount_step=0.2, max_amount=0.6, memory_format="contiguous",
-                       latency_batch_size=4, latency_rounds=3, importance="l1", round_to=8)
+    config = PruningConfig(target_speedup=1.2, amount_step=0.2, max_amount=0.6, memory_format="contiguous",
+                           latency_batch_size=4, latency_rounds=3, importance="l1", round_to=8)
     pruner = build_structured_pruner(model, INPUT, amount=0.6, steps=3)
-    rows = prune_to_target(pruner, model, original, args, INPUT)
+    rows = prune_to_target(pruner, model, original, config, INPUT)
     amounts = [row["amount"] for row in rows]
     assert amounts == sorted(amounts) and 1 <= len(rows) <= 3
     assert all(row["latency_ms_p50"] > 0 and row["params_ratio"] < 1 for row in rows)
