@@ -1,18 +1,17 @@
 """The benchmark report's shape: pydantic models the benchmark builds its report through, so a bad row fails where
 it is made; ``report_json_schema()`` gives the JSON report's JSON Schema.
 
-Keys carry their units and follow the project's result vocabulary (:mod:`modelops.results`): ``top1_pct``,
-``top1_change_pts``, ``speedup_b<N>_x``.
+Keys carry their units and follow the project's result vocabulary: each model's row is a
+:class:`modelops.results.ResultRow` (``top1_pct``, ``top1_change_pts``, ``speedup_b<N>_x``).
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
-SPEEDUP = re.compile(r"speedup_b\d+_x")
+from modelops.results import ResultRow
 
 
 class BatchStats(BaseModel):
@@ -33,19 +32,14 @@ class BatchStats(BaseModel):
     samples_per_s: float
 
 
-class ModelSummary(BaseModel):
-    """One model's row: what it is, how fast, how big, how accurate, and against the first model."""
+class ModelSummary(ResultRow):
+    """One model's row: what it is, how fast, how big, how accurate, and against the first model. The shared
+    columns (``model``, ``format``, ``size_mb``, ``top1_pct``, ... and the ``speedup_b<N>_x`` check) are
+    :class:`~modelops.results.ResultRow`'s."""
 
-    model_config = ConfigDict(extra="allow")
-    model: str
     path: str
-    format: str | None = None
     backend: str | None = None
-    size_mb: float | None = None
-    params_m: float | None = None
     macs_m: float | None = None
-    top1_pct: float | None = None
-    top1_change_pts: float | None = None
     top1_agreement_pct: float | None = None
     latency_ms_p50: float | None = None
     size_ratio: float | None = None
@@ -55,13 +49,18 @@ class ModelSummary(BaseModel):
     verdict: str
     error: str | None = None
 
-    @model_validator(mode="after")
-    def _speedups_are_ratios(self) -> ModelSummary:
-        """The per-batch speed-ups (``speedup_b<N>_x``, one per timed batch size) are extra keys: check them too."""
-        for key, value in (self.model_extra or {}).items():
-            if SPEEDUP.fullmatch(key) and value is not None and not isinstance(value, int | float):
-                raise ValueError(f"{key} must be a ratio or null, got {value!r}")
-        return self
+    # The report's column order, which the JSON and CSV reports keep: pydantic would list the inherited fields
+    # first. Keys not named here follow in the dump's order (arch, then the extras as the row gave them).
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        "model", "path", "format", "backend", "size_mb", "params_m", "macs_m", "top1_pct", "top1_change_pts",
+        "top1_agreement_pct", "latency_ms_p50", "size_ratio", "weights_mb", "model_rss_mb", "peak_rss_mb",
+        "verdict", "error",
+    )
+
+    @model_serializer(mode="wrap")
+    def _in_column_order(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        return {key: data[key] for key in self.COLUMNS if key in data} | data
 
 
 class BenchmarkReport(BaseModel):

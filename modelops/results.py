@@ -1,19 +1,54 @@
-"""Flat result rows: their shared key vocabulary, and writing them as CSV, JSON or Markdown."""
+"""Flat result rows: their shared key vocabulary (:class:`ResultRow`), and writing them as CSV, JSON or Markdown."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-RESULT_FORMATS = ("csv", "json", "markdown")
+from pydantic import BaseModel, ConfigDict, model_validator
 
-# Keys carry their units, and the same key means the same thing in every row the project writes (PR3's pipeline,
-# PR4's benchmark, the main job's report): top1_pct is the test-split top-1 accuracy in percent, top1_change_pts
-# the top-1 against the reference row in percentage points, speedup_b<N>_x a speed-up at batch N (speedup_key).
+RESULT_FORMATS = ("csv", "json", "markdown")
 TOP1 = "top1_pct"
+# A speed-up key (speedup_key). A pattern string, not re.compile: the core binds no module-level name to a call.
+SPEEDUP_PATTERN = r"speedup_b\d+_x"
+
+
+class ResultRow(BaseModel):
+    """One model's row in a results table: PR3's pipeline builds its rows through it and PR4's benchmark rows
+    (``ModelSummary``) extend it, so a figure of the wrong kind fails where the row is made.
+
+    Keys carry their units, and the same key means the same thing in every row the project writes (PR3's pipeline,
+    PR4's benchmark, the main job's report): ``top1_pct`` is the test-split top-1 accuracy in percent,
+    ``top1_change_pts`` the top-1 against the reference row in percentage points, ``speedup_b<N>_x`` a speed-up
+    over the reference at batch N (:func:`speedup_key`). Only what both tables have is declared here; a table's
+    own figures are extra keys (``extra="allow"``). ``model_dump(exclude_unset=True)`` gives back exactly the keys
+    the row was built with (the declared ones first, then the extras in the order given).
+    """
+
+    model_config = ConfigDict(extra="allow")
+    # What the model is: its name in the table, architecture, artifact format and file, the file's size, parameters.
+    model: str
+    arch: str | None = None
+    format: str | None = None
+    path: str | None = None
+    size_mb: float | None = None
+    params_m: float | None = None
+    # How accurate: the test-split top-1 (percent) and its change against the reference row (points).
+    top1_pct: float | None = None
+    top1_change_pts: float | None = None
+
+    @model_validator(mode="after")
+    def _speedups_are_ratios(self) -> ResultRow:
+        """The per-batch speed-ups are extra keys (one per timed batch size, so they cannot be declared):
+        check them too."""
+        for key, value in (self.model_extra or {}).items():
+            if re.fullmatch(SPEEDUP_PATTERN, key) and value is not None and not isinstance(value, int | float):
+                raise ValueError(f"{key} must be a ratio or null, got {value!r}")
+        return self
 
 
 def speedup_key(batch_size: int) -> str:
