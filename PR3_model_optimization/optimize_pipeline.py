@@ -40,7 +40,7 @@ from modelops.errors import UsageError
 from modelops.evaluate import evaluate
 from modelops.load_options import LoadOptions
 from modelops.model_process import time_artifacts
-from modelops.results import markdown_table, speedup_key, write_results
+from modelops.results import ResultRow, markdown_table, speedup_key, write_results
 from modelops.selection import best_variant
 from modelops.stages import StageRunner
 from modelops.timed_modules import medians_or_raise
@@ -216,6 +216,13 @@ def run_stages(args: argparse.Namespace) -> tuple[dict[str, Path], dict[str, Any
     return paths, stages
 
 
+def result_row(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` built as a :class:`ResultRow`, so a figure of the wrong kind fails here, and given back in the
+    table's column order (a dump lists the declared keys first)."""
+    row = ResultRow(**values).model_dump(exclude_unset=True)
+    return {key: row[key] for key in values}
+
+
 def describe(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, Any]]:
     """What each artifact is, from its manifest alone (nothing is run): architecture, format, size, parameters."""
     manifests = {name: read_manifest(path) or load_artifact(path, load_options(args)).manifest
@@ -228,12 +235,12 @@ def describe(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str,
         if params is None and manifest.parent:  # an int8 file keeps its fp32 parent's parameter count
             parent = read_manifest(manifest.parent["path"]) if Path(manifest.parent["path"]).is_file() else None
             params = parent.metrics.get("params") if parent else None
-        rows.append({
+        rows.append(result_row({
             "model": name, "arch": manifest.arch, "format": manifest.format,
             "size_mb": round(manifest.size_mb, 3), "size_pct_of_original": round(100 * manifest.size_mb / size0, 1),
             "params_m": round(params / 1e6, 3) if params else None,
             "description": DESCRIPTIONS[name], "path": str(paths[name]),
-        })
+        }))
     return rows
 
 
@@ -265,7 +272,7 @@ def measure(paths: dict[str, Path], args: argparse.Namespace) -> list[dict[str, 
         for batch_size in (1, args.large_batch):
             row[f"latency_ms_p50_b{batch_size}"] = round(latency[name][batch_size], 3)
             row[speedup_key(batch_size)] = round(latency["original"][batch_size] / latency[name][batch_size], 2)
-        rows.append(row | last)
+        rows.append(result_row(row | last))
     return rows
 
 

@@ -1,5 +1,5 @@
-"""One typed result row: PR4's benchmark rows are ``modelops.results.ResultRow``s, so a bad figure fails where the
-row is built, and building a row keeps its keys, values and column order."""
+"""One typed result row: PR3's pipeline rows and PR4's benchmark rows are both ``modelops.results.ResultRow``s, so a
+bad figure fails where the row is built, and building a row keeps its keys, values and column order."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from modelops.results import ResultRow, speedup_key
+from PR3_model_optimization.optimize_pipeline import result_row
 from PR4_model_benchmarking.report_schema import ModelSummary
 
 # A measured pipeline row, in the pipeline table's column order (extras between and after the declared keys).
@@ -23,6 +24,8 @@ def test_a_bad_figure_fails_where_the_row_is_built(bad: dict):
     with pytest.raises(ValidationError, match=key):
         ResultRow(**{**PIPELINE_ROW, **bad})
     with pytest.raises(ValidationError, match=key):
+        result_row({**PIPELINE_ROW, **bad})
+    with pytest.raises(ValidationError, match=key):
         ModelSummary(**{**PIPELINE_ROW, **bad}, verdict="faster")
 
 
@@ -30,6 +33,14 @@ def test_a_speedup_may_be_null_and_other_extras_are_free():
     row = ResultRow(model="quantized", **{speedup_key(1): None, "speedup_note": "not a ratio key"})
     assert row.model_dump(exclude_unset=True) == {"model": "quantized", speedup_key(1): None,
                                                   "speedup_note": "not a ratio key"}
+
+
+def test_the_pipeline_row_keeps_its_keys_values_and_column_order():
+    row = result_row(PIPELINE_ROW)
+    assert list(row.items()) == list(PIPELINE_ROW.items())
+    listed = {k: PIPELINE_ROW[k] for k in ("model", "arch", "format", "size_mb", "size_pct_of_original", "params_m",
+                                           "description", "path")}  # the --no-measure listing
+    assert list(result_row(listed).items()) == list(listed.items())
 
 
 def test_benchmark_rows_are_result_rows_and_keep_the_report_column_order():
