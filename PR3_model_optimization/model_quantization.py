@@ -78,6 +78,7 @@ from PR3_model_optimization.quantization.run import (
     run_trials,
     trials_paths,
 )
+from PR3_model_optimization.quantization.settings import TrialSettings
 
 logger = logging.getLogger(__name__)
 
@@ -325,6 +326,15 @@ def make_plan(args: argparse.Namespace, work_dir: Path | None = None) -> Plan:
                 onnx_path=fp32.onnx_path, exported=fp32.exported)
 
 
+def trial_settings(args: argparse.Namespace) -> TrialSettings:
+    """The typed settings the trials take, built once from the flags."""
+    return TrialSettings(
+        backend=args.backend, max_trials=args.max_trials, search_time_s=args.search_time_s, save_path=args.save_path,
+        threads=args.threads, trust_pickle=args.trust_pickle, seed=args.seed, batch_size=args.batch_size,
+        calibration_batch_size=args.calibration_batch_size, qat_epochs=args.qat_epochs, qat_lr=args.qat_lr,
+        latency_batch_size=args.latency_batch_size, latency_rounds=args.latency_rounds, aoti=not args.no_aoti)
+
+
 def summarize(plan: Plan, outcome: Outcome, started: float) -> dict:
     """The flat summary ``main`` prints and returns (after the search table and warnings, if any)."""
     best, rows, save_path = outcome.best, outcome.rows, outcome.save_path
@@ -364,7 +374,7 @@ def main(args: argparse.Namespace) -> dict:
     # A TorchScript input is quantized from its ONNX export, written here and removed with the folder when done.
     with tempfile.TemporaryDirectory(prefix="torchscript_onnx_") as conversion_dir:
         plan = make_plan(args, Path(conversion_dir))
-        outcome = run_trials(plan, args, started)
+        outcome = run_trials(plan, trial_settings(args), started)
     summary = summarize(plan, outcome, started)
     print(json.dumps(summary, indent=2))
     if args.results:

@@ -2,6 +2,7 @@
 
 - :mod:`.backends`: the backend registry (names, artifact formats, quantizer classes).
 - :mod:`.config`: :class:`QuantConfig`, one trial's settings.
+- :mod:`.settings`: :class:`~.settings.TrialSettings`, what every trial of a run reads besides its config.
 - :mod:`.onnxruntime_backend`, :mod:`.pt2e_backend`: the engines.
 - :mod:`.coverage`: MACs per layer and the share int8 carries; :mod:`.detect`: is a file already int8?
 """

@@ -5,7 +5,6 @@ the best and publishes it at the user's path.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import sys
@@ -35,6 +34,7 @@ from PR3_model_optimization.quantization.backends import REGISTRY, Quantizer
 from PR3_model_optimization.quantization.config import QuantConfig
 from PR3_model_optimization.quantization.coverage import layer_macs, mac_fraction, sensitive_layers
 from PR3_model_optimization.quantization.search import pick_best, plan_trials
+from PR3_model_optimization.quantization.settings import TrialSettings
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class QuantizationRun:
         manifest: its manifest.
         model_path: its file (recorded as the parent).
         data: the dataset splits matching the model.
-        args: parsed flags (calibration, QAT and latency settings).
+        settings: the calibration, QAT and latency settings.
         work_dir: where trial artifacts are built before the winner is copied to the save path.
         onnx_path: the fp32 ONNX file the ONNX backends start from (ONNX and TorchScript inputs), or None.
         exported: the fp32 ExportedProgram PT2E starts from (``.pt2`` inputs), or None.
@@ -58,7 +58,7 @@ class QuantizationRun:
     """
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], manifest: Manifest, model_path: Path, data,
-                 args: argparse.Namespace, work_dir: Path, onnx_path: Path | None = None,
+                 settings: TrialSettings, work_dir: Path, onnx_path: Path | None = None,
                  exported: torch.export.ExportedProgram | None = None, timer: Timer = time_artifacts) -> None:
         self.model = model.eval() if isinstance(model, nn.Module) else model
         self.onnx_path = onnx_path
@@ -66,9 +66,9 @@ class QuantizationRun:
         self.manifest = manifest
         self.model_path = model_path
         self.data = data
-        self.args = args
+        self.settings = settings
         self.work_dir = work_dir
-        self.threads = args.threads or usable_cores()
+        self.threads = settings.threads or usable_cores()
         self.input_shape = list(manifest.input_shape)
         # A traced input has no module names to count MACs by: the MAC fraction reads 0 there.
         self.macs = layer_macs(self.model, self.input_shape) if isinstance(self.model, nn.Module) else {}
@@ -85,7 +85,7 @@ class QuantizationRun:
     def calibration(self, num_batches: int) -> list[torch.Tensor]:
         if num_batches not in self._calibration:
             self._calibration[num_batches] = calibration_batches(
-                self.data.train, self.args.calibration_batch_size, num_batches, seed=self.args.seed)
+                self.data.train, self.settings.calibration_batch_size, num_batches, seed=self.settings.seed)
         return self._calibration[num_batches]
 
     def example(self) -> torch.Tensor:
@@ -96,9 +96,9 @@ class QuantizationRun:
         """Fine-tune the fake-quant graph for ``--qat-epochs`` epochs of the train split."""
         from tqdm import tqdm
 
-        loader = make_loader(self.data.train, self.args.batch_size, shuffle=True, seed=self.args.seed)
-        steps = max(1, int(len(loader) * self.args.qat_epochs))
-        optimizer = torch.optim.SGD(graph.parameters(), lr=self.args.qat_lr, momentum=0.9)
+        loader = make_loader(self.data.train, self.settings.batch_size, shuffle=True, seed=self.settings.seed)
+        steps = max(1, int(len(loader) * self.settings.qat_epochs))
+        optimizer = torch.optim.SGD(graph.parameters(), lr=self.settings.qat_lr, momentum=0.9)
         done = 0
         with tqdm(total=steps, desc="qat", leave=False) as bar:
             while done < steps:
@@ -152,9 +152,9 @@ class QuantizationRun:
         if runtime_fp32 is not None:
             # The same fp32 model on the backend's runtime: splits the speed-up into runtime and int8 shares.
             contenders["fp32_runtime"] = runtime_fp32
-        batch_size = self.args.latency_batch_size
-        times = self.timer(contenders, [batch_size], self.args.latency_rounds,
-                           options=LoadOptions(threads=self.threads, trust_pickle=self.args.trust_pickle))
+        batch_size = self.settings.latency_batch_size
+        times = self.timer(contenders, [batch_size], self.settings.latency_rounds,
+                           options=LoadOptions(threads=self.threads, trust_pickle=self.settings.trust_pickle))
         return medians_or_raise(times, batch_size)
 
     def child_manifest(self, config: QuantConfig, metrics: dict, runtime: RuntimeHints | None = None) -> Manifest:
@@ -189,7 +189,7 @@ class QuantizationRun:
             "val_accuracy": val_accuracy, "fp32_accuracy": self.fp32_accuracy, "accuracy_drop": drop,
             "top1_agreement": round(top1_agreement(logits, self.fp32_val_logits), 4),
             "latency_ms_p50_fp32": round(fp32_ms, 3), "latency_ms_p50_int8": round(int8_ms, 3),
-            "speedup": round(fp32_ms / int8_ms, 3), "latency_batch_size": self.args.latency_batch_size,
+            "speedup": round(fp32_ms / int8_ms, 3), "latency_batch_size": self.settings.latency_batch_size,
             "latency_ms_p50_fp32_runtime": round(runtime_ms, 3) if runtime_ms else None,
             "runtime_speedup": round(fp32_ms / runtime_ms, 3) if runtime_ms else None,
             "int8_speedup": round(runtime_ms / int8_ms, 3) if runtime_ms else None,
@@ -210,7 +210,7 @@ class QuantizationRun:
         metrics = {k: v for k, v in row.items() if k not in ("trial", "config", "error")}
         metrics.update({"accuracy": row["val_accuracy"], "accuracy_split": "val", **extra})
         runtime = RuntimeHints()
-        if not getattr(self.args, "no_aoti", False):
+        if self.settings.aoti:
             runtime = self.package(save_path, config, metrics)
         return write_manifest(save_path, self.child_manifest(config, metrics, runtime),
                               fmt=REGISTRY[config.backend].format)
@@ -224,8 +224,8 @@ class QuantizationRun:
         if not aoti:
             return RuntimeHints()
         manifest = self.child_manifest(config, metrics)
-        keep, record = check_package(save_path, manifest, aoti, [1, self.args.latency_batch_size],
-                                     self.args.latency_rounds, threads=self.threads, timer=self.timer)
+        keep, record = check_package(save_path, manifest, aoti, [1, self.settings.latency_batch_size],
+                                     self.settings.latency_rounds, threads=self.threads, timer=self.timer)
         metrics["aoti_check"] = record
         logger.info("AOTInductor package %s: %s", "kept" if keep else "dropped", record["why"])
         if not keep:
@@ -264,15 +264,16 @@ def fp32_reference_file(run: QuantizationRun) -> Path:
 def finish_auto(run: QuantizationRun, built: Sequence[tuple[dict, Path, QuantConfig]], failed: Sequence[Candidate],
                 budget: float, model_path: Path, extra: dict) -> tuple[dict | None, Manifest | None, Path, Selection]:
     """Time each backend's best trial on this host, keep the fastest within ``budget`` and publish it."""
-    args = run.args
-    selection = select(run.fp32_file(), built, failed, budget, [1, args.latency_batch_size], args.latency_rounds,
-                       options=LoadOptions(threads=run.threads, trust_pickle=args.trust_pickle), timer=run.timer)
+    settings = run.settings
+    options = LoadOptions(threads=run.threads, trust_pickle=settings.trust_pickle)
+    selection = select(run.fp32_file(), built, failed, budget, [1, settings.latency_batch_size],
+                       settings.latency_rounds, options=options, timer=run.timer)
     print(selection.table, file=sys.stderr)
     logger.info("auto: %s", selection.reason)
     chosen = selection.chosen
     if chosen is None or chosen.artifact is None:
-        return None, None, Path(args.save_path or model_path), selection
-    save_path = Path(args.save_path) if args.save_path else \
+        return None, None, Path(settings.save_path or model_path), selection
+    save_path = Path(settings.save_path) if settings.save_path else \
         default_save_path(model_path, chosen.config.backend, chosen.config.method)
     manifest = run.publish(chosen.row, chosen.artifact, chosen.config, save_path,
                            {**extra, "trials": len(built), "backend_selection": selection.record})
@@ -316,25 +317,26 @@ class Outcome:
     selection: Selection | None = None
 
 
-def run_trials(plan: Plan, args: argparse.Namespace, started: float) -> Outcome:
+def run_trials(plan: Plan, settings: TrialSettings, started: float) -> Outcome:
     """Run every planned trial; keep the best (published as soon as it leads, unless auto decides at the end)."""
     sensitive = sensitive_layers(plan.model) if isinstance(plan.model, nn.Module) else ()
-    configs, failed = plan_trials(plan.base, sensitive, args, plan.auto, plan.searching, start=plan.start,
+    configs, failed = plan_trials(plan.base, sensitive, settings, plan.auto, plan.searching, start=plan.start,
                                   form=plan.form)
     built: list[tuple[dict, Path, QuantConfig]] = []
     outcome = Outcome(save_path=plan.save_path)
     extra = {"cpu_int8_outlook": plan.outlook, "cpu_int8_likely": plan.likely, "cpu_model": cpu_info()["cpu_model"],
              "max_accuracy_drop": plan.budget}
     with tempfile.TemporaryDirectory(prefix="quantize_") as tmp:
-        run = QuantizationRun(plan.model, plan.manifest, plan.model_path, plan.data, args, Path(tmp),
+        run = QuantizationRun(plan.model, plan.manifest, plan.model_path, plan.data, settings, Path(tmp),
                               onnx_path=plan.onnx_path, exported=plan.exported)
         logger.info("fp32 %s: val accuracy %.2f%% on %d samples", plan.manifest.arch, run.fp32_accuracy,
                     len(run.val_targets))
         for index, config in enumerate(configs):
             # The time budget is checked between trials, so at least one trial always runs.
-            out_of_time = args.search_time_s is not None and time.perf_counter() - started > args.search_time_s
+            limit = settings.search_time_s
+            out_of_time = limit is not None and time.perf_counter() - started > limit
             if plan.searching and index > 0 and out_of_time:
-                logger.warning("search time budget of %.0f s reached after %d trials", args.search_time_s, index)
+                logger.warning("search time budget of %.0f s reached after %d trials", limit, index)
                 break
             row, artifact = one_trial(run, index, config, plan, outcome.rows, failed)
             if row is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 from modelops.errors import UsageError
@@ -10,6 +9,7 @@ from modelops.selection import pick_best as select_best
 from PR3_model_optimization.quantization.auto import AUTO, Candidate, auto_candidates, unavailable_candidates
 from PR3_model_optimization.quantization.backends import REGISTRY, backend_names, backends_for
 from PR3_model_optimization.quantization.config import QuantConfig
+from PR3_model_optimization.quantization.settings import TrialSettings
 
 
 def search_space(base: QuantConfig, sensitive: Sequence[str], backends: Sequence[str]) -> list[QuantConfig]:
@@ -24,7 +24,7 @@ def search_space(base: QuantConfig, sensitive: Sequence[str], backends: Sequence
     return list(dict.fromkeys(allowed))  # QuantConfig is frozen, hence hashable: drop repeats, keep order
 
 
-def plan_trials(base: QuantConfig, sensitive: Sequence[str], args: argparse.Namespace, auto: bool,
+def plan_trials(base: QuantConfig, sensitive: Sequence[str], settings: TrialSettings, auto: bool,
                 searching: bool, start: str = "eager", form: str | None = None,
                 ) -> tuple[list[QuantConfig], list[Candidate]]:
     """The configurations to try and, for ``auto``, the candidates that cannot run here (with why).
@@ -32,8 +32,8 @@ def plan_trials(base: QuantConfig, sensitive: Sequence[str], args: argparse.Name
     ``start`` is what the quantizers start from (``eager``, ``onnx``, ``exported_program``) and ``form`` names the
     input's form in messages: only backends that start from it run; auto notes the others as skipped.
     """
-    if args.backend and args.backend != AUTO:
-        backends: Sequence[str] = [args.backend]
+    if settings.backend and settings.backend != AUTO:
+        backends: Sequence[str] = [settings.backend]
     else:
         backends = backends_for(base.method)
     refused = [b for b in backends if start not in REGISTRY[b].starts_from]
@@ -46,8 +46,8 @@ def plan_trials(base: QuantConfig, sensitive: Sequence[str], args: argparse.Name
     skipped_for_form = [Candidate(c, error=note) for c in auto_candidates(base, refused)] if auto else []
     configs = search_space(base, sensitive, backends) if searching else \
         auto_candidates(base, backends) if auto else [base]
-    if args.max_trials:
-        configs = configs[: args.max_trials]
+    if settings.max_trials:
+        configs = configs[: settings.max_trials]
     if auto:
         runnable, skipped = unavailable_candidates(configs)
         return runnable, skipped + skipped_for_form

@@ -248,8 +248,6 @@ NAMESPACE_EXCEPTIONS = {
     "PR3_model_optimization/pruning/fine_tune.py": "fine_tune() keeps model_pruning.py's flags for "
                                                    "benchmarks/bench_pruning.py, which passes them; the pruning "
                                                    "run calls the typed fine_tune_pruned",
-    "PR3_model_optimization/quantization/run.py": "QuantizationRun still takes model_quantization.py's flags",
-    "PR3_model_optimization/quantization/search.py": "plan_trials still takes model_quantization.py's flags",
     "main_job/job.py": "the main job keeps its parsed flags for its stages",
 }
 # Scripts that still fill their own flags in after parsing, each with why.

@@ -72,9 +72,10 @@ def test_a_registered_backend_is_a_choice_a_candidate_and_searched(toy: Backend)
     assert "toy" in choices(optimize_pipeline.get_args_parser(), "quantization_backend")
     mq.check_args(parser.parse_args(["--model", "m.pt", "--backend", "toy"]))  # accepted, no UsageError
     base = QuantConfig(keep_float=("conv1",))
-    auto, skipped = plan_trials(base, ["conv1", "fc"], parser.parse_args(["--model", "m.pt"]), True, False)
+    settings = mq.trial_settings(parser.parse_args(["--model", "m.pt"]))
+    auto, skipped = plan_trials(base, ["conv1", "fc"], settings, True, False)
     assert [c.backend for c in auto if c.backend == "toy"] == ["toy"] and "toy" not in {c.name for c in skipped}
-    searched, _ = plan_trials(base, ["conv1", "fc"], parser.parse_args(["--model", "m.pt"]), False, True)
+    searched, _ = plan_trials(base, ["conv1", "fc"], settings, False, True)
     assert [c for c in searched if c.backend == "toy"] == [base.with_(backend="toy"),
                                                            base.with_(backend="toy", keep_float=())]
 
