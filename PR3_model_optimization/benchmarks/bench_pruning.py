@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from modelops.artifact import Manifest, file_size_mb, load_module, save_artifact
-from modelops.cli import run_cli, split_seed, usable_cores
+from modelops.cli import run_cli, split_seed, training_config, usable_cores
 from modelops.cpu import cpu_info
 from modelops.data import load_dataset
 from modelops.load_options import LoadOptions
@@ -42,7 +42,7 @@ from modelops.results import markdown_table, write_results
 from modelops.timed_modules import medians_or_raise, time_modules
 from modelops.timing import TimingPolicy
 from PR3_model_optimization import model_pruning as mp
-from PR3_model_optimization.pruning.fine_tune import fine_tune, test_accuracy
+from PR3_model_optimization.pruning.fine_tune import fine_tune_pruned, test_accuracy
 from PR3_model_optimization.pruning.structured import build_structured_pruner, structured_step
 from PR3_model_optimization.pruning.unstructured import (
     compress_in_place,
@@ -175,7 +175,8 @@ def accuracy_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     tune_args = mp.get_args_parser().parse_args(
         ["--model", str(path), "--epochs", str(args.epochs), "--lr", str(args.lr), "--seed", str(args.seed)])
     started = time.perf_counter()
-    tuning = fine_tune(model, data, tune_args, output_dir=workdir / "fine_tune", desc="fine-tune")
+    tuning = fine_tune_pruned(model, data, training_config(tune_args), batch_size=tune_args.batch_size,
+                              seed=tune_args.seed, workers=tune_args.workers, output_dir=workdir / "fine_tune")
     after = test_accuracy(model, data)
     return {"digits_model": str(path), "digits_accuracy_before": before, "digits_accuracy_pruned": pruned,
             "digits_accuracy_fine_tuned": after, "digits_top1_drop": round(before - after, 2),

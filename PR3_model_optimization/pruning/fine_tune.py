@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelops.cli import training_config
 from modelops.data import DatasetSplits, make_loader
 from modelops.evaluate import evaluate
 from modelops.training import StepFn, TrainingConfig, fit
@@ -52,16 +50,6 @@ def fine_tune_pruned(
     model.eval()
     return {"best_val_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
             "epochs_run": len(result.history)}
-
-
-def fine_tune(
-    model: nn.Module, data: DatasetSplits, args: argparse.Namespace, *, output_dir: Path,
-    step_fn: StepFn | None = None, desc: str = "fine-tune", progress: bool = True,
-) -> dict[str, Any]:
-    """:func:`fine_tune_pruned` with ``model_pruning.py``'s flags, the form ``benchmarks/bench_pruning.py`` calls."""
-    return fine_tune_pruned(model, data, training_config(args), batch_size=args.batch_size, seed=args.seed,
-                            workers=args.workers, output_dir=output_dir, step_fn=step_fn, desc=desc,
-                            progress=progress)
 
 
 def test_accuracy(model: Callable[[torch.Tensor], torch.Tensor], data: DatasetSplits,
