@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import main_job
-from main_job.job import STAGES, Job
+from main_job.job import STAGES, Job, JobConfig
 from main_job.sizing import SizingConfig, add_sizing_flags, check_sizing_flags
 from modelops.cli import common_parser, run_cli, set_help
 from modelops.logs import logging_to
@@ -33,6 +33,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def job_config(args: argparse.Namespace) -> JobConfig:
+    """The job's flags as the stages' typed config."""
+    return JobConfig(teacher_arch=args.teacher_arch, student_arch=args.student_arch, dataset=args.dataset,
+                     seed=args.seed, threads=args.threads, models_dir=Path(args.models_dir),
+                     output_dir=Path(args.output_dir), tiny=args.tiny,
+                     stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), force=args.force)
+
+
 def sizing_config(args: argparse.Namespace) -> SizingConfig:
     """The sizing flags as the sizing step's typed config."""
     return SizingConfig(p95_ms=args.p95_ms, peak_rps=args.peak_rps, base_rps=args.base_rps, headroom=args.headroom)
@@ -44,7 +52,7 @@ def main(args: argparse.Namespace) -> dict:
     # The terminal shows the job's progress and results; libraries' messages go to the job's log file.
     log_file = Path(args.log_file or Path(args.output_dir) / "job.log")
     with logging_to(log_file):
-        summary = Job(args, sizing).run()
+        summary = Job(job_config(args), sizing).run()
     if summary.get("sizing_line"):
         print(f"\n{summary['sizing_line']}")
     print(f"\nReport: {summary['report_md']}\n        {summary['report_html']}\nLog:    {log_file}")

@@ -6,7 +6,6 @@ whose summary and outputs exist (``--force`` redoes them), so an interrupted run
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 from collections.abc import Callable
@@ -72,17 +71,33 @@ def benchmarked_best(rows: list[dict]) -> str:
     return best_variant(rows, speed=speedup_key(BENCH_BATCHES[0]))
 
 
+@dataclass(frozen=True)
+class JobConfig:
+    """What the main job's flags decide (``main_job.cli.job_config`` builds it); the stages read only this."""
+
+    teacher_arch: str = "resnet50"
+    student_arch: str = "resnet18"
+    dataset: str = "digits"
+    seed: int = 0
+    threads: int | None = None
+    models_dir: Path = Path("models")
+    output_dir: Path = Path("runs/main_job")
+    tiny: bool = False
+    stages: tuple[str, ...] = STAGES
+    force: bool = False
+
+
 class Job:
-    def __init__(self, args: argparse.Namespace, sizing: SizingConfig) -> None:
-        self.args = args
+    def __init__(self, config: JobConfig, sizing: SizingConfig) -> None:
+        self.config = config
         self.sizing_config = sizing
-        self.size = TINY if args.tiny else DEMO
-        self.models = Path(args.models_dir)
-        self.out = Path(args.output_dir)
-        self.stages = StageRunner(self.out / "stages", force=args.force)
-        self.common = ["--dataset", args.dataset, "--seed", str(args.seed)]
-        if args.threads:
-            self.common += ["--threads", str(args.threads)]
+        self.size = TINY if config.tiny else DEMO
+        self.models = Path(config.models_dir)
+        self.out = Path(config.output_dir)
+        self.stages = StageRunner(self.out / "stages", force=config.force)
+        self.common = ["--dataset", config.dataset, "--seed", str(config.seed)]
+        if config.threads:
+            self.common += ["--threads", str(config.threads)]
 
     # ------------------------------------------------------------------ paths
     def model(self, name: str) -> Path:
@@ -90,7 +105,7 @@ class Job:
 
     @property
     def teacher(self) -> Path:
-        return self.model(self.args.teacher_arch)
+        return self.model(self.config.teacher_arch)
 
     @property
     def results(self) -> dict[str, dict]:
@@ -100,10 +115,10 @@ class Job:
     # ------------------------------------------------------------------ stages
     def reusable_baseline(self, arch: str, epochs: int) -> dict | None:
         """The summary of an already trained ``models/<arch>.pt`` made with these settings, if there is one."""
-        if self.args.force:
+        if self.config.force:
             return None
         manifest = read_manifest(self.model(arch)) if self.model(arch).exists() else None
-        if (manifest is None or manifest.arch != arch or manifest.dataset != self.args.dataset
+        if (manifest is None or manifest.arch != arch or manifest.dataset != self.config.dataset
                 or manifest.input_shape[-1] != self.size.image_size
                 or manifest.transform != {"kind": "baseline", "source": "trained", "epochs": epochs}):
             return None
@@ -116,8 +131,8 @@ class Job:
     def baseline(self) -> dict:
         out = {}
         # ResNet-50 from scratch on 1k digits diverges with SGD at lr 0.05; AdamW at 1e-3 trains it reliably.
-        recipes = ((self.args.teacher_arch, self.size.teacher_epochs, ["--opt", "adamw", "--lr", "0.001"]),
-                   (self.args.student_arch, self.size.small_epochs, []))
+        recipes = ((self.config.teacher_arch, self.size.teacher_epochs, ["--opt", "adamw", "--lr", "0.001"]),
+                   (self.config.student_arch, self.size.small_epochs, []))
         for arch, epochs, recipe in recipes:
             out[arch] = self.reusable_baseline(arch, epochs) or _run_script("PR3_model_optimization.prepare_model", [
                 "--arch", arch, "--epochs", str(epochs), "--image-size", str(self.size.image_size),
@@ -129,11 +144,11 @@ class Job:
         """Prune, distill and quantize the original, each alone and combined (optimize_pipeline.py). The pipeline
         does not measure them (``--no-measure``): the benchmark stage measures every variant, once."""
         argv = ["--model", str(self.teacher), "--output-dir", str(self.models / "optimized"),
-                "--epochs", str(self.size.optimize_epochs), "--student-arch", self.args.student_arch,
+                "--epochs", str(self.size.optimize_epochs), "--student-arch", self.config.student_arch,
                 "--calibration-batches", str(self.size.calibration_batches), "--no-measure", *self.common]
-        if self.args.tiny:
+        if self.config.tiny:
             argv += ["--limit", "256", "--prune-steps", "1"]
-        if self.args.force:
+        if self.config.force:
             argv.append("--force")
         return _run_script("PR3_model_optimization.optimize_pipeline", argv)
 
@@ -210,14 +225,14 @@ class Job:
 
     # ------------------------------------------------------------------ driver
     def run(self) -> dict:
-        wanted = [s.strip() for s in self.args.stages.split(",") if s.strip()]
+        wanted = list(self.config.stages)
         unknown = sorted(set(wanted) - set(STAGES))
         if unknown:
             from modelops.errors import UsageError
 
             raise UsageError(f"Unknown stage(s) {', '.join(unknown)}. Choose from: {', '.join(STAGES)}")
         plan: dict[str, tuple[Callable[[], dict], list[Path]]] = {
-            "baseline": (self.baseline, [self.teacher, self.model(self.args.student_arch)]),
+            "baseline": (self.baseline, [self.teacher, self.model(self.config.student_arch)]),
             "optimize": (self.optimize, []),
             "benchmark": (self.benchmark, []),
             "flamegraph": (self.flamegraph, []),

@@ -244,12 +244,7 @@ def test_no_hidden_process_state_in_the_core() -> None:
 # nothing changes them after parsing (a flag changed below ``main`` is hidden state too).
 CLI_LAYER = {"modelops/cli.py": "turns the common flags into typed values (load_options, setup, datasets)"}
 # Library modules that still take a Namespace, each with why; the list only shrinks (checked below).
-NAMESPACE_EXCEPTIONS = {
-    "PR3_model_optimization/pruning/fine_tune.py": "fine_tune() keeps model_pruning.py's flags for "
-                                                   "benchmarks/bench_pruning.py, which passes them; the pruning "
-                                                   "run calls the typed fine_tune_pruned",
-    "main_job/job.py": "the main job keeps its parsed flags for its stages",
-}
+NAMESPACE_EXCEPTIONS: dict[str, str] = {}
 # Scripts that still fill their own flags in after parsing, each with why.
 MUTATION_EXCEPTIONS: dict[str, str] = {}
 
