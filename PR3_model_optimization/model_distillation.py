@@ -33,7 +33,7 @@ from modelops.evaluate import evaluate
 from modelops.load_options import LoadOptions
 from modelops.model_process import time_artifacts
 from modelops.models import check_arch, classifier_layer, count_macs, count_parameters, create_model
-from modelops.results import write_results
+from modelops.results import speedup_key, write_results
 from modelops.timed_modules import Timer, medians_or_raise
 from modelops.training import add_training_args, check_training_config, cross_entropy_step, fit
 from PR3_model_optimization.distillation import (
@@ -198,7 +198,7 @@ def distill(
     val_loader = make_loader(data.val, 256)
     result = fit(model, train_loader, val_loader, training_config(args), output_dir=output_dir, step_fn=step,
                  desc="distill", progress=progress)
-    return student.eval(), {"history": result.history, "best_val_accuracy": result.best_accuracy,
+    return student.eval(), {"history": result.history, "best_val_top1_pct": result.best_accuracy,
                             "best_epoch": result.best_epoch, "stopped_early": result.stopped_early}
 
 
@@ -212,7 +212,7 @@ def train_baseline(
     loader = make_loader(_train_set(args, data), args.batch_size, shuffle=True, seed=args.seed, workers=args.workers)
     result = fit(student, loader, make_loader(data.val, 256), config, output_dir=output_dir,
                  step_fn=cross_entropy_step(args.label_smoothing), desc="baseline", progress=progress)
-    return student.eval(), {"history": result.history, "best_val_accuracy": result.best_accuracy,
+    return student.eval(), {"history": result.history, "best_val_top1_pct": result.best_accuracy,
                             "best_epoch": result.best_epoch}
 
 
@@ -227,8 +227,8 @@ def plot_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> Pat
     for name, history in histories.items():
         epochs = [row["epoch"] + 1 for row in history]
         loss_ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label=f"{name} train loss")
-        acc_ax.plot(epochs, [row["val_accuracy"] for row in history], marker="o", label=f"{name} val")
-        acc_ax.plot(epochs, [row["train_accuracy"] for row in history], linestyle="--", label=f"{name} train")
+        acc_ax.plot(epochs, [row["val_top1_pct"] for row in history], marker="o", label=f"{name} val")
+        acc_ax.plot(epochs, [row["train_top1_pct"] for row in history], linestyle="--", label=f"{name} train")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="training loss")
     acc_ax.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
     for ax in (loss_ax, acc_ax):
@@ -296,11 +296,12 @@ def save_baseline(baseline: nn.Module, args: argparse.Namespace, teacher: Predic
 
 
 def speed_summary(args: argparse.Namespace) -> dict[str, Any]:
-    """Teacher and saved student files, each in its own process, timed in turns at batch 1 and 16; the speed-ups."""
+    """Teacher and saved student files, each in its own process, timed in turns at batch 1 and 16; the speed-ups
+    (``speedup_b1_x``, ``speedup_b16_x``: the teacher's median latency over the student's)."""
     speed = compare_speed({"teacher": args.teacher, "student": args.save_path}, args.speed_rounds,
                           threads=args.threads, trust_pickle=args.trust_pickle)
     for b in (1, 16):
-        speed[f"speedup_b{b}"] = round(speed[f"teacher_latency_ms_p50_b{b}"] / speed[f"student_latency_ms_p50_b{b}"], 3)
+        speed[speedup_key(b)] = round(speed[f"teacher_latency_ms_p50_b{b}"] / speed[f"student_latency_ms_p50_b{b}"], 3)
     return speed
 
 
@@ -329,7 +330,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "model": str(save_path), "manifest": f"{save_path}.json",
         "teacher_accuracy": teacher_accuracy, "student_accuracy": student_accuracy,
         "accuracy_delta_pts": round(student_accuracy - teacher_accuracy, 4),
-        "best_val_accuracy": run["best_val_accuracy"], "best_epoch": run["best_epoch"],
+        "best_val_top1_pct": run["best_val_top1_pct"], "best_epoch": run["best_epoch"],
         "epochs_run": len(run["history"]), "stopped_early": run["stopped_early"], "train_s": round(train_s, 1),
     }
     baseline = None
@@ -342,7 +343,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     params = count_parameters(student)
     manifest = save_student(student, args, teacher, data, arch, student_manifest, {
         "accuracy": student_accuracy, "teacher_accuracy": teacher_accuracy, "params": params,
-        "macs": count_macs(student, data.input_shape), "best_val_accuracy": run["best_val_accuracy"],
+        "macs": count_macs(student, data.input_shape), "best_val_top1_pct": run["best_val_top1_pct"],
         "train_s": round(train_s, 1),
         **({"baseline_accuracy": summary["baseline_accuracy"]} if baseline is not None else {}),
     })

@@ -267,10 +267,12 @@ def summarize(run: PruningRun, args: argparse.Namespace, config: PruningConfig, 
         "macs_ratio": round(macs / max(run.macs_before, 1), 4), "sparsity": metrics["sparsity"],
         "size_mb": saved.size_mb, "size_mb_before": round(size_before, 4),
         "size_ratio": round(saved.size_mb / size_before, 4) if size_before else None,
-        "accuracy_before": run.accuracy_before, "accuracy_pruned": run.accuracy_pruned, "accuracy": accuracy,
-        "accuracy_drop": round(run.accuracy_before - accuracy, 4),
+        # Test-split top-1 (percent) of the original, of the pruned model before fine-tuning, and of the result.
+        "top1_pct_before": run.accuracy_before, "top1_pct_pruned": run.accuracy_pruned, "top1_pct": accuracy,
+        "top1_drop_pts": round(run.accuracy_before - accuracy, 4),
         "latency_ms_p50_before": medians["original"], "latency_ms_p50": latency_after,
-        "speedup": round(medians["original"] / latency_after, 3) if latency_after else math.nan,
+        # At latency_batch_size (a flag, so not in the key).
+        "speedup_x": round(medians["original"] / latency_after, 3) if latency_after else math.nan,
         "latency_batch_size": args.latency_batch_size, "memory_format": memory_format,
         "compressed": transform["compressed"], **run.tuning,
     }

@@ -344,16 +344,17 @@ def summarize(plan: Plan, outcome: Outcome, started: float) -> dict:
         print(markdown_table([{k: r.get(k, "") for k in TRIAL_COLUMNS} for r in rows]), file=sys.stderr)
         if not best["meets_budget"]:
             logger.warning("no configuration kept the accuracy drop within %.2f points; saved the most accurate "
-                           "(drop %.2f)", plan.budget, best["accuracy_drop"])
+                           "(drop %.2f)", plan.budget, best["top1_drop_pts"])
     logger.info("quantized %d layers carrying %.1f%% of the conv/linear MACs; kept in float: %s",
                 best["quantized_layers_count"], 100 * best["quantized_mac_fraction"], best["keep_float"] or "none")
     summary = {
         "save_path": str(save_path), "manifest": f"{save_path}.json", "format": outcome.best_manifest.format,
         **{key: best[key] for key in ("method", "backend", "config", "size_mb", "fp32_size_mb", "size_ratio")},
-        "accuracy": best["val_accuracy"],
-        **{key: best[key] for key in ("fp32_accuracy", "accuracy_drop", "top1_agreement", "latency_ms_p50_fp32",
-                                      "latency_ms_p50_int8", "speedup", "latency_batch_size")},
-        **{key: best.get(key) for key in ("latency_ms_p50_fp32_runtime", "runtime_speedup", "int8_speedup")},
+        # The trial's figures: top-1 on the val split (hence val_top1_pct, not top1_pct, the test split's), the
+        # speed-ups at latency_batch_size.
+        **{key: best[key] for key in ("val_top1_pct", "fp32_top1_pct", "top1_drop_pts", "top1_agreement_pct",
+                                      "latency_ms_p50_fp32", "latency_ms_p50_int8", "speedup_x", "latency_batch_size")},
+        **{key: best.get(key) for key in ("latency_ms_p50_fp32_runtime", "runtime_speedup_x", "int8_speedup_x")},
         "quantized_layers": best["quantized_layers_count"], "quantized_mac_fraction": best["quantized_mac_fraction"],
         "meets_budget": best["meets_budget"], "trials": len(rows),
         "trials_csv": str(trials_paths(save_path)[0]) if plan.searching else None,

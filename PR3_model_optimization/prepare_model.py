@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> dict:
         train_loader = make_loader(train_set, args.batch_size, shuffle=True, seed=args.seed, workers=args.workers)
         val_loader = make_loader(data.val, 256)
         result = fit(model, train_loader, val_loader, training, output_dir=output_dir, desc=args.arch)
-        history = {"best_val_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
+        history = {"best_val_top1_pct": result.best_accuracy, "best_epoch": result.best_epoch,
                    "epochs_run": len(result.history)}
     train_s = time.perf_counter() - started
 

@@ -24,7 +24,10 @@ class ResultRow(BaseModel):
     Keys carry their units, and the same key means the same thing in every row the project writes (PR3's pipeline,
     PR4's benchmark, the main job's report): ``top1_pct`` is the test-split top-1 accuracy in percent,
     ``top1_change_pts`` the top-1 against the reference row in percentage points, ``speedup_b<N>_x`` a speed-up
-    over the reference at batch N (:func:`speedup_key`). Only what both tables have is declared here; a table's
+    over the reference at batch N (:func:`speedup_key`). PR3's scripts use the same stems in their summaries,
+    trial rows and training history: ``val_top1_pct`` / ``train_top1_pct`` (the validation / training split),
+    ``top1_drop_pts`` (the reference's top-1 minus the row's, in points), ``speedup_x`` (at the run's
+    ``--latency-batch-size``, which its summary records). Only what both tables have is declared here; a table's
     own figures are extra keys (``extra="allow"``). ``model_dump(exclude_unset=True)`` gives back exactly the keys
     the row was built with (the declared ones first, then the extras in the order given).
     """

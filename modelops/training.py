@@ -137,7 +137,8 @@ def train_one_epoch(
     model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, step_fn: StepFn, *,
     epoch: int, bf16: bool = False, device: str = "cpu", progress: bool = True, desc: str = "train",
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss and training accuracy (percent)."""
+    """One pass over ``loader``; returns the mean loss and the training top-1 in percent (``train_loss``,
+    ``train_top1_pct``)."""
     from tqdm import tqdm
 
     model.train()
@@ -155,11 +156,13 @@ def train_one_epoch(
         correct += int((logits.argmax(dim=1) == targets).sum())
         seen += n
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{100 * correct / seen:.1f}")
-    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": 100 * correct / max(seen, 1)}
+    return {"train_loss": total_loss / max(seen, 1), "train_top1_pct": 100 * correct / max(seen, 1)}
 
 
 @dataclass
 class FitResult:
+    # One row per epoch (epoch, lr, train_loss, train_top1_pct, val_top1_pct, epoch_s); the best val_top1_pct and
+    # its epoch. The checkpoint keeps the name best_accuracy, so checkpoints written before still resume.
     history: list[dict[str, float]] = field(default_factory=list)
     best_accuracy: float = float("-inf")
     best_epoch: int = -1
@@ -230,14 +233,14 @@ def fit(
         row.update(train_one_epoch(model, train_loader, optimizer, step_fn, epoch=epoch,
                                    bf16=config.bf16, device=device, progress=progress, desc=desc))
         scheduler.step()
-        row["val_accuracy"] = evaluate(model, val_loader)["accuracy"]
+        row["val_top1_pct"] = evaluate(model, val_loader)["accuracy"]
         row["epoch_s"] = round(time.perf_counter() - started, 2)
         result.history.append(row)
-        if row["val_accuracy"] > result.best_accuracy:
-            result.best_accuracy, result.best_epoch = row["val_accuracy"], epoch
+        if row["val_top1_pct"] > result.best_accuracy:
+            result.best_accuracy, result.best_epoch = row["val_top1_pct"], epoch
             best_state = copy.deepcopy(model.state_dict())
         logger.info("%s epoch %d: loss %.4f train acc %.2f%% val acc %.2f%% (best %.2f%% @%d) %.1fs", desc, epoch,
-                    row["train_loss"], row["train_accuracy"], row["val_accuracy"], result.best_accuracy,
+                    row["train_loss"], row["train_top1_pct"], row["val_top1_pct"], result.best_accuracy,
                     result.best_epoch, row["epoch_s"])
         save_checkpoint(output_dir, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),

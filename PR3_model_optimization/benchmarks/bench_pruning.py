@@ -182,7 +182,7 @@ def accuracy_part(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "digits_accuracy_fine_tuned": after, "digits_top1_drop": round(before - after, 2),
             "digits_params_ratio": round(count_parameters(model) / params_before, 3),
             "fine_tune_epochs": args.epochs, "fine_tune_s": round(time.perf_counter() - started, 1),
-            "best_val_accuracy": tuning["best_val_accuracy"]}
+            "best_val_top1_pct": tuning["best_val_top1_pct"]}
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

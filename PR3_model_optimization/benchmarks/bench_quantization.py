@@ -251,9 +251,9 @@ def accuracy_part(args: argparse.Namespace, runs: Runs, work: Path) -> list[dict
         rows.append({
             "run": name, "backend": summary["backend"], "config": summary["config"], "trials": summary["trials"],
             "test_samples": len(targets), "fp32_test_top1": round(fp32_acc, 2), "test_top1": round(test_acc, 2),
-            "top1_drop_points": round(fp32_acc - test_acc, 2), "val_drop_points": summary["accuracy_drop"],
-            "agreement_val": summary["top1_agreement"], "size_ratio": summary["size_ratio"],
-            "speedup_b16_vs_eager": summary["speedup"],
+            "top1_drop_points": round(fp32_acc - test_acc, 2), "val_drop_points": summary["top1_drop_pts"],
+            "agreement_val": summary["top1_agreement_pct"], "size_ratio": summary["size_ratio"],
+            "speedup_b16_vs_eager": summary["speedup_x"],
             "meets_goal": fp32_acc - test_acc <= (0.1 if summary["method"] == "bf16" else 0.3),
         })
     return rows

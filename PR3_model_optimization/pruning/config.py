@@ -67,6 +67,6 @@ class PruningConfig:
         return self.target_speedup is not None or self.target_latency_ms is not None
 
     def target_met(self, row: dict) -> bool:
-        """Whether a step's ``speedup`` / ``latency_ms_p50`` meets the target."""
-        return (self.target_speedup is not None and row["speedup"] >= self.target_speedup) or (
+        """Whether a step's ``speedup_x`` / ``latency_ms_p50`` meets the target."""
+        return (self.target_speedup is not None and row["speedup_x"] >= self.target_speedup) or (
             self.target_latency_ms is not None and row["latency_ms_p50"] <= self.target_latency_ms)

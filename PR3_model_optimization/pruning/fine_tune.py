@@ -48,7 +48,7 @@ def fine_tune_pruned(
     result = fit(model, train_loader, val_loader, config, output_dir=output_dir, step_fn=step_fn, desc=desc,
                  progress=progress)
     model.eval()
-    return {"best_val_accuracy": result.best_accuracy, "best_epoch": result.best_epoch,
+    return {"best_val_top1_pct": result.best_accuracy, "best_epoch": result.best_epoch,
             "epochs_run": len(result.history)}
 
 

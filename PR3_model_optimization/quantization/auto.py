@@ -27,8 +27,9 @@ AUTO = "auto"
 # Accuracy budget of ``auto`` per method when --max-accuracy-drop is not given (points of top-1 on the val split):
 # bf16 keeps fp32's exponent range and should cost next to nothing.
 AUTO_DEFAULT_MAX_DROP = {"static": 1.0, "bf16": 0.1}
-CANDIDATE_COLUMNS = ("backend", "method", "val_accuracy", "accuracy_drop", "meets_budget", "cold_start_s",
-                     "speedup_geomean", "size_mb", "chosen", "error")
+# speedup_geomean_x: the geometric mean over the timed batch sizes of fp32 eager's median over the candidate's.
+CANDIDATE_COLUMNS = ("backend", "method", "val_top1_pct", "top1_drop_pts", "meets_budget", "cold_start_s",
+                     "speedup_geomean_x", "size_mb", "chosen", "error")
 # (label -> artifact file, batch sizes, timed calls per model, options=LoadOptions) -> what each model measured.
 Timer = Callable[..., ProcessTimes]
 FP32 = "fp32"
@@ -94,20 +95,20 @@ def choose(candidates: Sequence[Candidate], fp32_ms: Mapping[int, float], budget
            ) -> tuple[Candidate | None, str]:
     """The fastest candidate within ``budget`` points of accuracy drop, and a sentence saying why."""
     measured = [c for c in candidates if not c.error and c.latency_ms]
-    within = [c for c in measured if c.row["accuracy_drop"] <= budget]
+    within = [c for c in measured if c.row["top1_drop_pts"] <= budget]
     skipped = [f"{c.name} ({c.error})" for c in candidates if c.error]
-    skipped += [f"{c.name} (drop {c.row['accuracy_drop']:.2f} > {budget:.2f})" for c in measured if c not in within]
+    skipped += [f"{c.name} (drop {c.row['top1_drop_pts']:.2f} > {budget:.2f})" for c in measured if c not in within]
     note = f"; not chosen: {', '.join(skipped)}" if skipped else ""
     if not within:
         if not measured:
             return None, "no candidate could be measured" + note
-        best = max(measured, key=lambda c: c.row["val_accuracy"])
+        best = max(measured, key=lambda c: c.row["val_top1_pct"])
         return best, f"no candidate within {budget:.2f} points: kept the most accurate, {best.name}" + note
     ranked = sorted(within, key=lambda c: speedup_geomean(c, fp32_ms), reverse=True)
     best = ranked[0]
     sizes = ", ".join(f"b{b} {ms:.2f} ms" for b, ms in sorted(best.latency_ms.items()))
     reason = (f"{best.name} is the fastest within {budget:.2f} points ({speedup_geomean(best, fp32_ms):.2f}x over "
-              f"fp32 eager, geometric mean over batch sizes; {sizes}; drop {best.row['accuracy_drop']:.2f})")
+              f"fp32 eager, geometric mean over batch sizes; {sizes}; drop {best.row['top1_drop_pts']:.2f})")
     if len(ranked) > 1:
         reason += f"; runner-up {ranked[1].name} {speedup_geomean(ranked[1], fp32_ms):.2f}x"
     return best, reason + note
@@ -119,9 +120,9 @@ def candidate_rows(candidates: Sequence[Candidate], fp32_ms: Mapping[int, float]
     rows = []
     for c in candidates:
         row = {"backend": c.config.backend, "method": c.config.method, "config": c.config.label,
-               "val_accuracy": c.row.get("val_accuracy", ""), "accuracy_drop": c.row.get("accuracy_drop", ""),
+               "val_top1_pct": c.row.get("val_top1_pct", ""), "top1_drop_pts": c.row.get("top1_drop_pts", ""),
                "meets_budget": c.row.get("meets_budget", False) and not c.error, "cold_start_s": c.cold_start_s,
-               "speedup_geomean": round(speedup_geomean(c, fp32_ms), 3) if c.latency_ms else "",
+               "speedup_geomean_x": round(speedup_geomean(c, fp32_ms), 3) if c.latency_ms else "",
                "size_mb": c.row.get("size_mb", ""), "chosen": c is chosen, "error": c.error}
         for batch_size in fp32_ms:
             row[f"latency_ms_p50_b{batch_size}"] = round(c.latency_ms[batch_size], 3) if batch_size in c.latency_ms \
@@ -168,9 +169,9 @@ def best_per_backend(built: Sequence[tuple[dict, Path, QuantConfig]], budget: fl
         by_backend.setdefault(trial[2].backend, []).append(trial)
     best = []
     for trials in by_backend.values():
-        within = [t for t in trials if t[0]["accuracy_drop"] <= budget]
-        row, artifact, config = (max(within, key=lambda t: t[0]["speedup"]) if within
-                                 else max(trials, key=lambda t: t[0]["val_accuracy"]))
+        within = [t for t in trials if t[0]["top1_drop_pts"] <= budget]
+        row, artifact, config = (max(within, key=lambda t: t[0]["speedup_x"]) if within
+                                 else max(trials, key=lambda t: t[0]["val_top1_pct"]))
         best.append(Candidate(config, artifact=artifact, row=row))
     return best
 

@@ -38,8 +38,8 @@ from PR3_model_optimization.quantization.settings import TrialSettings
 
 logger = logging.getLogger(__name__)
 
-TRIAL_COLUMNS = ("trial", "config", "val_accuracy", "accuracy_drop", "top1_agreement", "speedup",
-                 "int8_speedup", "latency_ms_p50_int8", "size_mb", "quantized_mac_fraction", "meets_budget", "error")
+TRIAL_COLUMNS = ("trial", "config", "val_top1_pct", "top1_drop_pts", "top1_agreement_pct", "speedup_x",
+                 "int8_speedup_x", "latency_ms_p50_int8", "size_mb", "quantized_mac_fraction", "meets_budget", "error")
 
 
 class QuantizationRun:
@@ -80,7 +80,7 @@ class QuantizationRun:
         self._fp32_file: Path | None = None
         self.timer = timer
         self.fp32_val_logits, self.val_targets = predict_logits(self.model, self.val_loader)
-        self.fp32_accuracy = round(accuracy(self.fp32_val_logits, self.val_targets), 4)
+        self.fp32_top1_pct = round(accuracy(self.fp32_val_logits, self.val_targets), 4)
 
     def calibration(self, num_batches: int) -> list[torch.Tensor]:
         if num_batches not in self._calibration:
@@ -174,25 +174,28 @@ class QuantizationRun:
         # Accuracy from the reloaded artifact (the same path PR2's worker and PR4's benchmark take).
         predictor = load_artifact(out, LoadOptions(compile=False, threads=self.threads))
         logits, _ = predict_logits(predictor, self.val_loader)
-        val_accuracy = round(accuracy(logits, self.val_targets), 4)
+        val_top1_pct = round(accuracy(logits, self.val_targets), 4)
         # Speed from each model loaded only in its own process (the project's one timing method).
         median = self.time_trial(out, config.backend)
         fp32_ms, int8_ms = median["fp32"], median["int8"]
         runtime_ms = median.get("fp32_runtime")
         size_mb = file_size_mb(out)
-        drop = round(self.fp32_accuracy - val_accuracy, 4)
+        drop = round(self.fp32_top1_pct - val_top1_pct, 4)
         row = {
             "trial": index, "config": config.label, "backend": config.backend, "method": config.method,
             "per_channel": config.per_channel, "calibration_method": config.calibration_method,
             "activation_type": config.activation_type, "calibration_batches": config.calibration_batches,
             "keep_float": "+".join(config.keep_float),
-            "val_accuracy": val_accuracy, "fp32_accuracy": self.fp32_accuracy, "accuracy_drop": drop,
-            "top1_agreement": round(top1_agreement(logits, self.fp32_val_logits), 4),
+            # Top-1 in percent on the val split (the split the search decides on), fp32's too; the drop in points.
+            "val_top1_pct": val_top1_pct, "fp32_top1_pct": self.fp32_top1_pct, "top1_drop_pts": drop,
+            "top1_agreement_pct": round(top1_agreement(logits, self.fp32_val_logits), 4),
             "latency_ms_p50_fp32": round(fp32_ms, 3), "latency_ms_p50_int8": round(int8_ms, 3),
-            "speedup": round(fp32_ms / int8_ms, 3), "latency_batch_size": self.settings.latency_batch_size,
+            # The speed-ups are at latency_batch_size (a flag, so not in the keys): fp32 eager over int8, and split
+            # into the runtime's share (fp32 eager over fp32 on the backend's runtime) and int8's (over that).
+            "speedup_x": round(fp32_ms / int8_ms, 3), "latency_batch_size": self.settings.latency_batch_size,
             "latency_ms_p50_fp32_runtime": round(runtime_ms, 3) if runtime_ms else None,
-            "runtime_speedup": round(fp32_ms / runtime_ms, 3) if runtime_ms else None,
-            "int8_speedup": round(runtime_ms / int8_ms, 3) if runtime_ms else None,
+            "runtime_speedup_x": round(fp32_ms / runtime_ms, 3) if runtime_ms else None,
+            "int8_speedup_x": round(runtime_ms / int8_ms, 3) if runtime_ms else None,
             "size_mb": round(size_mb, 4), "fp32_size_mb": round(self.fp32_size_mb, 4),
             "size_ratio": round(size_mb / self.fp32_size_mb, 4),
             "quantized_layers_count": len(layers), "quantized_mac_fraction": round(mac_fraction(self.macs, layers), 4),
@@ -208,7 +211,7 @@ class QuantizationRun:
         shutil.copyfile(artifact, partial)
         partial.replace(save_path)
         metrics = {k: v for k, v in row.items() if k not in ("trial", "config", "error")}
-        metrics.update({"accuracy": row["val_accuracy"], "accuracy_split": "val", **extra})
+        metrics.update({"accuracy": row["val_top1_pct"], "accuracy_split": "val", **extra})
         runtime = RuntimeHints()
         if self.settings.aoti:
             runtime = self.package(save_path, config, metrics)
@@ -329,7 +332,7 @@ def run_trials(plan: Plan, settings: TrialSettings, started: float) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="quantize_") as tmp:
         run = QuantizationRun(plan.model, plan.manifest, plan.model_path, plan.data, settings, Path(tmp),
                               onnx_path=plan.onnx_path, exported=plan.exported)
-        logger.info("fp32 %s: val accuracy %.2f%% on %d samples", plan.manifest.arch, run.fp32_accuracy,
+        logger.info("fp32 %s: val accuracy %.2f%% on %d samples", plan.manifest.arch, run.fp32_top1_pct,
                     len(run.val_targets))
         for index, config in enumerate(configs):
             # The time budget is checked between trials, so at least one trial always runs.
@@ -373,6 +376,6 @@ def one_trial(run: QuantizationRun, index: int, config: QuantConfig, plan: Plan,
         failed.append(Candidate(config, error=f"failed: {error}"))
         return None, None
     rows.append(row)
-    logger.info("trial %d: val %.2f%% (drop %.2f), %.2fx, %.2f MB", index, row["val_accuracy"],
-                row["accuracy_drop"], row["speedup"], row["size_mb"])
+    logger.info("trial %d: val %.2f%% (drop %.2f), %.2fx, %.2f MB", index, row["val_top1_pct"],
+                row["top1_drop_pts"], row["speedup_x"], row["size_mb"])
     return row, artifact

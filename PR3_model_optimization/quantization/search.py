@@ -60,7 +60,7 @@ def plan_trials(base: QuantConfig, sensitive: Sequence[str], settings: TrialSett
 def pick_best(rows: Sequence[dict]) -> dict | None:
     """The fastest trial that met the accuracy budget; if none did, the most accurate one.
 
-    Rows carry ``meets_budget``, ``speedup`` and ``val_accuracy``; rows with an ``error`` never win. The rule is
+    Rows carry ``meets_budget``, ``speedup_x`` and ``val_top1_pct``; rows with an ``error`` never win. The rule is
     :func:`modelops.selection.pick_best`, shared with the pipeline and the main job.
     """
-    return select_best(rows, speed="speedup", accuracy="val_accuracy", meets_budget=lambda r: r["meets_budget"])
+    return select_best(rows, speed="speedup_x", accuracy="val_top1_pct", meets_budget=lambda r: r["meets_budget"])

@@ -66,8 +66,8 @@ def built(digits_resnet18: Path, tmp_path_factory: pytest.TempPathFactory) -> li
         save = out / f"{backend}.onnx"
         summary = quantize(digits_resnet18, save, "--backend", backend)
         config = mq.QuantConfig(backend=backend, keep_float=("conv1",), calibration_batches=3)
-        row = {"backend": backend, "val_accuracy": summary["accuracy"], "accuracy_drop": summary["accuracy_drop"],
-               "speedup": summary["speedup"], "meets_budget": True, "size_mb": summary["size_mb"]}
+        row = {"backend": backend, "val_top1_pct": summary["val_top1_pct"], "top1_drop_pts": summary["top1_drop_pts"],
+               "speedup_x": summary["speedup_x"], "meets_budget": True, "size_mb": summary["size_mb"]}
         trials.append((row, save, config))
     return trials
 
@@ -90,7 +90,7 @@ def test_openvino_artifact_runs_on_openvino_and_agrees(built, digits_resnet18: P
     assert predictor.backend == "openvino"
     assert predictor(torch.zeros(3, 3, 32, 32)).shape == (3, 10)
     assert manifest.metrics["quantized_layers_count"] >= 19  # NNCF put int8 weights on every conv but conv1
-    assert manifest.metrics["accuracy_drop"] <= 2.0
+    assert manifest.metrics["top1_drop_pts"] <= 2.0
 
 
 @pytest.mark.parametrize("fastest", ["onnxruntime", "openvino"])
@@ -114,7 +114,7 @@ def test_auto_keeps_the_measured_fastest_and_records_every_candidate(built, fp32
 
 
 def test_auto_respects_the_accuracy_budget(built, fp32) -> None:
-    over = [(dict(row, accuracy_drop=1.5 if row["backend"] == "openvino" else 0.2), path, config)
+    over = [(dict(row, top1_drop_pts=1.5 if row["backend"] == "openvino" else 0.2), path, config)
             for row, path, config in built]
     selection = select(over, fp32, FakeTimer({"fp32": 10.0, "onnxruntime-static": 5.0, "openvino-static": 1.0}),
                        budget=1.0)
@@ -162,7 +162,7 @@ def test_bf16_on_openvino_needs_no_calibration_and_keeps_accuracy(digits_resnet1
     assert manifest.transform["dtype"] == "bf16" and summary["quantized_layers"] == 0
     assert load_artifact(save, LoadOptions(threads=1)).backend == "openvino"
     assert OpenVinoRunner(save, threads=1, precision="bf16").precision == "bf16"
-    assert summary["accuracy_drop"] <= 0.6  # two val images of 360 at most
+    assert summary["top1_drop_pts"] <= 0.6  # two val images of 360 at most
 
 
 def test_bf16_without_bf16_units_exits_2(digits_resnet18: Path, tmp_path: Path, monkeypatch, capsys) -> None:

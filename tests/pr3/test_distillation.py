@@ -88,7 +88,7 @@ def test_two_epochs_improve_accuracy_and_write_everything(digits_resnet18: Path,
         "--teacher", str(digits_resnet18), "--save-path", str(save), "--output-dir", str(tmp_path / "run"),
         "--epochs", "2", "--baseline-student", *TINY))
     # An untrained 10-class student is at chance (~10%); two short epochs must beat that by far.
-    assert summary["best_val_accuracy"] > 30
+    assert summary["best_val_top1_pct"] > 30
     assert summary["student_accuracy"] > 30 and summary["baseline_accuracy"] > 0
     assert summary["distillation_gain_pts"] == pytest.approx(
         summary["student_accuracy"] - summary["baseline_accuracy"], abs=1e-3)
@@ -102,7 +102,7 @@ def test_two_epochs_improve_accuracy_and_write_everything(digits_resnet18: Path,
     predictor = load_artifact(save)
     assert predictor(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     csv = Path(summary["metrics_csv"]).read_text().splitlines()
-    assert len(csv) == 1 + 4 and "val_accuracy" in csv[0]  # 2 epochs x (distilled, baseline)
+    assert len(csv) == 1 + 4 and "val_top1_pct" in csv[0]  # 2 epochs x (distilled, baseline)
     assert Path(summary["curves_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Path(summary["baseline_model"]).is_file()
 

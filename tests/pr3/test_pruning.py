@@ -205,7 +205,7 @@ def test_main_structured_writes_a_smaller_artifact(digits_resnet18: Path, tmp_pa
         "--save-path", str(save), "--output-dir", str(tmp_path / "run"), "--latency-rounds", "2",
         "--eval-limit", "128"])
     result = mp.main(args)
-    assert {"save_path", "params", "macs", "size_mb", "accuracy", "accuracy_before"} <= result.keys()
+    assert {"save_path", "params", "macs", "size_mb", "top1_pct", "top1_pct_before"} <= result.keys()
     assert result["params"] < 0.6 * result["params_before"]
     assert result["macs"] < 0.6 * result["macs_before"]
     assert result["size_mb"] < 0.6 * result["size_mb_before"]
@@ -290,5 +290,5 @@ def test_prune_to_target_stops_when_measured_target_is_met() -> None:
     assert amounts == sorted(amounts) and 1 <= len(rows) <= 3
     assert all(row["latency_ms_p50"] > 0 and row["params_ratio"] < 1 for row in rows)
     # it stops at the first step that meets the target, or runs to --max-amount
-    assert all(row["speedup"] < 1.2 for row in rows[:-1])
-    assert rows[-1]["speedup"] >= 1.2 or rows[-1]["amount"] == pytest.approx(0.6)
+    assert all(row["speedup_x"] < 1.2 for row in rows[:-1])
+    assert rows[-1]["speedup_x"] >= 1.2 or rows[-1]["amount"] == pytest.approx(0.6)
